@@ -1,0 +1,245 @@
+"""``acl-dist`` command line. Thin: parse arguments, call the package, print results.
+
+The command forms are a contract (DESIGN.md "Contracts"); users' scripts rely on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Sequence
+
+from . import __version__
+from .errors import AclDistError
+
+PENDING = {
+    "run": "the ACL rounds (clustering + co-attention localisation on Ray)",
+    "tune": "the Ray Tune search over Z, K and the loss weights",
+    "report": "the HTML run report",
+}
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="write the synthetic benchmark (real timelines) as a store",
+                       description="Synthetic two-stream features on the real THUMOS14 or "
+                                   "ActivityNet-1.2 timelines, written as a feature store.")
+    p.add_argument("--preset", choices=["thumos14", "anet12"], default="thumos14")
+    p.add_argument("--out", required=True, help="store directory or s3:// prefix")
+    p.add_argument("--classes", type=int, help="keep the N most frequent classes")
+    p.add_argument("--videos", type=int, help="at most N training videos (test scaled alike)")
+    p.add_argument("--dim", type=int, default=128, help="feature dim per stream (default 128)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--difficulty", type=float, default=1.0,
+                   help="scales scene, nuisance and noise against the action signal")
+    p.add_argument("--scenes", type=int, help="shared background scenes (default classes//2)")
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+    p.add_argument("--npy-layout", metavar="DIR",
+                   help="also write the per-video npy-split layout here (for ingest)")
+    p.add_argument("--no-report", action="store_true",
+                   help="skip the round-0 vs action-pooled clustering report")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_synth)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .synth import SynthConfig, synthesize
+
+    cfg = SynthConfig(preset=args.preset, classes=args.classes, videos=args.videos, dim=args.dim,
+                      difficulty=args.difficulty, scenes=args.scenes, seed=args.seed,
+                      dtype=args.dtype)
+    summary = synthesize(cfg, args.out, npy_layout=args.npy_layout, overwrite=args.overwrite,
+                         quiet=args.quiet, report=not args.no_report)
+    subsets = ", ".join(f"{k}: {v['videos']}" for k, v in summary["subsets"].items())
+    print(f"wrote {args.out}  ({summary['classes']} classes; videos {subsets}; "
+          f"action coverage {100 * summary['action_coverage']:.1f}%)")
+    if "round0" in summary:
+        print(round0_table(summary["round0"]))
+    return 0
+
+
+def round0_table(r0: dict) -> str:
+    rows = [("round 0: uniform (mean) pooling", r0["mean_pool"]),
+            ("oracle: pooling on GT action snippets", r0["action_pool"])]
+    lines = [f"clustering {r0['videos']} training videos into {r0['clusters']} clusters",
+             f"{'descriptor':40s} {'NMI':>6s} {'ARI':>6s} {'purity':>7s}"]
+    lines += [f"{name:40s} {m['nmi']:6.3f} {m['ari']:6.3f} {m['purity']:7.3f}" for name, m in rows]
+    lines.append(f"gap co-attention has to close: NMI {r0['nmi_gap']:+.3f}")
+    return "\n".join(lines)
+
+
+def _add_ingest(sub: argparse._SubParsersAction) -> None:
+    from .ingest import LAYOUTS
+
+    p = sub.add_parser("ingest", help="convert a feature layout into a store",
+                       description="Streaming, validated, atomic conversion of precomputed "
+                                   "features (FORMATS.md §1) into a feature store.")
+    p.add_argument("--layout", required=True, choices=sorted(LAYOUTS))
+    p.add_argument("--root", required=True, help="the layout's root directory (or s3://)")
+    p.add_argument("--gt", help="annotation JSON (ActivityNet v1.2/v1.3, THUMOS gt.json, BSN)")
+    p.add_argument("--gt-info", help="BSN video_info_new.csv (subsets for the BSN v1.3 form)")
+    p.add_argument("--classes", dest="classes_file", help="class list file (one per line/CSV)")
+    p.add_argument("--out", required=True, help="store directory or s3:// prefix")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="let numpy unpickle object arrays (wtalc layout; trusted files only)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip bad videos / drop bad segments, recording them in the manifest")
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+    p.add_argument("--fps", type=float, default=25.0, help="fps of the feature grid (25)")
+    p.add_argument("--snippet-frames", type=int, default=16, help="frames per snippet (16)")
+    p.add_argument("--feature-stride", type=int,
+                   help="cmcs-npz: frames between stored vectors (subsampled to a snippet)")
+    p.add_argument("--max-trim", type=int, default=0,
+                   help="tolerate RGB/flow length differences up to N snippets (trimmed)")
+    p.add_argument("--shard-mb", type=float, default=128.0, help="MB of features per shard")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_ingest)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from .ingest import ingest
+
+    s = ingest(args.layout, args.root, args.out, gt=args.gt, gt_info=args.gt_info,
+               classes_file=args.classes_file, allow_pickle=args.allow_pickle,
+               skip_bad=args.skip_bad, dtype=args.dtype, fps=args.fps,
+               snippet_frames=args.snippet_frames, feature_stride=args.feature_stride,
+               max_trim=args.max_trim, shard_mb=args.shard_mb, overwrite=args.overwrite,
+               quiet=args.quiet)
+    subsets = ", ".join(f"{k}: {v}" for k, v in s.subsets.items())
+    mb = s.feature_bytes / 2**20
+    print(f"wrote {s.store}: {s.videos} videos ({subsets}), {mb:.1f} MB of features in "
+          f"{s.seconds:.1f} s")
+    if s.skipped_videos:
+        print(f"skipped {len(s.skipped_videos)} videos (listed in the manifest), e.g. "
+              f"{s.skipped_videos[0][0]}: {s.skipped_videos[0][1]}")
+    if s.dropped_segments:
+        print(f"dropped {len(s.dropped_segments)} segments (listed in the manifest), e.g. "
+              f"{s.dropped_segments[0][0]}: {s.dropped_segments[0][1]}")
+    if s.clipped_segments:
+        print(f"clipped {s.clipped_segments} segments that ended < 1 snippet past their video")
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="detection mAP (official ActivityNet protocol)",
+                       description="Detection mAP exactly as ActivityNet's eval_detection.py "
+                                   "(all-point interpolated AP, score-ordered greedy matching).")
+    p.add_argument("--detections", required=True, help="ActivityNet result JSON")
+    p.add_argument("--gt", required=True, help="ground-truth JSON, or a feature store")
+    p.add_argument("--subset", required=True, help="subset to evaluate (exact name)")
+    p.add_argument("--tiou", help="anet (0.5:0.05:0.95, default), thumos (0.1:0.1:0.7), "
+                                  "a comma list, or lo:hi:step")
+    p.add_argument("--videos", help="evaluate only these videos: a list file, or thumos210 / "
+                                    "thumos212 (THUMOS14 test-set conventions)")
+    p.add_argument("--ambiguous", help="drop predictions overlapping Ambiguous segments: a "
+                                       "THUMOS Ambiguous_test.txt, or 'thumos'")
+    p.add_argument("--ignore-unknown-labels", action="store_true",
+                   help="drop detections whose label has no ground truth in the subset "
+                        "(the official code stops with KeyError)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import evaluate as ev
+    from .annotations import load_ambiguous, load_video_list
+
+    videos = None
+    if args.videos:
+        if args.videos in ("thumos210", "thumos212"):
+            videos = ev.thumos_test_videos(args.videos[-3:])
+        else:
+            videos = set(load_video_list(args.videos))
+    ambiguous = None
+    if args.ambiguous:
+        ambiguous = ev.thumos_ambiguous() if args.ambiguous == "thumos" else \
+            load_ambiguous(args.ambiguous)
+    gt = ev.load_ground_truth(args.gt, args.subset, videos=videos)
+    result = ev.evaluate_detections(
+        gt, ev.load_detections(args.detections), tiou_thresholds=ev.parse_tiou(args.tiou),
+        videos=videos, ambiguous=ambiguous,
+        unknown_labels="ignore" if args.ignore_unknown_labels else "error")
+    if args.json:
+        out = result.as_dict()
+        print(json.dumps({"tiou": out["tiou"], "map": out["map"], "average": out["average"],
+                          "per_class": out["per_class"]}))
+    else:
+        print(f"subset {args.subset}: {len(gt.videos)} videos, "
+              f"{sum(gt.count(c) for c in gt.classes)} instances")
+        print(result.table())
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the synthetic THUMOS-like benchmark, end to end",
+                       description="Builds the default synthetic THUMOS-like benchmark and "
+                                   "runs what this version of acl-dist can run on it.")
+    p.add_argument("--out", default="acl-dist-demo", help="directory for the demo's outputs")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import os
+
+    from .synth import SynthConfig, synthesize
+
+    store = os.path.join(args.out, "store")
+    print(f"1/1 synthetic THUMOS-like benchmark -> {store}")
+    summary = synthesize(SynthConfig(), store, overwrite=True, quiet=args.quiet)
+    print(round0_table(summary["round0"]))
+    print("\nThe ACL rounds (acl-dist run) are not in this version yet; the demo shows the "
+          "benchmark and its round-0 clustering gap.")
+    return 0
+
+
+def _add_pending(sub: argparse._SubParsersAction, name: str, what: str) -> None:
+    p = sub.add_parser(name, help=f"[not yet available] {what}",
+                       description=f"Not available in acl-dist {__version__}: {what} is still "
+                                   "being built. This command exits with status 2.")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=lambda args, name=name, what=what: _pending(name, what))
+
+
+def _pending(name: str, what: str) -> int:
+    print(f"acl-dist {name}: not available in acl-dist {__version__} ({what} is still being "
+          "built).", file=sys.stderr)
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="acl-dist",
+        description="Unsupervised temporal action localisation (ACL, CVPR 2020) on Ray.")
+    parser.add_argument("--version", action="version", version=f"acl-dist {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,synth,ingest,run,tune,evaluate,"
+                                                        "report}")
+    sub.required = True
+    _add_demo(sub)
+    _add_synth(sub)
+    _add_ingest(sub)
+    for name in ("run", "tune"):
+        _add_pending(sub, name, PENDING[name])
+    _add_evaluate(sub)
+    _add_pending(sub, "report", PENDING["report"])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return int(func(args) or 0)
+    except AclDistError as err:
+        print(f"acl-dist {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"acl-dist {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

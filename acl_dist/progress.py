@@ -1,0 +1,53 @@
+"""Progress for long steps, readable in a terminal and in ``ray job logs``.
+
+In a terminal this is a tqdm bar. When stderr is not a terminal (``ray job logs``, CI, a
+file) a bar's carriage returns turn into noise, so a plain line is printed every
+``every_s`` seconds and at the end. ``quiet=True`` or ``ACL_DIST_QUIET=1`` silences both.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+def is_quiet(quiet: bool | None = None) -> bool:
+    if quiet is not None:
+        return quiet
+    return os.environ.get("ACL_DIST_QUIET", "") not in ("", "0")
+
+
+def log(message: str, quiet: bool | None = None) -> None:
+    """One progress/status line on stderr (not in quiet mode)."""
+    if not is_quiet(quiet):
+        print(message, file=sys.stderr, flush=True)
+
+
+def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it",
+             quiet: bool | None = None, every_s: float = 10.0) -> Iterator[T]:
+    """Iterate ``items`` showing progress (see module doc)."""
+    if is_quiet(quiet):
+        yield from items
+        return
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        yield from tqdm(items, desc=desc, total=total, unit=unit, file=sys.stderr)
+        return
+    start = last = time.perf_counter()
+    count = 0
+    for count, item in enumerate(items, 1):
+        yield item
+        now = time.perf_counter()
+        if now - last >= every_s:
+            last = now
+            of = f"/{total}" if total else ""
+            print(f"{desc}: {count}{of} {unit}s, {now - start:.0f} s", file=sys.stderr, flush=True)
+    print(f"{desc}: {count} {unit}s in {time.perf_counter() - start:.1f} s", file=sys.stderr,
+          flush=True)
