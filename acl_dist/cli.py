@@ -199,8 +199,7 @@ def _add_pending(sub: argparse._SubParsersAction, name: str, what: str) -> None:
     p = sub.add_parser(name, help=f"[not yet available] {what}",
                        description=f"Not available in acl-dist {__version__}: {what} is still "
                                    "being built. This command exits with status 2.")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=lambda args, name=name, what=what: _pending(name, what))
+    p.set_defaults(func=lambda args, name=name, what=what: _pending(name, what), pending=True)
 
 
 def _pending(name: str, what: str) -> int:
@@ -229,7 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # A pending command accepts (and ignores) any arguments, so that users' scripts get
+    # the "not available" message rather than a usage error.
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "pending", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return int(func(args) or 0)

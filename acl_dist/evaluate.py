@@ -264,6 +264,16 @@ class DetectionResult:
                 f"({len(self.classes)} classes)")
 
 
+def _restrict_ground_truth(gt: GroundTruth, keep: set[str]) -> GroundTruth:
+    """``gt`` limited to the videos in ``keep`` (classes left without ground truth dropped)."""
+    videos = gt.videos & keep
+    if not videos:
+        raise DataError(None, f"none of the requested videos is in subset {gt.subset!r}")
+    segs = {c: {v: s for v, s in d.items() if v in keep} for c, d in gt.segments.items()}
+    segs = {c: d for c, d in segs.items() if d}
+    return GroundTruth(gt.subset, [c for c in gt.classes if c in segs], segs, videos)
+
+
 def overlaps_any(start: float, end: float, spans: Sequence[tuple[float, float]]) -> bool:
     return any(min(end, b) - max(start, a) > 0 for a, b in spans)
 
@@ -289,6 +299,8 @@ def evaluate_detections(ground_truth: GroundTruth | str | Mapping[str, Any],
         if subset is None:
             raise DataError(None, "evaluate_detections needs the subset to evaluate")
         ground_truth = load_ground_truth(ground_truth, subset, videos=videos)
+    elif videos is not None:
+        ground_truth = _restrict_ground_truth(ground_truth, set(videos))
     if not isinstance(detections, Sequence) or isinstance(detections, str):
         detections = load_detections(detections)
     keep = set(videos) if videos is not None else None
@@ -353,13 +365,16 @@ def parse_tiou(spec: str | None) -> np.ndarray:
     try:
         if ":" in spec:
             lo, hi, step = (float(x) for x in spec.split(":"))
+            if not step > 0:
+                raise ValueError("step must be positive")
             n = int(round((hi - lo) / step)) + 1
-            return np.round(lo + step * np.arange(n), 10)
-        vals = np.array([float(x) for x in spec.split(",") if x.strip()])
-    except ValueError:
+            vals = np.round(lo + step * np.arange(max(n, 0)), 10)
+        else:
+            vals = np.array([float(x) for x in spec.split(",") if x.strip()])
+    except (ValueError, OverflowError):
         raise DataError(None, f"bad --tiou {spec!r}: use anet, thumos, a comma list or "
                               "lo:hi:step") from None
-    if len(vals) == 0 or np.any((vals <= 0) | (vals > 1)):
+    if len(vals) == 0 or not np.all((vals > 0) & (vals <= 1)):
         raise DataError(None, f"bad --tiou {spec!r}: thresholds must lie in (0, 1]")
     return vals
 

@@ -6,12 +6,16 @@ Layout of a store at ``STORE`` (a local directory or an ``s3://`` prefix)::
     STORE/gt.json                       # every video's annotation, ActivityNet JSON
     STORE/shards/<subset>/part-00000.parquet ...
 
-One Parquet row per video (see :data:`ROW_FIELDS`); each feature stream is a column of type
-``list<fixed_size_list<float16|float32, D>>`` so the schema carries D and the list offsets
-count snippets (RAY_NOTES.md §4: Ray Data and plain pyarrow read it without one Python
-object per snippet). Shards are split per subset so a reader of one subset opens only its
-files, and roll over at ``shard_mb`` of feature bytes. The writer holds at most one row
-group per open subset in memory; the reader yields rows batch by batch.
+One Parquet row per video (see :data:`ROW_FIELDS`). Each feature stream is one
+``large_binary`` cell per video holding the row-major ``(T, D)`` array in the store's dtype
+(little-endian); D and the dtype are in the manifest and in the field's Parquet metadata,
+T in ``num_snippets``. Why raw bytes rather than ``list<fixed_size_list<float, D>>``:
+Parquet encodes nested lists with repetition/definition levels per *value*, which decoded
+at 54-87 MB/s here against 2.6 GB/s for an uncompressed binary column (bench/
+store_throughput.py); I3D features barely compress, so shards are uncompressed by default.
+Shards are split per subset so a reader of one subset opens only its files, and roll over
+at ``shard_mb`` of feature bytes. The writer holds at most one row group per open subset in
+memory; the reader yields rows batch by batch, and arrays are views of the read buffers.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ FORMAT_NAME = "acl-dist-store"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 GT_FILE = "gt.json"
-DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
+DTYPES = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
 DEFAULT_STREAMS = ("rgb", "flow")
 _SUBSET_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -51,13 +55,18 @@ ROW_FIELDS = [
 ]
 
 
-def feature_type(dim: int, dtype: str) -> pa.DataType:
-    return pa.list_(pa.list_(DTYPES[dtype], dim))
+META_COLUMNS = [f.name for f in ROW_FIELDS]
+
+
+def feature_field(name: str, dim: int, dtype: str) -> pa.Field:
+    """A stream column: raw ``(T, dim)`` bytes per video, described in the field metadata."""
+    return pa.field(name, pa.large_binary(), nullable=False,
+                    metadata={"acl_dist.dim": str(dim), "acl_dist.dtype": dtype,
+                              "acl_dist.layout": "row-major (T, dim), little-endian"})
 
 
 def store_schema(streams: dict[str, int], dtype: str) -> pa.Schema:
-    return pa.schema(ROW_FIELDS + [pa.field(name, feature_type(dim, dtype), nullable=False)
-                                   for name, dim in streams.items()])
+    return pa.schema(ROW_FIELDS + [feature_field(n, d, dtype) for n, d in streams.items()])
 
 
 @dataclass
@@ -90,17 +99,10 @@ class VideoRecord:
                                list(self.labels))
 
 
-def _feature_array(arrays: Sequence[np.ndarray], dim: int, dtype: str) -> pa.Array:
-    lengths = np.fromiter((a.shape[0] for a in arrays), dtype=np.int64, count=len(arrays))
-    offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    if offsets[-1] >= 2**31:
-        raise StoreError("a row group exceeds 2^31 snippets; lower shard_mb")
-    np_dtype = np.float16 if dtype == "float16" else np.float32
-    flat = np.concatenate([np.ascontiguousarray(a, dtype=np_dtype).reshape(-1) for a in arrays]) \
-        if arrays else np.zeros(0, np_dtype)
-    values = pa.FixedSizeListArray.from_arrays(pa.array(flat, type=DTYPES[dtype]), dim)
-    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values)
+def _feature_array(arrays: Sequence[np.ndarray], dtype: str) -> pa.Array:
+    np_dtype = DTYPES[dtype]
+    return pa.array([np.ascontiguousarray(a, dtype=np_dtype).tobytes() for a in arrays],
+                    type=pa.large_binary())
 
 
 def records_to_table(records: Sequence[VideoRecord], streams: dict[str, int], dtype: str) -> pa.Table:
@@ -118,21 +120,25 @@ def records_to_table(records: Sequence[VideoRecord], streams: dict[str, int], dt
     }
     schema = store_schema(streams, dtype)
     arrays = [pa.array(cols[f.name], type=f.type) for f in ROW_FIELDS]
-    arrays += [_feature_array([r.features[name] for r in records], dim, dtype)
-               for name, dim in streams.items()]
+    arrays += [_feature_array([r.features[name] for r in records], dtype)
+               for name in streams]
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _feature_values(column: pa.Array, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(values (N_snippets, D), offsets (rows+1,)) of a list<fixed_size_list> column chunk."""
-    offsets = column.offsets.to_numpy()
-    offsets = offsets - offsets[0]
-    values = column.flatten().flatten().to_numpy(zero_copy_only=False)
-    return values.reshape(-1, dim), offsets
+def feature_views(column: pa.Array, dim: int, dtype: str) -> list[np.ndarray]:
+    """Zero-copy ``(T_i, dim)`` views of each row of a stream column chunk."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    _, offsets_buf, data_buf = column.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int64)[column.offset: column.offset + len(column) + 1]
+    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    np_dtype = DTYPES[dtype]
+    return [data[offsets[i]:offsets[i + 1]].view(np_dtype).reshape(-1, dim)
+            for i in range(len(column))]
 
 
 def table_to_records(table: pa.Table | pa.RecordBatch, streams: dict[str, int],
-                     dtype: np.dtype | None = None) -> list[VideoRecord]:
+                     stored_dtype: str, dtype: np.dtype | None = None) -> list[VideoRecord]:
     """Inverse of :func:`records_to_table` for the columns present (features optional)."""
     if isinstance(table, pa.Table):
         table = table.combine_chunks().to_batches()[0] if table.num_rows else None
@@ -145,13 +151,12 @@ def table_to_records(table: pa.Table | pa.RecordBatch, streams: dict[str, int],
     feats = {}
     for name, dim in streams.items():
         if name in names:
-            feats[name] = _feature_values(table.column(name), dim)
+            feats[name] = feature_views(table.column(name), dim, stored_dtype)
     out = []
     for i, vid in enumerate(meta["video_id"]):
         features = {}
-        for name, (values, offs) in feats.items():
-            arr = values[offs[i]:offs[i + 1]]
-            features[name] = arr.astype(dtype) if dtype is not None else arr
+        for name, views in feats.items():
+            features[name] = views[i] if dtype is None else views[i].astype(dtype, copy=False)
         out.append(VideoRecord(
             video_id=vid,
             subset=meta["subset"][i] if "subset" in meta else "",
@@ -195,7 +200,11 @@ class _SubsetShards:
             fs, p = fsutil.get_fs(path)
             fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
             self.file = fs.open(p, "wb")
-            self.pq_writer = pq.ParquetWriter(self.file, w.schema, compression=w.compression)
+            self.pq_writer = pq.ParquetWriter(
+                self.file, w.schema, compression=w.compression,
+                # Dictionaries and min/max statistics only where they help: never on the
+                # multi-MB feature cells.
+                use_dictionary=["subset"], write_statistics=META_COLUMNS)
             self.current = {"path": rel, "subset": self.subset, "rows": 0, "feature_bytes": 0}
         table = records_to_table(self.buffer, w.streams, w.dtype)
         self.pq_writer.write_table(table, row_group_size=len(self.buffer))
@@ -236,13 +245,13 @@ class StoreWriter:
         fps, snippet_frames: the store-wide snippet grid (rows carry their own too).
         source: free-form description of where the data came from (layout, paths, options).
         shard_mb: roll over to a new shard file after this many MB of feature bytes.
-        compression: Parquet codec.
+        compression: Parquet codec (default none: features barely compress).
     """
 
     def __init__(self, out: str, streams: dict[str, int], classes: Sequence[str],
                  dtype: str = "float16", fps: float = 25.0, snippet_frames: int = 16,
                  source: dict[str, Any] | None = None, shard_mb: float = 128.0,
-                 compression: str = "snappy", overwrite: bool = False):
+                 compression: str = "none", overwrite: bool = False):
         if dtype not in DTYPES:
             raise StoreError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         if not streams:
@@ -368,6 +377,15 @@ class StoreWriter:
         fsutil.write_json_atomic(fsutil.join(self.workdir, MANIFEST), manifest)
 
 
+def _open_shard(url: str):
+    """Local shards through pyarrow's native reader (memory-mapped); remote ones through
+    fsspec (s3fs), which honours the standard AWS environment."""
+    if not fsutil.is_remote(url):
+        return pa.memory_map(url.removeprefix("file://"), "r")
+    fs, p = fsutil.get_fs(url)
+    return fs.open(p, "rb")
+
+
 class FeatureStore:
     """Read access to a store written by :class:`StoreWriter`; nothing is loaded up front."""
 
@@ -441,12 +459,11 @@ class FeatureStore:
         streams = self.streams if streams is None else {s: self.streams[s] for s in streams}
         columns = [f.name for f in ROW_FIELDS] + list(streams)
         for url in self.shard_urls(subsets):
-            fs, p = fsutil.get_fs(url)
             try:
-                with fs.open(p, "rb") as fh:
+                with _open_shard(url) as fh:
                     pf = pq.ParquetFile(fh)
                     for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
-                        yield from table_to_records(batch, streams, dtype)
+                        yield from table_to_records(batch, streams, self.dtype, dtype)
             except (OSError, pa.ArrowException) as exc:
                 raise StoreError(f"cannot read shard {url}: {exc}") from exc
 

@@ -107,6 +107,18 @@ class Layout:
             raise DataError(video, f"not in the annotation file {self.gt_path}")
         return ann
 
+    def _raw(self, vid: str, subset: str, load) -> RawVideo:
+        """A RawVideo with its annotation. A video missing from the annotation file fails
+        when loaded, so ingest reports it (or with skip_bad skips it) like any bad video
+        instead of the error escaping the iteration and stopping the whole ingest."""
+        try:
+            ann = self.annotation(vid, subset)
+        except DataError as err:
+            def fail(err: DataError = err) -> dict[str, np.ndarray]:
+                raise err
+            return RawVideo(vid, subset, fail, None, self.grid)
+        return RawVideo(vid, subset, load, ann, self.grid)
+
     def describe(self) -> dict[str, Any]:
         return {"layout": self.name, "root": self.root, "gt": self.gt_path,
                 "gt_info": self.gt_info, "classes_file": self.classes_file}
@@ -142,11 +154,8 @@ class NpySplit(Layout):
                 ids.sort()
             for vid in ids:
                 paths = {s: fsutil.join(sub, s, f"{vid}.npy") for s in ("rgb", "flow")}
-                yield RawVideo(
-                    video_id=vid, subset=subset, annotation=self.annotation(vid, subset),
-                    grid=self.grid,
-                    load=lambda vid=vid, paths=paths: {
-                        s: load_array(p, vid, f"{s}") for s, p in paths.items()})
+                yield self._raw(vid, subset, lambda vid=vid, paths=paths: {
+                    s: load_array(p, vid, f"{s}") for s, p in paths.items()})
 
 
 class NpyConcat(Layout):
@@ -179,8 +188,8 @@ class NpyConcat(Layout):
                     n[:-4] for n in _listdir(folder) if n.endswith(".npy"))
                 for vid in ids:
                     path = fsutil.join(folder, f"{vid}.npy")
-                    yield RawVideo(vid, subset, lambda vid=vid, path=path: self._split(vid, path),
-                                   self.annotation(vid, subset), self.grid)
+                    yield self._raw(vid, subset,
+                                    lambda vid=vid, path=path: self._split(vid, path))
             return
         if self.annotations is None:
             raise ConfigError(f"{self.root}: flat npy-concat layout needs --gt for the subsets")

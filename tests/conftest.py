@@ -1,0 +1,77 @@
+"""Shared fixtures: a tiny synthetic store and a real S3 endpoint (moto server on 127.0.0.1).
+
+Expensive resources are session-scoped: one moto server per test session.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("ACL_DIST_QUIET", "1")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A moto S3 server on 127.0.0.1 with the standard AWS variables pointing at it.
+
+    Yields the endpoint URL. The bucket ``acl-test`` exists.
+    """
+    exe = Path(sys.executable).with_name("moto_server")
+    if not exe.exists():
+        pytest.fail(f"moto_server not found next to {sys.executable}: install the 'test' extra")
+    port = _free_port()
+    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                                            "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+                                            "AWS_REGION")}
+    os.environ.update({"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_REGION": "us-east-1"})
+    deadline = time.time() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("moto_server did not start")
+            time.sleep(0.2)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    s3fs.S3FileSystem().mkdir("acl-test")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory):
+    """A small synthetic THUMOS-like store (4 classes, ~24 training videos, dim 16)."""
+    from acl_dist.synth import SynthConfig, synthesize
+
+    out = str(tmp_path_factory.mktemp("tiny") / "store")
+    summary = synthesize(SynthConfig(classes=4, videos=24, dim=16, seed=3), out, quiet=True)
+    return out, summary

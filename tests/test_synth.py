@@ -1,0 +1,106 @@
+"""The synthetic benchmark: real timelines, determinism, honest difficulty, npy export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from acl_dist import fsutil
+from acl_dist.evaluate import thumos_test_videos
+from acl_dist.ingest import ingest
+from acl_dist.store import FeatureStore
+from acl_dist.synth import SynthConfig, iter_benchmark, load_timeline, synthesize
+from acl_dist.timegrid import STANDARD_GRID
+
+
+def test_thumos_timeline_is_the_real_one():
+    tl = load_timeline(SynthConfig())
+    assert (tl.train_subset, tl.test_subset) == ("validation", "test")
+    assert len(tl.classes) == 20 and tl.classes[0] == "BaseballPitch"
+    by_subset = {s: [v for v in tl.videos if v.subset == s] for s in ("validation", "test")}
+    assert len(by_subset["validation"]) == 200
+    assert {v.video_id for v in by_subset["test"]} == thumos_test_videos("210")
+    source = fsutil.read_json(tl.source)["database"]
+    for v in tl.videos:
+        src = source[v.video_id]
+        assert [(s.label, s.start, s.end) for s in v.segments] == \
+            [(a["label"], a["segment"][0], a["segment"][1]) for a in src["annotations"]]
+        assert v.duration >= src["duration"] - 1e-9
+        assert v.duration >= max(s.end for s in v.segments)
+    assert sum(len(v.segments) for v in by_subset["test"]) == 3311  # FORMATS.md §2.5
+
+
+def test_anet12_timeline_and_class_selection():
+    tl = load_timeline(SynthConfig(preset="anet12"))
+    assert len(tl.classes) == 100
+    assert {v.subset for v in tl.videos} == {"training", "validation"}
+    assert all(s.end > s.start for v in tl.videos for s in v.segments)
+    small = load_timeline(SynthConfig(preset="anet12", classes=5, videos=30, seed=1))
+    assert len(small.classes) == 5
+    assert sum(v.subset == "training" for v in small.videos) == 30
+    assert all(s.label in small.classes for v in small.videos for s in v.segments)
+
+
+def test_features_are_deterministic_and_shaped():
+    cfg = SynthConfig(classes=3, videos=6, dim=12, seed=11)
+    a, b = list(iter_benchmark(cfg)), list(iter_benchmark(cfg))
+    c = list(iter_benchmark(SynthConfig(classes=3, videos=6, dim=12, seed=12)))
+    for ra, rb in zip(a, b):
+        np.testing.assert_array_equal(ra.features["rgb"], rb.features["rgb"])
+        assert ra.num_snippets == STANDARD_GRID.num_snippets(ra.duration)
+        assert ra.features["rgb"].shape == ra.features["flow"].shape == (ra.num_snippets, 12)
+    assert not np.array_equal(a[0].features["rgb"], c[0].features["rgb"])
+
+
+def test_actions_differ_per_class_and_background_dominates():
+    cfg = SynthConfig(classes=4, videos=24, dim=32, seed=2)
+    act = {}
+    bg_frac = []
+    for rec in iter_benchmark(cfg):
+        mask = STANDARD_GRID.segment_mask(
+            np.array([[s.start, s.end] for s in rec.segments]), rec.num_snippets)
+        bg_frac.append(1 - mask.mean())
+        if mask.any() and rec.subset == "validation":
+            act.setdefault(rec.primary_label, []).append(rec.features["flow"][mask].mean(0))
+    assert np.mean(bg_frac) > 0.55  # background dominates the real timelines
+    centroids = {c: np.mean(v, axis=0) for c, v in act.items()}
+    # Nearest-centroid on action-pooled flow recovers the class for most videos.
+    correct = total = 0
+    for c, vecs in act.items():
+        for v in vecs:
+            pred = min(centroids, key=lambda k: np.linalg.norm(centroids[k] - v))
+            correct += pred == c
+            total += 1
+    assert correct / total > 0.8
+
+
+def test_round0_gap_is_large(tiny_store):
+    _, summary = tiny_store
+    r0 = summary["round0"]
+    assert r0["clusters"] == 4 and r0["videos"] == 24
+    assert r0["action_pool"]["nmi"] > 0.6
+    assert r0["nmi_gap"] > 0.3
+
+
+def test_npy_layout_round_trips_through_ingest(tmp_path):
+    cfg = SynthConfig(classes=3, videos=8, dim=8, seed=4, dtype="float32")
+    synthesize(cfg, str(tmp_path / "a"), npy_layout=str(tmp_path / "npy"), quiet=True,
+               report=False)
+    assert (tmp_path / "npy" / "split_validation.txt").read_text().count("\n") == 8
+    ingest("npy-split", str(tmp_path / "npy"), str(tmp_path / "b"), dtype="float32", quiet=True)
+    a = {r.video_id: r for r in FeatureStore.open(str(tmp_path / "a")).iter_videos()}
+    b = {r.video_id: r for r in FeatureStore.open(str(tmp_path / "b")).iter_videos()}
+    assert a.keys() == b.keys()
+    for vid, ra in a.items():
+        np.testing.assert_array_equal(ra.features["rgb"], b[vid].features["rgb"])
+        assert (ra.segments, ra.duration, ra.subset) == (b[vid].segments, b[vid].duration,
+                                                          b[vid].subset)
+
+
+def test_bad_options():
+    from acl_dist.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_timeline(SynthConfig(preset="kinetics"))
+    with pytest.raises(ConfigError, match="--classes must be in"):
+        load_timeline(SynthConfig(classes=50))
