@@ -32,7 +32,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--difficulty", type=float, default=1.0,
                    help="scales scene, nuisance and noise against the action signal")
-    p.add_argument("--scenes", type=int, help="shared background scenes (default classes//2)")
+    p.add_argument("--scenes", type=int, help="shared background scenes (default classes//5)")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
     p.add_argument("--npy-layout", metavar="DIR",
                    help="also write the per-video npy-split layout here (for ingest)")

@@ -73,7 +73,7 @@ class SynthConfig:
         videos: at most this many training videos (test videos scaled alike).
         dim: feature dim per stream (real I3D: 1024).
         difficulty: scales scene, nuisance and noise (1.0 = default benchmark).
-        scenes: number of shared background scenes (default: classes // 2, at least 2).
+        scenes: number of shared background scenes (default: classes // 5, at least 2).
         home_prob: probability that a video shows its class's home scene.
         temporal_rho: AR(1) coefficient of the snippet noise.
         seed: random seed; the benchmark is a pure function of the config.
@@ -86,7 +86,7 @@ class SynthConfig:
     dim: int = 128
     difficulty: float = 1.0
     scenes: int | None = None
-    home_prob: float = 0.35
+    home_prob: float = 0.5
     temporal_rho: float = 0.9
     seed: int = 0
     dtype: str = "float16"
@@ -176,7 +176,7 @@ class FeatureModel:
         rng = np.random.default_rng(cfg.seed)
         self.classes = classes
         n_cls, d = len(classes), cfg.dim
-        self.n_scenes = cfg.scenes or max(2, n_cls // 2)
+        self.n_scenes = cfg.scenes or max(2, n_cls // 5)
         self.home = {c: i % self.n_scenes for i, c in enumerate(rng.permutation(classes))}
         self.styles = {"rgb": RGB_STYLE, "flow": FLOW_STYLE}
         self.proto: dict[str, dict[str, np.ndarray]] = {}
@@ -230,7 +230,9 @@ class FeatureModel:
                             white, axis=0)
             x = (background[None, :] * (1.0 - (1.0 - st.keep_scene) * mix[:, None])
                  + st.action * action[s] / norm + k * st.noise * noise)
-            out[s] = (gain * x).astype(np.float32)
+            # Vectors above have norm ~1; scale so each dim has std ~1 whatever the dim
+            # (the order of I3D's per-dim spread), which also keeps float16 exact enough.
+            out[s] = (gain * 0.5 * np.sqrt(d) * x).astype(np.float32)
         return out
 
 

@@ -1,0 +1,365 @@
+"""Run configuration: frozen dataclasses, YAML files and dotted overrides.
+
+A config is built in three layers: the dataclass defaults, then a YAML file (a preset name
+such as ``thumos14`` from ``acl_dist/configs/`` or a path), then ``--set key=value``
+overrides with dotted keys (``train.lr=3e-4``, ``loss.lambda_trip=0``). Unknown keys and
+values of the wrong type are errors that name the key. The resolved config is saved in
+every run directory and in every checkpoint, so a result always says how it was made.
+
+Values left ``None`` (``train.steps``, ``train.batch_size``, ``train.workers``, ...) are
+sized to the store by :func:`acl_dist.pipeline.resolve_config` before a run starts.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from importlib import resources
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The co-attention network of one stream (METHOD.md §4). Widths follow the authors' code.
+
+    Attributes:
+        base_dim: width of the base temporal conv (kernel 3) after input dropout.
+        branch_dim: width of each of the four local branches (k3 d1, k3 d2, k3 d3, k1).
+        dilations: the dilated pyramid's two rates.
+        global_dim: width of the global (non-local) branch after its kernel-1 conv.
+        nonlocal_dim: inner width of the embedded-Gaussian non-local block.
+        dropout: channel-wise input dropout (the same channels at every time step).
+        agnostic_global: give the class-agnostic branch a non-local branch too (the
+            authors' code has none there; METHOD.md §16 leaves the paper's form open).
+    """
+
+    base_dim: int = 256
+    branch_dim: int = 32
+    dilations: tuple[int, int] = (2, 3)
+    global_dim: int = 128
+    nonlocal_dim: int = 64
+    dropout: float = 0.5
+    agnostic_global: bool = False
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """L = L_cls + lambda_sep L_sep + lambda_trip L_trip (METHOD.md §5, §7, §8, §9).
+
+    Attributes:
+        lambda_sep, lambda_trip: loss weights (the authors' release had lambda_trip = 0).
+        tau1: cosine-distance bound pulling same-cluster actions together (code: 0.001).
+        tau2: action-vs-own-background margin (code: 0.5).
+        margin: triplet margin alpha (code: 0.5).
+        neg_cap: cap on the hardest negative's distance (the code's search starts at 1);
+            None for no cap.
+        cls_reduction: ``mean`` over videos, or ``sum`` as in the authors' code (which makes
+            L_sep ~32x weaker relative to L_cls).
+        trip_reduction: ``mean`` over anchors, or ``sum`` as in the authors' code.
+        sep_attention: which attention pools the action feature in L_sep: ``class`` (the
+            paper: the class-specific A of the group's cluster, on X_e), ``agnostic`` (the
+            class-agnostic S, on X_e), or ``both`` (the sum of the two terms).
+    """
+
+    lambda_sep: float = 1.0
+    lambda_trip: float = 1.0
+    tau1: float = 0.001
+    tau2: float = 0.5
+    margin: float = 0.5
+    neg_cap: float | None = 1.0
+    cls_reduction: Literal["mean", "sum"] = "mean"
+    trip_reduction: Literal["mean", "sum"] = "mean"
+    sep_attention: Literal["class", "agnostic", "both"] = "class"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and batches. ``None`` values are sized to the store.
+
+    Attributes:
+        steps: optimiser updates per round (paper: 30,005).
+        batch_size: videos per update, over all workers (paper: 32).
+        clusters_per_batch: Z, clusters drawn per batch (unknown in the paper; W-TALC: 3).
+        videos_per_cluster: K videos from each drawn cluster (paper: 2).
+        lr, weight_decay: Adam (paper: 1e-3, 1e-4).
+        lr_decay_at: fraction of the steps after which lr is multiplied by ``lr_decay``
+            (paper: 15,002 / 30,005).
+        max_len: training crops videos longer than this many snippets to a random window
+            (None: whole videos, as the paper; test time always uses whole videos).
+        workers: Ray Train workers (DDP).
+        use_gpu: train on GPUs (None: when the cluster has them).
+        cpus_per_worker: Ray CPUs per worker (fractional is fine; leave room for Ray Data).
+        log_every: steps between metric reports.
+        checkpoint_every: steps between mid-round checkpoints (0: only the final one).
+        seed: seed of initialisation, sampling and cropping.
+    """
+
+    steps: int | None = None
+    batch_size: int | None = None
+    clusters_per_batch: int = 4
+    videos_per_cluster: int = 2
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    lr_decay_at: float = 0.5
+    lr_decay: float = 0.1
+    max_len: int | None = None
+    workers: int | None = None
+    use_gpu: bool | None = None
+    cpus_per_worker: float | None = None
+    log_every: int = 25
+    checkpoint_every: int = 0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Clustering step (METHOD.md §3).
+
+    Attributes:
+        backend: ``auto`` (cuML if it imports and a GPU is there, torch on a GPU, else
+            scikit-learn), ``sklearn``, ``torch`` or ``cuml``.
+        descriptor: rounds > 0 pool each stream with its model's class-agnostic attention
+            S: ``attention`` is the paper's ``X^T S``; ``contrast`` (default, an acl-dist
+            variant) is ``X^T S - X^T (1 - S) / (T - 1)``, which cancels what a video shows
+            throughout (its scene). Round 0 is uniform pooling either way.
+        sigma: Gaussian bandwidth; None = mean pairwise distance (the authors' code).
+        n_init: k-means restarts.
+        seed: random state of the eigensolver and k-means.
+    """
+
+    backend: Literal["auto", "sklearn", "torch", "cuml"] = "auto"
+    descriptor: Literal["contrast", "attention"] = "contrast"
+    sigma: float | None = None
+    n_init: int = 10
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class LocalizeConfig:
+    """Attention/CAS -> segments (METHOD.md §10, FORMATS.md §4).
+
+    Attributes:
+        rgb_weight: late-fusion weight of the RGB model (paper: RGB:flow = 2:1).
+        class_threshold: keep classes whose softmax video score exceeds this (paper 0.1);
+            the top class is always kept.
+        signal: ``cas`` (min-max normalised class logits, the paper's ``score``) or
+            ``cas_attention`` (that times the min-max normalised class-agnostic attention).
+        thresholds: relative thresholds; a snippet is inside when signal > t * mean(signal).
+        upsample: linear upsampling factor of the signal before thresholding.
+        outer_ratio: outer-inner contrast context, as a fraction of the segment length.
+        gamma: weight of the video-level class score added to each segment's score.
+        nms_iou: class-wise NMS threshold (seconds, no "+1").
+        max_per_video: keep at most this many detections per video (after NMS).
+    """
+
+    rgb_weight: float = 2 / 3
+    class_threshold: float = 0.1
+    signal: Literal["cas", "cas_attention"] = "cas"
+    thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    upsample: int = 8
+    outer_ratio: float = 0.25
+    gamma: float = 0.25
+    nms_iou: float = 0.65
+    max_per_video: int = 200
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One ACL run: mode, rounds and every step's settings.
+
+    Attributes:
+        mode: ``unsupervised`` (clusters as pseudo-labels) or ``weak`` (video labels, no
+            clustering, one round).
+        num_classes: C, the number of clusters (unsupervised) or classes (weak).
+        rounds: clustering + localisation rounds (paper: 4 on ActivityNet-1.2).
+        train_subset, test_subset: store subsets; None = picked from the store.
+        label_map: cluster -> class mapping for reporting unsupervised detections
+            (``hungarian``, ``majority``, ``soft``); from training labels only.
+        tiou: evaluation thresholds (``thumos``, ``anet`` or a list); None = by dataset.
+        seed: base seed.
+    """
+
+    mode: Literal["unsupervised", "weak"] = "unsupervised"
+    num_classes: int | None = None
+    rounds: int = 3
+    train_subset: str | None = None
+    test_subset: str | None = None
+    label_map: Literal["hungarian", "majority", "soft"] = "hungarian"
+    tiou: str | None = None
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    localize: LocalizeConfig = field(default_factory=LocalizeConfig)
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists) of a config dataclass."""
+    out = {}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if is_dataclass(value):
+            value = to_dict(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
+def to_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check/convert one value against a field's type annotation."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported field type {annotation!r}")
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build config ``cls`` from a (partial) nested dict; unknown keys are errors."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]!r}; valid keys under "
+                          f"{prefix.rstrip('.') or 'the top level'}: {sorted(known)}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if is_dataclass(hint):
+            kwargs[name] = from_dict(hint, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``a.b.c=value`` -> ``{"a": {"b": {"c": value}}}`` (value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set: empty key in {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot parse {raw!r} ({exc})") from None
+    out: dict[str, Any] = {parts[-1]: value}
+    for p in reversed(parts[:-1]):
+        out = {p: out}
+    return out
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("acl_dist").joinpath("configs")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def read_yaml(name_or_path: str) -> dict[str, Any]:
+    """A preset by name (``thumos14``) or a YAML file (local or ``s3://``)."""
+    from . import fsutil
+
+    if name_or_path in preset_names():
+        text = resources.files("acl_dist").joinpath("configs", f"{name_or_path}.yaml").read_text()
+        source = f"preset {name_or_path}"
+    else:
+        text = fsutil.read_text(name_or_path)
+        source = name_or_path
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a config file must be a mapping")
+    return data
+
+
+def load_config(config: str | None = None, overrides: list[str] | tuple[str, ...] = (),
+                **top_level: Any) -> RunConfig:
+    """Defaults <- YAML (preset or file) <- ``top_level`` (CLI flags) <- dotted overrides."""
+    data: dict[str, Any] = {}
+    if config:
+        data = read_yaml(config)
+    data = merge(data, {k: v for k, v in top_level.items() if v is not None})
+    for text in overrides:
+        data = merge(data, parse_override(text))
+    return from_dict(RunConfig, data)
+
+
+def with_updates(cfg: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` that also accepts nested dicts for sub-configs."""
+    resolved = {}
+    for key, value in changes.items():
+        current = getattr(cfg, key)
+        resolved[key] = replace(current, **value) if is_dataclass(current) and isinstance(
+            value, dict) else value
+    return replace(cfg, **resolved)
+
+
+__all__ = ["ModelConfig", "LossConfig", "TrainConfig", "ClusterConfig", "LocalizeConfig",
+           "RunConfig", "load_config", "from_dict", "to_dict", "to_yaml", "parse_override",
+           "preset_names", "with_updates"]

@@ -1,0 +1,362 @@
+"""The Ray layer: Ray Data passes over the store, the Ray Train training step, and the
+clustering task. The pure cores (model, losses, sampling, cluster, localize, evaluate)
+know nothing of Ray; this module wires them to it.
+
+* :func:`descriptor_dataset`, :func:`attention_dataset`: Ray Data ``map_batches`` over the
+  store's Parquet shards (round-0 uniform descriptors; the trained models over every video:
+  next round's descriptors, and CAS / attention / detections of test videos). Results are
+  streamed into one Parquet file per step with :func:`write_dataset`, row group by row
+  group, so no process holds all of them.
+* :func:`run_training`: ``TorchTrainer`` with ``ScalingConfig(num_workers, use_gpu)``, the
+  training videos as a Ray Data dataset split across workers (``get_dataset_shard``), DDP
+  through ``prepare_model``, checkpoints through ``ray.train.report``.
+* :func:`run_clustering_task`: spectral clustering as one Ray task, on a GPU when the
+  cluster has one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import fsutil
+from .cluster import contrast_descriptor, run_clustering, video_descriptor
+from .config import LocalizeConfig, RunConfig, from_dict, to_dict
+from .progress import log
+from .store import DTYPES, FeatureStore, feature_views
+from .timegrid import SnippetGrid
+
+# --------------------------------------------------------------------------- Ray start
+
+
+def init_ray(num_cpus: int | None = None, quiet: bool = False) -> None:
+    """Attach to ``RAY_ADDRESS`` (a cluster, or ``ray job submit``), or start a local
+    instance sized for this machine: at least 4 logical CPUs, so that Ray Data keeps CPUs
+    beside the training workers on a 2-core machine (RAY_NOTES.md §4)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    kwargs: dict[str, Any] = {"log_to_driver": True, "logging_level": "WARNING"}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
+        return
+    cpus = num_cpus or max(4, os.cpu_count() or 2)
+    log(f"starting a local Ray instance ({cpus} logical CPUs)", quiet)
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False,
+             object_store_memory=512 * 2**20, **kwargs)
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+
+
+def cluster_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+# --------------------------------------------------------------------------- Ray Data
+
+
+def store_dataset(store: FeatureStore, subsets: Iterable[str], streams: bool = True):
+    """The store's rows of ``subsets`` as a Ray Dataset (features optional)."""
+    import ray
+
+    columns = ["video_id", "subset", "duration", "fps", "snippet_frames", "num_snippets"]
+    if streams:
+        columns += list(store.streams)
+    urls = store.shard_urls(list(subsets))
+    return ray.data.read_parquet(urls, columns=columns)
+
+
+def batch_features(batch: pa.Table, streams: dict[str, int], dtype: str
+                   ) -> list[dict[str, np.ndarray]]:
+    """Per row, stream -> ``(T, D)`` float32 array, from a pyarrow batch of the store."""
+    views = {s: feature_views(batch.column(s), d, dtype) for s, d in streams.items()}
+    return [{s: views[s][i].astype(np.float32) for s in streams} for i in range(batch.num_rows)]
+
+
+def _f32_bytes(x: np.ndarray) -> bytes:
+    return np.ascontiguousarray(x, dtype=np.float32).tobytes()
+
+
+class UniformDescriptors:
+    """Round-0 descriptors (uniform 1/T pooling) of a batch of store rows."""
+
+    def __init__(self, streams: dict[str, int], dtype: str):
+        self.streams, self.dtype = streams, dtype
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        feats = batch_features(batch, self.streams, self.dtype)
+        return pa.table({"video_id": batch.column("video_id"),
+                         "descriptor": [_f32_bytes(video_descriptor(f)) for f in feats]})
+
+
+class AttentionPass:
+    """The trained stream models over whole videos (a Ray Data actor).
+
+    Outputs per video: ``descriptor`` (the next round's clustering input: each stream pooled
+    by its own model's class-agnostic attention, ``contrast`` or the paper's ``attention``
+    form, see :class:`acl_dist.config.ClusterConfig`); for test
+    videos also the fused ``cas`` ``(T, C)``, per-stream ``attention_<stream>`` ``(T,)``,
+    fused ``video_logits`` ``(C,)`` (raw float32/float16 bytes) and ``detections`` (JSON).
+    """
+
+    def __init__(self, checkpoint_path: str, streams: dict[str, int], dtype: str,
+                 test_subset: str, localize: dict[str, Any], want_descriptors: bool,
+                 descriptor: str = "contrast", torch_threads: int | None = None):
+        import torch
+
+        from .train import load_models
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        with fsutil.open_read(checkpoint_path) as fh:
+            ckpt = torch.load(io.BytesIO(fh.read()), map_location="cpu", weights_only=False)
+        self.model = load_models(ckpt, self.device)
+        self.streams, self.dtype = streams, dtype
+        self.test_subset = test_subset
+        self.localize = from_dict(LocalizeConfig, localize)
+        self.want_descriptors = want_descriptors
+        self.describe = contrast_descriptor if descriptor == "contrast" else video_descriptor
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from .localize import localize_video
+        from .train import predict
+
+        feats = batch_features(batch, self.streams, self.dtype)
+        ids = batch.column("video_id").to_pylist()
+        subsets = batch.column("subset").to_pylist()
+        preds = predict(self.model, list(zip(ids, feats)), self.device)
+        out: dict[str, list] = {k: [] for k in (
+            "video_id", "subset", "descriptor", "cas", "video_logits", "detections",
+            *[f"attention_{s}" for s in self.streams])}
+        for i, p in enumerate(preds):
+            is_test = subsets[i] == self.test_subset
+            out["video_id"].append(ids[i])
+            out["subset"].append(subsets[i])
+            out["descriptor"].append(_f32_bytes(self.describe(feats[i], p.attention))
+                                     if self.want_descriptors and not is_test else b"")
+            if is_test:
+                cas, att, logits = p.fused(self.localize.rgb_weight)
+                grid = SnippetGrid(batch.column("fps")[i].as_py(),
+                                   batch.column("snippet_frames")[i].as_py())
+                segs = localize_video(cas, att, logits, grid,
+                                      batch.column("duration")[i].as_py(), self.localize)
+                out["cas"].append(np.ascontiguousarray(cas, dtype=np.float16).tobytes())
+                out["video_logits"].append(_f32_bytes(logits))
+                out["detections"].append(json.dumps([list(s) for s in segs]))
+                for s in self.streams:
+                    out[f"attention_{s}"].append(
+                        np.ascontiguousarray(p.attention[s], dtype=np.float16).tobytes())
+            else:
+                out["cas"].append(b"")
+                out["video_logits"].append(b"")
+                out["detections"].append("[]")
+                for s in self.streams:
+                    out[f"attention_{s}"].append(b"")
+        return pa.table(out)
+
+
+def map_descriptors(store: FeatureStore, subset: str, concurrency: int = 1):
+    ds = store_dataset(store, [subset])
+    return ds.map_batches(UniformDescriptors, batch_format="pyarrow", batch_size=32,
+                          fn_constructor_kwargs={"streams": store.streams,
+                                                 "dtype": store.dtype},
+                          concurrency=concurrency, num_cpus=1)
+
+
+def map_attention(store: FeatureStore, subsets: list[str], checkpoint_path: str,
+                  test_subset: str, localize: LocalizeConfig, want_descriptors: bool,
+                  descriptor: str = "contrast", concurrency: int = 1, use_gpu: bool = False,
+                  torch_threads: int | None = None):
+    ds = store_dataset(store, subsets)
+    return ds.map_batches(
+        AttentionPass, batch_format="pyarrow", batch_size=16, concurrency=concurrency,
+        num_gpus=1 if use_gpu else 0, num_cpus=1,
+        fn_constructor_kwargs={"checkpoint_path": checkpoint_path, "streams": store.streams,
+                               "dtype": store.dtype, "test_subset": test_subset,
+                               "localize": to_dict(localize),
+                               "want_descriptors": want_descriptors,
+                               "descriptor": descriptor, "torch_threads": torch_threads})
+
+
+def write_dataset(ds, path: str) -> int:
+    """Stream a dataset's batches into one Parquet file, atomically; returns rows written."""
+    rows = 0
+    if fsutil.is_remote(path):
+        tmp_ctx = None
+        target = path
+    else:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp_ctx = tempfile.NamedTemporaryFile(dir=os.path.dirname(os.path.abspath(path)),
+                                              prefix=".tmp-", suffix=".parquet", delete=False)
+        tmp_ctx.close()
+        target = tmp_ctx.name
+    fs, p = fsutil.get_fs(target)
+    writer = None
+    try:
+        with fs.open(p, "wb") as fh:
+            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+                if writer is None:
+                    writer = pq.ParquetWriter(fh, table.schema, compression="none")
+                writer.write_table(table)
+                rows += table.num_rows
+            if writer is None:
+                raise RuntimeError(f"no rows to write to {path}")
+            writer.close()
+        if tmp_ctx is not None:
+            os.replace(target, path)
+    except BaseException:
+        if tmp_ctx is not None and os.path.exists(target):
+            os.remove(target)
+        elif tmp_ctx is None:
+            fsutil.remove_tree(path)
+        raise
+    return rows
+
+
+def read_descriptors(path: str) -> tuple[list[str], np.ndarray]:
+    """(video ids, ``(N, F)`` descriptors) of the non-test rows of a step's output file."""
+    with fsutil.open_read(path) as fh:
+        table = pq.read_table(fh, columns=["video_id", "descriptor"])
+    ids, rows = [], []
+    for vid, blob in zip(table.column("video_id").to_pylist(),
+                         table.column("descriptor").to_pylist()):
+        if blob:
+            ids.append(vid)
+            rows.append(np.frombuffer(blob, dtype=np.float32))
+    return ids, np.stack(rows) if rows else np.zeros((0, 0), np.float32)
+
+
+# --------------------------------------------------------------------------- clustering task
+
+
+def run_clustering_task(descriptors: np.ndarray, n_clusters: int, backend: str, seed: int,
+                        n_init: int, sigma: float | None, truth: list[str] | None,
+                        previous: np.ndarray | None) -> dict:
+    """Spectral clustering as one Ray task; asks for a GPU when the cluster has one and
+    the backend can use it."""
+    import ray
+
+    wants_gpu = backend in ("auto", "torch", "cuml") and cluster_gpus() > 0
+    task = ray.remote(num_cpus=1, num_gpus=1 if wants_gpu else 0)(run_clustering)
+    return ray.get(task.remote(descriptors, n_clusters, backend, seed, n_init, sigma, truth,
+                               previous))
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _no_drop_data_config():
+    """Ray Train's default split may drop rows to equalise shards (``equal=True``); the
+    ACL sampler promises every video once per epoch, so split without dropping. Training is
+    step-based, so unequal shards cannot desynchronise DDP."""
+    from ray.train import DataConfig
+
+    class NoDropDataConfig(DataConfig):
+        def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+            output = [{} for _ in range(world_size)]
+            for name, ds in datasets.items():
+                ds = ds.copy(ds)
+                ds.context.execution_options = DataConfig.default_ingest_options()
+                for i, split in enumerate(ds.streaming_split(world_size, equal=False)):
+                    output[i][name] = split
+            return output
+
+    return NoDropDataConfig()
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker: read this worker's shard into memory, then :func:`train.fit`."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from .train import VideoItem, fit, make_checkpoint
+
+    cfg = from_dict(RunConfig, config["run_config"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if config.get("torch_threads"):
+        torch.set_num_threads(int(config["torch_threads"]))
+    streams, dtype, labels = config["streams"], config["dtype"], config["labels"]
+    items = []
+    shard = ray.train.get_dataset_shard("train")
+    for batch in shard.iter_batches(batch_format="pyarrow", batch_size=64):
+        feats = {s: feature_views(batch.column(s), d, dtype) for s, d in streams.items()}
+        for i, vid in enumerate(batch.column("video_id").to_pylist()):
+            items.append(VideoItem(vid, {s: np.array(feats[s][i]) for s in streams},
+                                   list(labels.get(vid, ()))))
+    start = None
+    resume = ray.train.get_checkpoint()
+    if resume is not None:
+        with resume.as_directory() as d:
+            start = torch.load(os.path.join(d, "train_state.pt"), map_location="cpu",
+                               weights_only=False)
+    device = ray.train.torch.get_device()
+    steps = cfg.train.steps
+
+    def report(metrics: dict[str, float], step: int, state: dict | None) -> None:
+        metrics = dict(metrics, worker_videos=len(items))
+        if rank == 0:
+            log(f"  round {config['round']} step {step}/{steps} loss {metrics['loss']:.3f} "
+                f"({metrics['videos_per_s']:.0f} videos/s)", config.get("quiet"))
+        if state is None or rank != 0:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(state, os.path.join(d, "train_state.pt"))
+            if step == steps:
+                torch.save(make_checkpoint(state["model"], cfg, config["num_classes"],
+                                           streams, config["label_names"], config["round"]),
+                           os.path.join(d, "model.pt"))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    fit(items, cfg, config["num_classes"], streams, rank=rank, world_size=world, device=device,
+        wrap=ray.train.torch.prepare_model, report=report, start=start)
+
+
+def run_training(store: FeatureStore, subset: str, cfg: RunConfig, labels: dict[str, list[int]],
+                 num_classes: int, label_names: list[str], round_index: int,
+                 storage_path: str, name: str, torch_threads: int | None = None,
+                 max_failures: int = 0, quiet: bool = False) -> dict[str, Any]:
+    """One round's training on Ray Train; returns the final checkpoint dict."""
+    import torch
+    from ray.train import FailureConfig, RunConfig as TrainRunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    ds = store_dataset(store, [subset])
+    tc = cfg.train
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"run_config": to_dict(cfg), "labels": labels,
+                           "num_classes": num_classes, "label_names": label_names,
+                           "round": round_index, "streams": store.streams,
+                           "dtype": store.dtype, "torch_threads": torch_threads,
+                           "quiet": quiet},
+        scaling_config=ScalingConfig(num_workers=tc.workers, use_gpu=bool(tc.use_gpu),
+                                     resources_per_worker={"CPU": tc.cpus_per_worker}),
+        datasets={"train": ds},
+        dataset_config=_no_drop_data_config(),
+        run_config=TrainRunConfig(name=name, storage_path=storage_path,
+                                  failure_config=FailureConfig(max_failures=max_failures)))
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training of round {round_index} produced no checkpoint")
+    with result.checkpoint.as_directory() as d:
+        return torch.load(os.path.join(d, "model.pt"), map_location="cpu", weights_only=False)

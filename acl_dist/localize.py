@@ -1,0 +1,149 @@
+"""From class activation sequences and attention to scored segments (METHOD.md §10,
+FORMATS.md §4). Pure numpy.
+
+Per video, after late fusion of the RGB and flow models:
+
+1. class gate: keep classes whose softmax video score exceeds ``class_threshold`` (the top
+   class always);
+2. signal per kept class: the min-max normalised CAS column (the paper's ``score`` metric),
+   optionally times the min-max normalised class-agnostic attention;
+3. linear upsampling by ``upsample`` (sub-snippet boundaries), then for each relative
+   threshold t: runs where signal > t * mean(signal);
+4. each run scored by outer-inner contrast (mean inside minus mean over ``outer_ratio`` of
+   its length on each side; 0 when there is no outside) plus ``gamma`` * video score;
+5. proposals of all thresholds pooled per class, class-wise NMS (tIoU in seconds, no "+1").
+
+Times are seconds on the store's snippet grid (:class:`acl_dist.timegrid.SnippetGrid`),
+clipped to the video's duration.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .config import LocalizeConfig
+from .timegrid import SnippetGrid
+
+
+class ScoredSegment(NamedTuple):
+    """A scored detection of class index ``label``; seconds."""
+
+    label: int
+    score: float
+    start: float
+    end: float
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    z = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def minmax(x: np.ndarray) -> np.ndarray:
+    lo, hi = float(x.min()), float(x.max())
+    if hi - lo < 1e-12:
+        return np.zeros_like(x, dtype=np.float64)
+    return (x - lo) / (hi - lo)
+
+
+def upsample(signal: np.ndarray, factor: int) -> np.ndarray:
+    """Linear upsampling of a per-snippet signal to ``factor`` points per snippet, sampled at
+    the sub-step centres (snippet values sit at snippet centres; edges held)."""
+    t = len(signal)
+    if factor <= 1:
+        return signal.astype(np.float64)
+    centres = (np.arange(t * factor) + 0.5) / factor - 0.5
+    return np.interp(centres, np.arange(t), signal.astype(np.float64))
+
+
+def runs(binary: np.ndarray) -> np.ndarray:
+    """``(R, 2)`` [start, end) index pairs of the True runs of a 1-D boolean array."""
+    padded = np.concatenate([[False], binary, [False]])
+    edges = np.flatnonzero(padded[1:] != padded[:-1])
+    return edges.reshape(-1, 2)
+
+
+def outer_inner_contrast(signal: np.ndarray, spans: np.ndarray, ratio: float) -> np.ndarray:
+    """OIC score of each [start, end) span: mean inside minus mean of the context of
+    ``ratio`` x length on both sides (clipped to the signal); outside mean 0 if empty."""
+    if len(spans) == 0:
+        return np.zeros(0)
+    csum = np.concatenate([[0.0], np.cumsum(signal)])
+    n = len(signal)
+    a, b = spans[:, 0], spans[:, 1]
+    length = b - a
+    inner = (csum[b] - csum[a]) / np.maximum(length, 1)
+    pad = np.maximum(np.round(ratio * length).astype(int), 1)
+    lo, hi = np.maximum(a - pad, 0), np.minimum(b + pad, n)
+    outer_sum = (csum[a] - csum[lo]) + (csum[hi] - csum[b])
+    outer_len = (a - lo) + (hi - b)
+    outer = np.where(outer_len > 0, outer_sum / np.maximum(outer_len, 1), 0.0)
+    return inner - outer
+
+
+def nms(segments: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    """Greedy 1-D NMS; returns kept indices in descending score order."""
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    starts, ends = segments[:, 0], segments[:, 1]
+    suppressed = np.zeros(len(scores), dtype=bool)
+    for i in order:
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        inter = np.clip(np.minimum(ends[i], ends) - np.maximum(starts[i], starts), 0, None)
+        union = (ends - starts) + (ends[i] - starts[i]) - inter
+        tiou = np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+        suppressed |= tiou >= iou
+    return np.asarray(keep, dtype=int)
+
+
+def localize_video(cas: np.ndarray, attention: np.ndarray, video_logits: np.ndarray,
+                   grid: SnippetGrid, duration: float,
+                   cfg: LocalizeConfig = LocalizeConfig()) -> list[ScoredSegment]:
+    """Detections of one video.
+
+    Args:
+        cas: ``(T, C)`` fused class logits O.
+        attention: ``(T,)`` fused class-agnostic attention S.
+        video_logits: ``(C,)`` fused video logits p.
+        grid: the video's snippet grid. duration: seconds (detections are clipped to it).
+    Returns:
+        Segments sorted by score, at most ``cfg.max_per_video``.
+    """
+    t_len, n_cls = cas.shape
+    probs = softmax(video_logits.astype(np.float64))
+    classes = set(np.flatnonzero(probs > cfg.class_threshold).tolist())
+    classes.add(int(np.argmax(probs)))
+    step = grid.seconds_per_snippet / max(cfg.upsample, 1)
+    att = minmax(attention) if cfg.signal == "cas_attention" else None
+    out: list[ScoredSegment] = []
+    for c in sorted(classes):
+        signal = minmax(cas[:, c])
+        if att is not None:
+            signal = signal * att
+        up = upsample(signal, cfg.upsample)
+        mean = up.mean()
+        if not mean > 0:
+            continue
+        spans = np.concatenate([runs(up > th * mean) for th in cfg.thresholds], axis=0) \
+            if cfg.thresholds else np.zeros((0, 2), int)
+        if len(spans) == 0:
+            continue
+        spans = np.unique(spans, axis=0)
+        scores = outer_inner_contrast(up, spans, cfg.outer_ratio) + cfg.gamma * probs[c]
+        seconds = np.clip(spans * step, 0.0, duration)
+        valid = seconds[:, 1] > seconds[:, 0]
+        seconds, scores = seconds[valid], scores[valid]
+        for i in nms(seconds, scores, cfg.nms_iou):
+            out.append(ScoredSegment(c, float(scores[i]), float(seconds[i, 0]), float(seconds[i, 1])))
+    out.sort(key=lambda s: -s.score)
+    return out[: cfg.max_per_video]
+
+
+def fuse(rgb: np.ndarray, flow: np.ndarray, rgb_weight: float) -> np.ndarray:
+    """Late fusion: ``w * rgb + (1 - w) * flow`` (paper: w = 2/3)."""
+    return rgb_weight * rgb + (1.0 - rgb_weight) * flow

@@ -1,0 +1,167 @@
+"""ACL's losses as small pure functions of tensors and masks (METHOD.md §5, §7, §8).
+
+Batch structure: ``groups`` is a ``(Z, K)`` long tensor of batch row indices, one row per
+cluster drawn for the batch, ``-1`` where a cluster had fewer than K videos; ``group_class``
+``(Z,)`` is each group's cluster (or class) index. A video belongs to at most one group;
+the batch's random-fill videos belong to none and only enter L_cls.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .model import masked_softmax
+
+
+def cosine_distance(u: torch.Tensor, w: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """``1 - cos(u, w)`` along the last dim."""
+    return 1.0 - F.cosine_similarity(u, w, dim=-1, eps=eps)
+
+
+def classification_loss(video_logits: torch.Tensor, targets: torch.Tensor,
+                        reduction: str = "mean") -> torch.Tensor:
+    """L_cls: cross-entropy of softmax(p) against the video's labels.
+
+    A video with m labels counts as m single-label copies of weight 1/m (the authors'
+    ``get_single_label_dict``), which is cross-entropy against the normalised multi-hot.
+
+    Args:
+        video_logits: ``(B, C)`` p.
+        targets: ``(B, C)`` multi-hot (or one-hot pseudo-labels); rows with no label are
+            ignored.
+        reduction: ``mean`` over labelled videos, or ``sum`` (the authors' code).
+    """
+    counts = targets.sum(dim=1)
+    labelled = counts > 0
+    weights = targets / counts.clamp(min=1)[:, None]
+    per_video = -(weights * F.log_softmax(video_logits, dim=1)).sum(dim=1)
+    per_video = per_video[labelled]
+    if per_video.numel() == 0:
+        return video_logits.sum() * 0.0
+    return per_video.sum() if reduction == "sum" else per_video.mean()
+
+
+def _members(groups: torch.Tensor, group_class: torch.Tensor, batch: int
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per batch row: its group index (or -1) and its group's class (or 0)."""
+    group_of = torch.full((batch,), -1, dtype=torch.long, device=groups.device)
+    valid = groups >= 0
+    rows = groups[valid]
+    group_of[rows] = torch.arange(groups.shape[0], device=groups.device)[:, None].expand_as(
+        groups)[valid]
+    if group_class.numel() == 0:
+        return group_of, torch.zeros_like(group_of)
+    cls = torch.where(group_of >= 0, group_class[group_of.clamp(min=0)], 0)
+    return group_of, cls
+
+
+def action_background_features(features: torch.Tensor, attention: torch.Tensor,
+                               mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Action and background features of each video under a temporal attention.
+
+    ``x_a = X^T a`` and ``x_b = X^T (1 - a) / max(T - 1, 1)`` over real snippets.
+
+    Args:
+        features: ``(B, T, F)``. attention: ``(B, T)``, sums to 1 over real snippets.
+        mask: ``(B, T)``.
+    Returns:
+        ``(B, F)`` action features, ``(B, F)`` background features.
+    """
+    action = torch.einsum("bt,btf->bf", attention, features)
+    lengths = mask.sum(dim=1).to(features.dtype)
+    back_w = (1.0 - attention) * mask.to(features.dtype) / (lengths - 1).clamp(min=1)[:, None]
+    background = torch.einsum("bt,btf->bf", back_w, features)
+    return action, background
+
+
+def class_attention(cas: torch.Tensor, mask: torch.Tensor, classes: torch.Tensor
+                    ) -> torch.Tensor:
+    """A[:, c_b] for each video b: softmax over real snippets of its class's CAS column.
+
+    Args: cas ``(B, T, C)``; mask ``(B, T)``; classes ``(B,)``. Returns ``(B, T)``.
+    """
+    logits = cas.gather(2, classes[:, None, None].expand(-1, cas.shape[1], 1))[..., 0]
+    return masked_softmax(logits, mask)
+
+
+def separation_loss(features: torch.Tensor, attention: torch.Tensor, mask: torch.Tensor,
+                    groups: torch.Tensor, tau1: float = 0.001, tau2: float = 0.5
+                    ) -> torch.Tensor:
+    """L_sep, the action-background separation loss (METHOD.md §7).
+
+    For each pair (m, n) of videos in a cluster group, with d the cosine distance and
+    a / b the attended / background features (:func:`action_background_features`),
+    ``l_mn = [d(a_m,a_n) - tau1]_+ + 1/2 [d(a_m,a_n) - d(a_m,b_m) + tau2]_+
+    + 1/2 [d(a_m,a_n) - d(a_n,b_n) + tau2]_+``; averaged over the pairs of a group
+    (K(K-1)/2 of them; the paper's K = 2 has one), then over groups with >= 2 videos.
+
+    Args:
+        features: ``(B, T, F)`` (the paper: the FAB output X_e).
+        attention: ``(B, T)`` per video (the paper: A for the video's cluster,
+            :func:`class_attention`).
+        groups: ``(Z, K)`` batch rows per cluster group, -1 padded.
+    Returns a scalar (0 when no group has a pair).
+    """
+    action, background = action_background_features(features, attention, mask)
+    own = cosine_distance(action, background)                            # (B,)
+    total, count = features.new_zeros(()), 0
+    for z in range(groups.shape[0]):
+        rows = groups[z][groups[z] >= 0]
+        k = rows.numel()
+        if k < 2:
+            continue
+        i, j = torch.triu_indices(k, k, offset=1, device=features.device)
+        a, b = rows[i], rows[j]
+        d_ab = cosine_distance(action[a], action[b])
+        pair = (F.relu(d_ab - tau1) + 0.5 * F.relu(d_ab - own[a] + tau2)
+                + 0.5 * F.relu(d_ab - own[b] + tau2))
+        total = total + pair.mean()
+        count += 1
+    return total / count if count else total
+
+
+def group_classes(groups: torch.Tensor, group_class: torch.Tensor, batch: int) -> torch.Tensor:
+    """``(B,)`` the class of each video's group (0 for ungrouped videos)."""
+    return _members(groups, group_class, batch)[1]
+
+
+def attention_pooled(embedding: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+    """H = E^T S: ``(B, T, F)``, ``(B, T)`` -> ``(B, F)`` (padding has S = 0)."""
+    return torch.einsum("bt,btf->bf", attention, embedding)
+
+
+def triplet_loss(pooled: torch.Tensor, groups: torch.Tensor, group_class: torch.Tensor,
+                 margin: float = 0.5, neg_cap: float | None = 1.0,
+                 reduction: str = "mean") -> torch.Tensor:
+    """L_trip, the cluster-based triplet loss with hardest positive and negative (§8).
+
+    Anchors are the grouped videos. For anchor a: positive = the farthest video of its own
+    group; negative = the closest grouped video of a different class, its distance capped
+    at ``neg_cap`` (the authors' search starts at 1); loss ``[d_p - d_n + margin]_+``.
+    Anchors without a positive or a negative are skipped.
+
+    Args:
+        pooled: ``(B, F)`` H. groups: ``(Z, K)``. group_class: ``(Z,)``.
+        reduction: ``mean`` over anchors or ``sum`` (the authors' code).
+    """
+    group_of, cls = _members(groups, group_class, pooled.shape[0])
+    rows = torch.nonzero(group_of >= 0)[:, 0]
+    if rows.numel() < 2:
+        return pooled.sum() * 0.0
+    h = F.normalize(pooled[rows], dim=1, eps=1e-8)
+    dist = 1.0 - h @ h.T                                                  # (N, N)
+    same_group = group_of[rows][:, None] == group_of[rows][None, :]
+    same_class = cls[rows][:, None] == cls[rows][None, :]
+    eye = torch.eye(rows.numel(), dtype=torch.bool, device=pooled.device)
+    pos_mask = same_group & ~eye
+    neg_mask = ~same_class
+    has = pos_mask.any(1) & neg_mask.any(1)
+    if not has.any():
+        return pooled.sum() * 0.0
+    d_pos = dist.masked_fill(~pos_mask, float("-inf")).max(dim=1).values
+    d_neg = dist.masked_fill(~neg_mask, float("inf")).min(dim=1).values
+    if neg_cap is not None:
+        d_neg = d_neg.clamp(max=neg_cap)
+    per_anchor = F.relu(d_pos - d_neg + margin)[has]
+    return per_anchor.sum() if reduction == "sum" else per_anchor.mean()

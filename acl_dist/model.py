@@ -1,0 +1,151 @@
+"""The temporal co-attention network of one stream (METHOD.md §4-5). No Ray, no DDP.
+
+Works on padded batches of whole videos: ``x`` is ``(B, T, D)`` with a boolean ``mask``
+``(B, T)`` marking real snippets. Every layer re-zeroes padded positions, so a padded
+video's outputs at its real positions equal those of the video run alone (the convs'
+zero padding sees the same zeros either way), the non-local block attends only to real
+snippets, and the softmaxes over time and the pooling ignore padding.
+
+Shapes: ``B`` videos, ``T`` snippets (the longest in the batch), ``D`` input feature dim,
+``C`` classes (or clusters).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+
+def masked_softmax(logits: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Softmax over ``dim`` restricted to ``mask``; rows with no valid entry give zeros."""
+    filled = logits.masked_fill(~mask, float("-inf"))
+    out = torch.softmax(filled, dim=dim)
+    return torch.nan_to_num(out, nan=0.0)
+
+
+class LocalBlock(nn.Module):
+    """Four parallel temporal convs (k3 d1, k3 d2, k3 d3 -- the plain branch and the
+    dilated pyramid -- and k1), each ReLU'd, concatenated: ``(B, Cin, T) -> (B, 4*w, T)``."""
+
+    def __init__(self, in_dim: int, branch_dim: int, dilations: tuple[int, int]):
+        super().__init__()
+        self.branches = nn.ModuleList(
+            [nn.Conv1d(in_dim, branch_dim, 3, padding=1)]
+            + [nn.Conv1d(in_dim, branch_dim, 3, padding=d, dilation=d) for d in dilations]
+            + [nn.Conv1d(in_dim, branch_dim, 1)])
+
+    def forward(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        return torch.cat([F.relu(b(x)) for b in self.branches], dim=1) * m
+
+
+class NonLocal(nn.Module):
+    """Embedded-Gaussian non-local block over time, residual, zero-initialised output
+    projection (starts as the identity); keys restricted to real snippets."""
+
+    def __init__(self, dim: int, inner: int):
+        super().__init__()
+        self.theta = nn.Conv1d(dim, inner, 1)
+        self.phi = nn.Conv1d(dim, inner, 1)
+        self.g = nn.Conv1d(dim, inner, 1)
+        self.out = nn.Conv1d(inner, dim, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        q = self.theta(z).transpose(1, 2)                 # (B, T, inner)
+        k = self.phi(z)                                   # (B, inner, T)
+        v = self.g(z).transpose(1, 2)                     # (B, T, inner)
+        weights = masked_softmax(q @ k, mask[:, None, :])  # (B, T, T), keys masked
+        y = (weights @ v).transpose(1, 2)                 # (B, inner, T)
+        return (z + self.out(y)) * mask[:, None, :].to(z.dtype)
+
+
+@dataclass
+class ModelOutput:
+    """Outputs of :class:`CoAttentionNet` (all padded positions are zero).
+
+    Attributes:
+        embedding: ``(B, T, base_dim)`` base embedding E (pooled by S for the triplet loss).
+        fused: ``(B, T, global_dim + 4 * branch_dim)`` FAB output X_e (pooled by A for L_sep).
+        cas: ``(B, T, C)`` snippet class logits O (the class activation sequence).
+        attention_logits: ``(B, T)`` class-agnostic logits s.
+        attention: ``(B, T)`` class-agnostic attention S = softmax over real snippets.
+        video_logits: ``(B, C)`` p = sum_t S_t O_t.
+    """
+
+    embedding: torch.Tensor
+    fused: torch.Tensor
+    cas: torch.Tensor
+    attention_logits: torch.Tensor
+    attention: torch.Tensor
+    video_logits: torch.Tensor
+
+
+class CoAttentionNet(nn.Module):
+    """Input dropout -> base conv -> FAB (local branches + non-local global branch) ->
+    class-specific head O; a second local block -> class-agnostic attention S; p = S^T O.
+
+    Args:
+        in_dim: D, the feature dim of the stream.
+        num_classes: C.
+        cfg: widths and options (:class:`ModelConfig`).
+    """
+
+    def __init__(self, in_dim: int, num_classes: int, cfg: ModelConfig = ModelConfig()):
+        super().__init__()
+        self.in_dim, self.num_classes, self.cfg = in_dim, num_classes, cfg
+        self.dropout = nn.Dropout1d(cfg.dropout)
+        self.base = nn.Conv1d(in_dim, cfg.base_dim, 3, padding=1)
+        local_dim = 4 * cfg.branch_dim
+        self.local = LocalBlock(cfg.base_dim, cfg.branch_dim, cfg.dilations)
+        self.global_in = nn.Conv1d(cfg.base_dim, cfg.global_dim, 1)
+        self.nonlocal_block = NonLocal(cfg.global_dim, cfg.nonlocal_dim)
+        self.fused_dim = cfg.global_dim + local_dim
+        self.head = nn.Conv1d(self.fused_dim, num_classes, 1)
+        self.agnostic_local = LocalBlock(cfg.base_dim, cfg.branch_dim, cfg.dilations)
+        agnostic_dim = local_dim
+        if cfg.agnostic_global:
+            self.agnostic_global_in = nn.Conv1d(cfg.base_dim, cfg.global_dim, 1)
+            self.agnostic_nonlocal = NonLocal(cfg.global_dim, cfg.nonlocal_dim)
+            agnostic_dim += cfg.global_dim
+        self.agnostic_head = nn.Conv1d(agnostic_dim, 1, 1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> ModelOutput:
+        """Args: ``x`` ``(B, T, D)``, ``mask`` ``(B, T)`` bool. Returns :class:`ModelOutput`."""
+        if x.dim() != 3 or x.shape[-1] != self.in_dim:
+            raise ValueError(f"expected (B, T, {self.in_dim}) features, got {tuple(x.shape)}")
+        m = mask[:, None, :].to(x.dtype)                       # (B, 1, T)
+        h = self.dropout(x.transpose(1, 2)) * m                 # (B, D, T)
+        e = F.relu(self.base(h)) * m                            # (B, base, T)
+        local = self.local(e, m)                                # (B, 4w, T)
+        glob = self.nonlocal_block(F.relu(self.global_in(e)) * m, mask)
+        fused = torch.cat([glob, local], dim=1)                 # (B, fused, T)
+        cas = self.head(fused) * m                              # (B, C, T)
+        agnostic = [self.agnostic_local(e, m)]
+        if self.cfg.agnostic_global:
+            agnostic.append(self.agnostic_nonlocal(
+                F.relu(self.agnostic_global_in(e)) * m, mask))
+        s = self.agnostic_head(torch.cat(agnostic, dim=1))[:, 0] * m[:, 0]   # (B, T)
+        attention = masked_softmax(s, mask)                     # (B, T)
+        video_logits = torch.einsum("bt,bct->bc", attention, cas)
+        return ModelOutput(embedding=e.transpose(1, 2), fused=fused.transpose(1, 2),
+                           cas=cas.transpose(1, 2), attention_logits=s, attention=attention,
+                           video_logits=video_logits)
+
+
+def pad_batch(arrays: list, max_len: int | None = None, dtype: torch.dtype = torch.float32
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack ragged ``(T_i, D)`` arrays into ``(B, T_max, D)`` zeros-padded plus a mask."""
+    lengths = [int(a.shape[0]) for a in arrays]
+    t_max = max(lengths) if max_len is None else max_len
+    dim = int(arrays[0].shape[1])
+    out = torch.zeros(len(arrays), t_max, dim, dtype=dtype)
+    for i, a in enumerate(arrays):
+        out[i, : lengths[i]] = torch.as_tensor(a[:t_max], dtype=dtype)
+    mask = torch.arange(t_max)[None, :] < torch.tensor(lengths)[:, None]
+    return out, mask

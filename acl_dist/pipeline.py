@@ -1,0 +1,439 @@
+"""The ACL rounds on Ray, with a run directory that makes them resumable.
+
+Round r (unsupervised): descriptors (r = 0: uniform pooling of the store; r > 0: the
+previous round's attention pass) -> clustering task -> pseudo-labels -> Ray Train ->
+attention pass over every video (next descriptors; test CAS, attention, detections) ->
+evaluation of this round's detections. Weak mode: one round, the store's video labels, no
+clustering. After the last round the final detections and ``metrics.json`` are written.
+
+Run directory (local or ``s3://``)::
+
+    RUN/config.yaml          the resolved config (also inside every checkpoint)
+    RUN/state.json           finished steps with their seconds; written after each step
+    RUN/round_<r>/descriptors.parquet   (r = 0, unsupervised) uniform descriptors
+    RUN/round_<r>/clusters.json         pseudo-labels, clustering stats, class mapping
+    RUN/round_<r>/model.pt              the round's two stream models
+    RUN/round_<r>/outputs.parquet       attention pass: descriptors, test CAS/attention/dets
+    RUN/round_<r>/eval.json             this round's test mAP (diagnostic, never selection)
+    RUN/ray_train/                      Ray Train's storage (checkpoints, per-step results)
+    RUN/detections.json, RUN/metrics.json
+
+Every artifact is written whole (temporary file + rename, or one PUT on S3) before its step
+is marked done, so ``--resume`` reruns exactly the first unfinished step and what follows.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import fsutil
+from .config import RunConfig, load_config, to_dict, to_yaml, with_updates
+from .errors import ConfigError
+from .evaluate import (Detection, cluster_class_mapping, cluster_name, clustering_scores,
+                       detections_to_json, evaluate_detections, load_ground_truth,
+                       map_detections, parse_tiou)
+from .progress import log
+from .store import FeatureStore
+
+STATE = "state.json"
+
+
+# --------------------------------------------------------------------------- config sizing
+
+
+def default_subsets(store: FeatureStore) -> tuple[str, str]:
+    """(train, test) subsets of a store: THUMOS ``validation``/``test``, ActivityNet
+    ``training``/``validation``, BaSNet ``train``/``test``; synthetic stores say theirs."""
+    src = store.manifest.get("source", {})
+    if "train_subset" in src and "test_subset" in src:
+        return src["train_subset"], src["test_subset"]
+    names = set(store.subsets)
+    for train, test in (("training", "validation"), ("train", "test"), ("validation", "test"),
+                        ("train", "val"), ("training", "testing")):
+        if train in names and test in names:
+            return train, test
+    raise ConfigError(f"cannot tell training and test subsets apart in {sorted(names)}; "
+                      "pass --train-subset and --test-subset")
+
+
+def resolve_config(cfg: RunConfig, store: FeatureStore, cpus: int | None = None,
+                   gpus: float = 0.0) -> RunConfig:
+    """Fill every ``None`` of ``cfg`` from the store and the machine.
+
+    Steps scale with the training set (~2 passes over it per 100 videos' worth of batches,
+    at least 150 and at most the paper's 30k), the batch with its size; workers = GPUs when
+    there are GPUs, else 1 worker per 4 CPUs (on a 2-core machine one worker with both
+    cores beats two DDP workers: RAY_NOTES.md §3).
+    """
+    train, test = default_subsets(store)
+    train = cfg.train_subset or train
+    test = cfg.test_subset or test
+    for name in (train, test):
+        if name not in store.subsets:
+            raise ConfigError(f"subset {name!r} not in the store (has {store.subsets})")
+    n_train = store.num_videos(train)
+    num_classes = cfg.num_classes or len(store.classes)
+    if cfg.mode == "weak" and num_classes != len(store.classes):
+        raise ConfigError(f"weak mode trains on the store's {len(store.classes)} classes; "
+                          f"--num-classes {num_classes} does not match")
+    if cfg.mode == "unsupervised" and not 2 <= num_classes <= n_train:
+        raise ConfigError(f"--num-classes must be in [2, {n_train}] for {n_train} videos")
+    tc = cfg.train
+    cpus = cpus or os.cpu_count() or 2
+    use_gpu = tc.use_gpu if tc.use_gpu is not None else gpus > 0
+    workers = tc.workers or (max(1, int(gpus)) if use_gpu else max(1, cpus // 4))
+    batch = tc.batch_size or int(min(32, max(8, 2 ** round(math.log2(max(n_train, 1) / 12)))))
+    steps = tc.steps or int(min(30005, max(150, 3 * n_train)))
+    cpw = tc.cpus_per_worker or (1.0 if use_gpu else max(0.5, min(1.0, (cpus - 1) / workers)))
+    rounds = 1 if cfg.mode == "weak" else cfg.rounds
+    tiou = cfg.tiou or _guess_tiou(store)
+    return with_updates(cfg, num_classes=num_classes, train_subset=train, test_subset=test,
+                        rounds=rounds, tiou=tiou,
+                        train={"workers": workers, "use_gpu": use_gpu, "batch_size": batch,
+                               "steps": steps, "cpus_per_worker": cpw})
+
+
+def _guess_tiou(store: FeatureStore) -> str:
+    """THUMOS-style stores (``video_test_*`` ids, or the THUMOS synthetic preset) are
+    evaluated at 0.1:0.7, everything else at ActivityNet's 0.5:0.95."""
+    src = store.manifest.get("source", {})
+    if src.get("preset") == "thumos14":
+        return "thumos"
+    meta = next(store.iter_videos(streams=[], batch_rows=1), None)
+    return "thumos" if meta is not None and meta.video_id.startswith("video_") else "anet"
+
+
+# --------------------------------------------------------------------------- run state
+
+
+@dataclass
+class RunDir:
+    """Paths and step bookkeeping of a run directory."""
+
+    root: str
+
+    def path(self, *parts: str) -> str:
+        return fsutil.join(self.root, *parts)
+
+    def round(self, r: int, name: str) -> str:
+        return self.path(f"round_{r}", name)
+
+    def state(self) -> dict[str, Any]:
+        p = self.path(STATE)
+        return fsutil.read_json(p) if fsutil.exists(p) else {"steps": {}}
+
+    def done(self, step: str) -> bool:
+        return step in self.state()["steps"]
+
+    def mark(self, step: str, seconds: float, **info: Any) -> None:
+        state = self.state()
+        state["steps"][step] = {"seconds": round(seconds, 2), **info}
+        fsutil.write_json_atomic(self.path(STATE), state)
+
+
+def _save_torch(path: str, obj: Any) -> None:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    fsutil.write_bytes_atomic(path, buf.getvalue())
+
+
+# --------------------------------------------------------------------------- the rounds
+
+
+class Run:
+    """Executes (or resumes) one ACL run. See the module doc for the steps."""
+
+    def __init__(self, store_path: str, out: str, cfg: RunConfig, quiet: bool = False,
+                 label_map_given: bool = False, max_failures: int = 0):
+        self.store = FeatureStore.open(store_path)
+        self.store_path = store_path
+        self.dir = RunDir(out)
+        self.cfg = cfg
+        self.quiet = quiet
+        self.label_map_given = label_map_given
+        self.max_failures = max_failures
+        meta = self.store.metadata([cfg.train_subset, cfg.test_subset])
+        self.train_meta = [m for m in meta if m.subset == cfg.train_subset]
+        self.truth = [m.primary_label for m in self.train_meta]
+        self.has_truth = all(t is not None for t in self.truth)
+        if cfg.mode == "weak":
+            self.label_names = list(self.store.classes)
+            index = {c: i for i, c in enumerate(self.label_names)}
+            self.weak_labels = {m.video_id: [index[lb] for lb in m.labels if lb in index]
+                                for m in self.train_meta}
+            if not any(self.weak_labels.values()):
+                raise ConfigError(f"weak mode needs video labels; subset {cfg.train_subset!r} "
+                                  "of the store has none")
+        else:
+            self.label_names = [cluster_name(k) for k in range(cfg.num_classes)]
+        self.timings: dict[str, float] = {}
+
+    # -- helpers --------------------------------------------------------------
+
+    def _step(self, name: str, fn, *args, **kwargs) -> Any:
+        """Run a step unless it is done; record its seconds."""
+        if self.dir.done(name):
+            log(f"[{name}] done earlier, skipped", self.quiet)
+            return None
+        log(f"[{name}] ...", self.quiet)
+        started = time.perf_counter()
+        info = fn(*args, **kwargs) or {}
+        seconds = time.perf_counter() - started
+        self.dir.mark(name, seconds, **info)
+        log(f"[{name}] {seconds:.1f} s", self.quiet)
+        return info
+
+    def _torch_threads(self) -> int:
+        return max(1, (os.cpu_count() or 2) // max(1, self.cfg.train.workers))
+
+    # -- steps ----------------------------------------------------------------
+
+    def step_descriptors0(self) -> dict:
+        from .distributed import map_descriptors, write_dataset
+
+        ds = map_descriptors(self.store, self.cfg.train_subset)
+        rows = write_dataset(ds, self.dir.round(0, "descriptors.parquet"))
+        return {"videos": rows}
+
+    def _descriptors(self, r: int) -> tuple[list[str], np.ndarray]:
+        from .distributed import read_descriptors
+
+        path = self.dir.round(0, "descriptors.parquet") if r == 0 else \
+            self.dir.round(r - 1, "outputs.parquet")
+        ids, desc = read_descriptors(path)
+        order = {v: i for i, v in enumerate(ids)}
+        missing = [m.video_id for m in self.train_meta if m.video_id not in order]
+        if missing:
+            raise RuntimeError(f"descriptors of round {r} miss {len(missing)} training videos "
+                               f"(e.g. {missing[0]})")
+        return [m.video_id for m in self.train_meta], desc[[order[m.video_id]
+                                                            for m in self.train_meta]]
+
+    def step_cluster(self, r: int) -> dict:
+        from .distributed import run_clustering_task
+
+        ids, desc = self._descriptors(r)
+        previous = None
+        if r > 0:
+            prev = fsutil.read_json(self.dir.round(r - 1, "clusters.json"))
+            previous = np.array([prev["labels"][v] for v in ids])
+        cc = self.cfg.cluster
+        res = run_clustering_task(desc, self.cfg.num_classes, cc.backend, cc.seed, cc.n_init,
+                                  cc.sigma, self.truth if self.has_truth else None, previous)
+        labels = res["labels"]
+        out = {"round": r, "backend": res["backend"], "sigma": res["sigma"],
+               "seconds": res["seconds"], "sizes": res["sizes"],
+               "labels": {v: int(k) for v, k in zip(ids, labels)}}
+        if "scores" in res:
+            out["scores"] = res["scores"]
+            out["mapping"] = {mode: {cluster_name(k): v for k, v in cluster_class_mapping(
+                labels, self.truth, mode).items()} for mode in ("hungarian", "majority", "soft")}
+        if "stability" in res:
+            out["stability"] = res["stability"]
+        fsutil.write_json_atomic(self.dir.round(r, "clusters.json"), out)
+        if "scores" in res:
+            s = res["scores"]
+            log(f"  round {r} clustering ({res['backend']}): NMI {s['nmi']:.3f} "
+                f"ARI {s['ari']:.3f} purity {s['purity']:.3f}", self.quiet)
+        return {"backend": res["backend"]}
+
+    def _labels(self, r: int) -> dict[str, list[int]]:
+        if self.cfg.mode == "weak":
+            return self.weak_labels
+        clusters = fsutil.read_json(self.dir.round(r, "clusters.json"))["labels"]
+        return {v: [k] for v, k in clusters.items()}
+
+    def step_train(self, r: int) -> dict:
+        from .distributed import run_training
+
+        cfg = with_updates(self.cfg, train={"seed": self.cfg.train.seed + 1000 * r})
+        storage = self.dir.path("ray_train")
+        if not fsutil.is_remote(storage):
+            storage = os.path.abspath(storage)
+        ckpt = run_training(self.store, self.cfg.train_subset, cfg, self._labels(r),
+                            self.cfg.num_classes, self.label_names, r, storage,
+                            f"round_{r}", torch_threads=self._torch_threads(),
+                            max_failures=self.max_failures, quiet=self.quiet)
+        _save_torch(self.dir.round(r, "model.pt"), ckpt)
+        last = ckpt["history"][-1] if ckpt.get("history") else {}
+        return {"steps": self.cfg.train.steps, "final_loss": last.get("loss")}
+
+    def step_attention(self, r: int) -> dict:
+        from .distributed import map_attention, write_dataset
+
+        want = self.cfg.mode == "unsupervised"
+        subsets = [self.cfg.train_subset, self.cfg.test_subset] if want else \
+            [self.cfg.test_subset]
+        ds = map_attention(self.store, subsets, self.dir.round(r, "model.pt"),
+                           self.cfg.test_subset, self.cfg.localize, want,
+                           descriptor=self.cfg.cluster.descriptor,
+                           use_gpu=bool(self.cfg.train.use_gpu),
+                           torch_threads=self._torch_threads())
+        rows = write_dataset(ds, self.dir.round(r, "outputs.parquet"))
+        return {"videos": rows}
+
+    def _raw_detections(self, r: int) -> list[Detection]:
+        import pyarrow.parquet as pq
+
+        with fsutil.open_read(self.dir.round(r, "outputs.parquet")) as fh:
+            table = pq.read_table(fh, columns=["video_id", "subset", "detections"])
+        dets = []
+        for vid, subset, blob in zip(*(table.column(c).to_pylist()
+                                       for c in ("video_id", "subset", "detections"))):
+            if subset != self.cfg.test_subset:
+                continue
+            for label, score, start, end in json.loads(blob):
+                dets.append(Detection(vid, self.label_names[int(label)], score, start, end))
+        return dets
+
+    def _mapping(self, r: int, mode: str) -> dict[int, list[tuple[str, float]]] | None:
+        if self.cfg.mode == "weak" or not self.has_truth:
+            return None
+        clusters = fsutil.read_json(self.dir.round(r, "clusters.json"))
+        ids = [m.video_id for m in self.train_meta]
+        return cluster_class_mapping([clusters["labels"][v] for v in ids], self.truth, mode)
+
+    def evaluate_round(self, r: int) -> dict:
+        dets = self._raw_detections(r)
+        mapping = self._mapping(r, self.cfg.label_map)
+        if mapping is not None:
+            dets = map_detections(dets, mapping)
+        out: dict[str, Any] = {"round": r, "detections": len(dets),
+                               "label_map": self.cfg.label_map if mapping else None}
+        gt = load_ground_truth(self.store_path, self.cfg.test_subset)
+        if gt.classes:
+            res = evaluate_detections(gt, dets, tiou_thresholds=parse_tiou(self.cfg.tiou),
+                                      unknown_labels="ignore")
+            out.update(res.as_dict())
+        return out
+
+    def step_evaluate(self, r: int) -> dict:
+        out = self.evaluate_round(r)
+        fsutil.write_json_atomic(self.dir.round(r, "eval.json"), out)
+        if "average" in out:
+            k = out["tiou"].index(0.5) if 0.5 in out["tiou"] else 0
+            log(f"  round {r} test mAP@{out['tiou'][k]} {out['map'][k]:.2f}  "
+                f"avg {out['average']:.2f}", self.quiet)
+        return {}
+
+    def step_final_clustering(self) -> dict:
+        """Clustering of the last round's descriptors (where a next round would start)."""
+        r = self.cfg.rounds
+        self.step_cluster(r)
+        return {}
+
+    def step_finish(self) -> dict:
+        r = self.cfg.rounds - 1
+        raw = self._raw_detections(r)
+        videos = [m.video_id for m in self.store.metadata(self.cfg.test_subset)]
+        mapping = self._mapping(r, self.cfg.label_map)
+        named = raw if (mapping is None or not self.label_map_given) else \
+            map_detections(raw, mapping)
+        fsutil.write_json_atomic(self.dir.path("detections.json"), detections_to_json(
+            named, {"used": False, "details": f"acl-dist {self.cfg.mode}, round {r}"}, videos))
+        if mapping is not None:
+            fsutil.write_json_atomic(
+                self.dir.path(f"detections_{self.cfg.label_map}.json"),
+                detections_to_json(map_detections(raw, mapping), {"used": False}, videos))
+        fsutil.write_json_atomic(self.dir.path("metrics.json"), self.metrics())
+        return {}
+
+    def metrics(self) -> dict[str, Any]:
+        """``metrics.json``: the DESIGN.md contract plus per-round details."""
+        state = self.dir.state()["steps"]
+        final = fsutil.read_json(self.dir.round(self.cfg.rounds - 1, "eval.json"))
+        rounds = []
+        last = self.cfg.rounds + (1 if self.cfg.mode == "unsupervised" else 0)
+        for r in range(last):
+            entry: dict[str, Any] = {"round": r}
+            if self.cfg.mode == "unsupervised" and fsutil.exists(
+                    self.dir.round(r, "clusters.json")):
+                c = fsutil.read_json(self.dir.round(r, "clusters.json"))
+                entry.update(c.get("scores", {}))
+                entry["cluster_backend"] = c["backend"]
+                if "stability" in c:
+                    entry["stability"] = c["stability"]
+                entry["cluster_sizes"] = c["sizes"]
+            if r < self.cfg.rounds:
+                ev = fsutil.read_json(self.dir.round(r, "eval.json"))
+                if "average" in ev:
+                    entry["test_map"] = ev["map"]
+                    entry["test_average"] = ev["average"]
+            else:
+                entry["clustering_only"] = True
+            entry["seconds"] = {k.split(".", 1)[1]: v["seconds"] for k, v in state.items()
+                                if k.startswith(f"round_{r}.")}
+            rounds.append(entry)
+        out = {"mode": self.cfg.mode, "label_map": final.get("label_map"),
+               "tiou": final.get("tiou", []), "map": final.get("map", []),
+               "average": final.get("average"), "per_class": final.get("per_class", {}),
+               "train_subset": self.cfg.train_subset, "test_subset": self.cfg.test_subset,
+               "num_classes": self.cfg.num_classes, "rounds": rounds,
+               "seconds_total": round(sum(v["seconds"] for v in state.values()), 1),
+               "store": self.store_path}
+        return out
+
+    def execute(self) -> dict[str, Any]:
+        from .distributed import init_ray
+
+        init_ray(quiet=self.quiet)
+        unsup = self.cfg.mode == "unsupervised"
+        for r in range(self.cfg.rounds):
+            tag = f"round_{r}"
+            if unsup:
+                if r == 0:
+                    self._step(f"{tag}.descriptors", self.step_descriptors0)
+                self._step(f"{tag}.cluster", self.step_cluster, r)
+            self._step(f"{tag}.train", self.step_train, r)
+            self._step(f"{tag}.attention", self.step_attention, r)
+            self._step(f"{tag}.evaluate", self.step_evaluate, r)
+        if unsup and self.has_truth:
+            self._step(f"round_{self.cfg.rounds}.cluster", self.step_final_clustering)
+        self._step("finish", self.step_finish)
+        return fsutil.read_json(self.dir.path("metrics.json"))
+
+
+def prepare_run(store: str, out: str, cfg: RunConfig, resume: bool = False) -> RunConfig:
+    """Resolve and save the config of a new run, or load the saved one to resume."""
+    cfg_path = fsutil.join(out, "config.yaml")
+    if resume:
+        if not fsutil.exists(cfg_path):
+            raise ConfigError(f"--resume: {out} has no config.yaml (not a run directory)")
+        saved = fsutil.read_json(fsutil.join(out, "run.json"))
+        if saved["store"] != store:
+            raise ConfigError(f"--resume: {out} was run on {saved['store']}, not {store}")
+        return load_config(cfg_path)
+    if fsutil.exists(fsutil.join(out, STATE)) or fsutil.exists(cfg_path):
+        raise ConfigError(f"{out} already holds a run; use --resume to continue it or "
+                          "choose another --out")
+    from .distributed import cluster_gpus, init_ray
+
+    init_ray()
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 2))
+    # On a cluster size by its CPUs; locally by the machine's (Ray's are inflated, see init_ray).
+    physical = cpus if os.environ.get("RAY_ADDRESS") else (os.cpu_count() or 2)
+    cfg = resolve_config(cfg, FeatureStore.open(store), cpus=physical, gpus=cluster_gpus())
+    fsutil.write_bytes_atomic(cfg_path, to_yaml(cfg).encode())
+    fsutil.write_json_atomic(fsutil.join(out, "run.json"), {"store": store,
+                                                            "config": to_dict(cfg)})
+    return cfg
+
+
+def run_acl(store: str, out: str, cfg: RunConfig, resume: bool = False, quiet: bool = False,
+            label_map_given: bool = False, max_failures: int = 0) -> dict[str, Any]:
+    """Run (or resume) ACL on ``store`` into ``out``; returns ``metrics.json``'s content."""
+    cfg = prepare_run(store, out, cfg, resume)
+    return Run(store, out, cfg, quiet=quiet, label_map_given=label_map_given,
+               max_failures=max_failures).execute()
