@@ -14,7 +14,6 @@ from . import __version__
 from .errors import AclDistError
 
 PENDING = {
-    "run": "the ACL rounds (clustering + co-attention localisation on Ray)",
     "tune": "the Ray Tune search over Z, K and the loss weights",
     "report": "the HTML run report",
 }
@@ -172,26 +171,124 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="the ACL rounds on Ray (unsupervised or weak)",
+                       description="Clustering + co-attention localisation rounds on Ray, "
+                                   "then detections and metrics in the run directory.")
+    p.add_argument("--store", help="feature store (local or s3://)")
+    p.add_argument("--out", help="run directory (local or s3://)")
+    p.add_argument("--mode", choices=["unsupervised", "weak"])
+    p.add_argument("--num-classes", type=int, help="C: clusters (unsupervised) or classes")
+    p.add_argument("--train-subset")
+    p.add_argument("--test-subset")
+    p.add_argument("--rounds", type=int)
+    p.add_argument("--config", help="YAML file or preset name (" + ", ".join(_presets()) + ")")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override, e.g. --set train.lr=3e-4 (repeatable)")
+    p.add_argument("--label-map", choices=["hungarian", "majority", "soft"],
+                   help="name detections.json's labels by this cluster->class mapping "
+                        "(metrics use it too; default for metrics: hungarian)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
+                   help="continue a run at its first unfinished step (RUN or --out)")
+    p.add_argument("--max-failures", type=int, default=0,
+                   help="Ray Train worker failures tolerated per round (restored from the "
+                        "last checkpoint)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_run)
+
+
+def _presets() -> list[str]:
+    from .config import preset_names
+
+    return preset_names()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import fsutil
+    from .config import load_config
+    from .errors import ConfigError
+    from .pipeline import run_acl
+
+    out = args.resume if isinstance(args.resume, str) else args.out
+    if not out:
+        raise ConfigError("--out is required (or --resume RUN)")
+    store = args.store
+    if args.resume:
+        store = store or fsutil.read_json(fsutil.join(out, "run.json"))["store"]
+        cfg = None
+    else:
+        if not store or not args.mode:
+            raise ConfigError("--store and --mode are required for a new run")
+        cfg = load_config(args.config, args.overrides, mode=args.mode,
+                          num_classes=args.num_classes, train_subset=args.train_subset,
+                          test_subset=args.test_subset, rounds=args.rounds,
+                          label_map=args.label_map)
+    metrics = run_acl(store, out, cfg, resume=bool(args.resume), quiet=args.quiet,
+                      label_map_given=args.label_map is not None,
+                      max_failures=args.max_failures)
+    print(results_table(metrics))
+    print(f"\nrun directory: {out}  (detections.json, metrics.json)")
+    return 0
+
+
+def results_table(metrics: dict) -> str:
+    """The run's result as text: mAP per tIoU, then clustering and time per round."""
+    lines = []
+    if metrics.get("map"):
+        head = " ".join(f"{t:>6.2f}" for t in metrics["tiou"])
+        vals = " ".join(f"{m:6.2f}" for m in metrics["map"])
+        mapping = f", clusters mapped by {metrics['label_map']}" if metrics.get("label_map") \
+            else ""
+        lines += [f"test mAP (%) on {metrics['test_subset']} ({metrics['mode']}{mapping})",
+                  f"tIoU  {head}    avg", f"mAP   {vals} {metrics['average']:6.2f}", ""]
+    lines.append(f"{'round':>5s} {'NMI':>6s} {'ARI':>6s} {'purity':>7s} {'test avg':>9s} "
+                 f"{'seconds':>8s}")
+    for r in metrics["rounds"]:
+        def f(key: str, width: int) -> str:
+            v = r.get(key)
+            return f"{v:{width}.3f}" if isinstance(v, float) else f"{'-':>{width}s}"
+        avg = r.get("test_average")
+        lines.append(f"{r['round']:>5d} {f('nmi', 6)} {f('ari', 6)} {f('purity', 7)} "
+                     f"{(f'{avg:9.2f}' if avg is not None else '        -')} "
+                     f"{sum(r['seconds'].values()):8.1f}")
+    lines.append(f"total {metrics['seconds_total']:.0f} s")
+    return "\n".join(lines)
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the synthetic THUMOS-like benchmark, end to end",
-                       description="Builds the default synthetic THUMOS-like benchmark and "
-                                   "runs what this version of acl-dist can run on it.")
-    p.add_argument("--out", default="acl-dist-demo", help="directory for the demo's outputs")
+    p = sub.add_parser("demo", help="synthetic THUMOS-like benchmark + unsupervised ACL, "
+                                    "end to end on a local Ray instance",
+                       description="Builds the default synthetic THUMOS-like benchmark, runs "
+                                   "3 rounds of unsupervised ACL on it with the 'demo' preset "
+                                   "(a few minutes on 2 CPU cores) and prints the results.")
+    p.add_argument("--out", default="acl-dist-demo", help="directory for the store and run")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     import os
+    import shutil
+    import time
 
+    from .config import load_config
+    from .pipeline import run_acl
     from .synth import SynthConfig, synthesize
 
+    started = time.perf_counter()
     store = os.path.join(args.out, "store")
-    print(f"1/1 synthetic THUMOS-like benchmark -> {store}")
+    run = os.path.join(args.out, "run")
+    print(f"[1/2] synthetic THUMOS-like benchmark -> {store}", flush=True)
     summary = synthesize(SynthConfig(), store, overwrite=True, quiet=args.quiet)
-    print(round0_table(summary["round0"]))
-    print("\nThe ACL rounds (acl-dist run) are not in this version yet; the demo shows the "
-          "benchmark and its round-0 clustering gap.")
+    print(round0_table(summary["round0"]), flush=True)
+    print(f"\n[2/2] unsupervised ACL, 3 rounds (preset 'demo') -> {run}", flush=True)
+    if os.path.isdir(run):
+        shutil.rmtree(run)
+    cfg = load_config("demo", mode="unsupervised")
+    metrics = run_acl(store, run, cfg, quiet=args.quiet)
+    print()
+    print(results_table(metrics))
+    print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; run directory: {run}")
     return 0
 
 
@@ -219,8 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_synth(sub)
     _add_ingest(sub)
-    for name in ("run", "tune"):
-        _add_pending(sub, name, PENDING[name])
+    _add_run(sub)
+    _add_pending(sub, "tune", PENDING["tune"])
     _add_evaluate(sub)
     _add_pending(sub, "report", PENDING["report"])
     return parser

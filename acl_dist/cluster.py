@@ -190,7 +190,8 @@ def spectral_embedding_torch(affinity, n_components: int):
     deterministic signs) in PyTorch: ``(N, N)`` tensor -> ``(N, n_components)``."""
     import torch
 
-    w = affinity
+    # Like scipy's csgraph.laplacian (used by scikit-learn): self-affinities are ignored.
+    w = affinity - torch.diag(torch.diagonal(affinity))
     degree = w.sum(dim=1)
     dinv = degree.clamp(min=1e-12).rsqrt()
     normalised = dinv[:, None] * w * dinv[None, :]       # I - L_sym

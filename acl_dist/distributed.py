@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
+import sys
 import tempfile
+import warnings
 from typing import Any, Iterable
 
 import numpy as np
@@ -46,19 +49,25 @@ def init_ray(num_cpus: int | None = None, quiet: bool = False) -> None:
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    kwargs: dict[str, Any] = {"log_to_driver": True, "logging_level": "WARNING"}
+    # Workers' INFO chatter (every Train report, device moves) would bury the progress
+    # lines; warnings and errors still reach the driver.
+    kwargs: dict[str, Any] = {"log_to_driver": True, "logging_level": "WARNING",
+                              "logging_config": ray.LoggingConfig(log_level="WARNING")}
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
         return
     cpus = num_cpus or max(4, os.cpu_count() or 2)
     log(f"starting a local Ray instance ({cpus} logical CPUs)", quiet)
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False,
-             object_store_memory=512 * 2**20, **kwargs)
+    # The dashboard (127.0.0.1:8265) serves the State API that Train V2's placement-group
+    # cleaner polls; without it, it logs a warning every second (RAY_NOTES.md §3).
+    ray.init(address="local", num_cpus=cpus, include_dashboard=True,
+             dashboard_host="127.0.0.1", object_store_memory=512 * 2**20, **kwargs)
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def cluster_gpus() -> float:
@@ -78,7 +87,7 @@ def store_dataset(store: FeatureStore, subsets: Iterable[str], streams: bool = T
     if streams:
         columns += list(store.streams)
     urls = store.shard_urls(list(subsets))
-    return ray.data.read_parquet(urls, columns=columns)
+    return ray.data.read_parquet(urls).select_columns(columns)
 
 
 def batch_features(batch: pa.Table, streams: dict[str, int], dtype: str
@@ -173,19 +182,24 @@ class AttentionPass:
 
 def map_descriptors(store: FeatureStore, subset: str, concurrency: int = 1):
     ds = store_dataset(store, [subset])
-    return ds.map_batches(UniformDescriptors, batch_format="pyarrow", batch_size=32,
+    from ray.data import ActorPoolStrategy
+
+    return ds.map_batches(UniformDescriptors, batch_format="pyarrow", batch_size=128,
                           fn_constructor_kwargs={"streams": store.streams,
                                                  "dtype": store.dtype},
-                          concurrency=concurrency, num_cpus=1)
+                          compute=ActorPoolStrategy(size=concurrency), num_cpus=1)
 
 
 def map_attention(store: FeatureStore, subsets: list[str], checkpoint_path: str,
                   test_subset: str, localize: LocalizeConfig, want_descriptors: bool,
                   descriptor: str = "contrast", concurrency: int = 1, use_gpu: bool = False,
                   torch_threads: int | None = None):
+    from ray.data import ActorPoolStrategy
+
     ds = store_dataset(store, subsets)
     return ds.map_batches(
-        AttentionPass, batch_format="pyarrow", batch_size=16, concurrency=concurrency,
+        AttentionPass, batch_format="pyarrow", batch_size=128,  # predict() sorts by length inside
+        compute=ActorPoolStrategy(size=concurrency),
         num_gpus=1 if use_gpu else 0, num_cpus=1,
         fn_constructor_kwargs={"checkpoint_path": checkpoint_path, "streams": store.streams,
                                "dtype": store.dtype, "test_subset": test_subset,
@@ -273,7 +287,9 @@ def _no_drop_data_config():
             output = [{} for _ in range(world_size)]
             for name, ds in datasets.items():
                 ds = ds.copy(ds)
-                ds.context.execution_options = DataConfig.default_ingest_options()
+                with warnings.catch_warnings():  # Ray's own default still sets a deprecated field
+                    warnings.simplefilter("ignore")
+                    ds.context.execution_options = DataConfig.default_ingest_options()
                 for i, split in enumerate(ds.streaming_split(world_size, equal=False)):
                     output[i][name] = split
             return output
@@ -289,6 +305,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from .train import VideoItem, fit, make_checkpoint
 
+    # One progress line per report is ours; Train's own per-report INFO line is dropped.
+    logging.getLogger("ray.train.v2._internal.execution.context").setLevel(logging.WARNING)
     cfg = from_dict(RunConfig, config["run_config"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -313,9 +331,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     def report(metrics: dict[str, float], step: int, state: dict | None) -> None:
         metrics = dict(metrics, worker_videos=len(items))
-        if rank == 0:
-            log(f"  round {config['round']} step {step}/{steps} loss {metrics['loss']:.3f} "
-                f"({metrics['videos_per_s']:.0f} videos/s)", config.get("quiet"))
+        if rank == 0 and not config.get("quiet"):
+            # Written to the stream, not print(): Train V2 patches print into its logger
+            # and would echo each line twice.
+            sys.stdout.write(f"  round {config['round']} step {step}/{steps} "
+                             f"loss {metrics['loss']:.3f} "
+                             f"({metrics['videos_per_s']:.0f} videos/s)\n")
+            sys.stdout.flush()
         if state is None or rank != 0:
             ray.train.report(metrics)
             return
@@ -337,11 +359,14 @@ def run_training(store: FeatureStore, subset: str, cfg: RunConfig, labels: dict[
                  max_failures: int = 0, quiet: bool = False) -> dict[str, Any]:
     """One round's training on Ray Train; returns the final checkpoint dict."""
     import torch
-    from ray.train import FailureConfig, RunConfig as TrainRunConfig, ScalingConfig
+    from ray.train import FailureConfig, LoggingConfig, RunConfig as TrainRunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    ds = store_dataset(store, [subset])
     tc = cfg.train
+    # Small blocks (streaming repartition, no shuffle): the no-drop split hands whole
+    # blocks to workers, so every worker must be able to get some.
+    rows = max(1, store.num_videos(subset) // (max(1, tc.workers) * 8))
+    ds = store_dataset(store, [subset]).repartition(target_num_rows_per_block=rows)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"run_config": to_dict(cfg), "labels": labels,
@@ -354,7 +379,9 @@ def run_training(store: FeatureStore, subset: str, cfg: RunConfig, labels: dict[
         datasets={"train": ds},
         dataset_config=_no_drop_data_config(),
         run_config=TrainRunConfig(name=name, storage_path=storage_path,
-                                  failure_config=FailureConfig(max_failures=max_failures)))
+                                  failure_config=FailureConfig(max_failures=max_failures),
+                                  # our own progress line replaces Train's per-report INFO
+                                  logging_config=LoggingConfig(log_level="WARNING")))
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training of round {round_index} produced no checkpoint")

@@ -58,10 +58,12 @@ class NonLocal(nn.Module):
 
     def forward(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         q = self.theta(z).transpose(1, 2)                 # (B, T, inner)
-        k = self.phi(z)                                   # (B, inner, T)
+        k = self.phi(z).transpose(1, 2)                   # (B, T, inner)
         v = self.g(z).transpose(1, 2)                     # (B, T, inner)
-        weights = masked_softmax(q @ k, mask[:, None, :])  # (B, T, T), keys masked
-        y = (weights @ v).transpose(1, 2)                 # (B, inner, T)
+        # softmax_keys(q k^T) v with padded keys masked; the embedded-Gaussian form has no
+        # 1/sqrt(d) scaling. The fused kernel avoids materialising (B, T, T) where it can.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, :], scale=1.0)
+        y = y.transpose(1, 2)                             # (B, inner, T)
         return (z + self.out(y)) * mask[:, None, :].to(z.dtype)
 
 

@@ -261,17 +261,18 @@ class VideoPrediction:
 
 @torch.no_grad()
 def predict(model: StreamModels, videos: Sequence[tuple[str, dict[str, np.ndarray]]],
-            device: str | torch.device = "cpu", max_batch_snippets: int = 65536
-            ) -> list[VideoPrediction]:
-    """Run the models over whole videos in padded batches (sorted by length, so batches
-    have little padding; at most ``max_batch_snippets`` padded snippets per forward)."""
+            device: str | torch.device = "cpu", max_batch_snippets: int = 65536,
+            max_batch_pairs: int = 2**24) -> list[VideoPrediction]:
+    """Run the models over whole videos in padded batches, sorted by length so batches have
+    little padding. A forward holds at most ``max_batch_snippets`` padded snippets and
+    ``max_batch_pairs`` snippet pairs (the non-local block is quadratic in T)."""
     model.eval()
     order = sorted(range(len(videos)), key=lambda i: -next(iter(videos[i][1].values())).shape[0])
     results: list[VideoPrediction | None] = [None] * len(videos)
     i = 0
     while i < len(order):
-        longest = next(iter(videos[order[i]][1].values())).shape[0]
-        size = max(1, max_batch_snippets // max(longest, 1))
+        longest = max(1, next(iter(videos[order[i]][1].values())).shape[0])
+        size = max(1, min(max_batch_snippets // longest, max_batch_pairs // longest ** 2))
         chunk = order[i: i + size]
         i += size
         streams = list(videos[chunk[0]][1])

@@ -75,3 +75,18 @@ def tiny_store(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("tiny") / "store")
     summary = synthesize(SynthConfig(classes=4, videos=24, dim=16, seed=3), out, quiet=True)
     return out, summary
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for the whole test session (RAY_NOTES.md §8): 4 logical CPUs
+    on this 2-core machine so Ray Data keeps CPUs beside two training workers."""
+    from acl_dist.distributed import init_ray
+
+    import ray
+
+    if os.environ.get("RAY_ADDRESS"):
+        pytest.fail("RAY_ADDRESS is set: the tests start their own local Ray instance")
+    init_ray(num_cpus=4, quiet=True)
+    yield ray
+    ray.shutdown()

@@ -41,3 +41,97 @@ def test_spectral_recovers_planted_clusters():
     assert set(labels.tolist()) == set(range(5))
     with pytest.raises(ValueError):
         cluster_descriptors(x[:3], 5)
+
+
+def planted(n_per=25, k=4, dim=12, seed=1):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((k, dim)) * 2
+    truth = np.repeat(np.arange(k), n_per)
+    return centres[truth] + rng.standard_normal((len(truth), dim)) * 0.7, truth
+
+
+@pytest.mark.parametrize("backend", ["sklearn", "torch"])
+def test_backends_recover_planted_clusters(backend):
+    from acl_dist.cluster import run_clustering
+
+    x, truth = planted()
+    out = run_clustering(x, 4, backend=backend, truth=[str(t) for t in truth])
+    assert out["backend"] == backend
+    assert out["scores"]["nmi"] > 0.95 and sorted(out["sizes"]) == [25, 25, 25, 25]
+    again = run_clustering(x, 4, backend=backend)
+    assert (again["labels"] == out["labels"]).all()  # deterministic for a seed
+
+
+def test_torch_embedding_equals_scikit_learn():
+    import torch
+    from sklearn.manifold import spectral_embedding
+
+    from acl_dist.cluster import gaussian_affinity, spectral_embedding_torch
+
+    x, _ = planted(n_per=15, k=3)
+    w, _ = gaussian_affinity(x)
+    ours = spectral_embedding_torch(torch.from_numpy(w), 3).numpy()
+    ref = spectral_embedding(w, n_components=3, drop_first=False, random_state=0,
+                             eigen_solver="arpack")
+    # same subspace and scaling: compare column by column up to sign
+    for j in range(3):
+        a, b = ours[:, j], ref[:, j]
+        assert min(np.abs(a - b).max(), np.abs(a + b).max()) < 1e-6
+
+
+def test_cuml_backend_passes_the_precomputed_affinity(monkeypatch):
+    """cuML cannot be installed without a GPU: check the wiring with a stand-in module."""
+    import sys
+    import types
+
+    from acl_dist import cluster
+
+    calls = {}
+
+    class FakeSpectral:
+        def __init__(self, **kwargs):
+            calls["init"] = kwargs
+
+        def fit_predict(self, affinity):
+            calls["affinity"] = affinity
+            return np.zeros(affinity.shape[0], dtype=np.int32)
+
+    fake = types.ModuleType("cuml")
+    fake.cluster = types.SimpleNamespace(SpectralClustering=FakeSpectral)
+    monkeypatch.setitem(sys.modules, "cuml", fake)
+    monkeypatch.setitem(sys.modules, "cuml.cluster", fake.cluster)
+    w = np.eye(5) + 0.1
+    labels = cluster.spectral_clustering(w, 2, seed=3, backend="cuml")
+    assert calls["init"]["affinity"] == "precomputed" and calls["init"]["n_clusters"] == 2
+    assert calls["init"]["random_state"] == 3
+    assert calls["affinity"].dtype == np.float32 and labels.dtype == np.int64
+    assert cluster.cuml_available()
+    # 'auto' picks cuML only with a GPU; this machine has none
+    monkeypatch.setattr(cluster, "gpu_available", lambda: True)
+    assert cluster.resolve_backend("auto") == "cuml"
+    monkeypatch.setattr(cluster, "gpu_available", lambda: False)
+    assert cluster.resolve_backend("auto") == "sklearn"
+
+
+def test_contrast_descriptor_cancels_what_is_everywhere():
+    from acl_dist.cluster import contrast_descriptor
+
+    scene = np.array([5.0, 5.0, 0.0])
+    action = np.array([0.0, 0.0, 1.0])
+    x = np.tile(scene, (10, 1))
+    x[3:5] += action
+    s = np.full(10, 0.05)
+    s[3:5] = 0.3  # attention only leaning to the action
+    d = contrast_descriptor({"rgb": x}, {"rgb": s})
+    np.testing.assert_allclose(d, [0.0, 0.0, 1.0], atol=1e-9)
+    # the paper's X^T S is dominated by the scene
+    paper = video_descriptor({"rgb": x}, {"rgb": s})
+    assert paper[2] < 0.2
+
+
+def test_run_clustering_stability():
+    from acl_dist.cluster import run_clustering
+
+    x, truth = planted()
+    out = run_clustering(x, 4, backend="sklearn", previous=truth)
+    assert out["stability"] > 0.95

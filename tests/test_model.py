@@ -1,0 +1,86 @@
+"""The co-attention network on padded, masked, ragged batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from acl_dist.config import ModelConfig
+from acl_dist.model import CoAttentionNet, masked_softmax, pad_batch
+
+CFG = ModelConfig(base_dim=16, branch_dim=4, global_dim=8, nonlocal_dim=4, dropout=0.5)
+
+
+def make_net(agnostic_global=False, seed=0):
+    torch.manual_seed(seed)
+    net = CoAttentionNet(6, 3, ModelConfig(**{**CFG.__dict__, "agnostic_global": agnostic_global}))
+    # Non-zero output projection so the non-local block actually mixes time steps.
+    for nl in [net.nonlocal_block] + ([net.agnostic_nonlocal] if agnostic_global else []):
+        torch.nn.init.normal_(nl.out.weight, std=0.3)
+    return net.eval()
+
+
+@pytest.mark.parametrize("agnostic_global", [False, True])
+def test_padded_batch_equals_videos_alone(agnostic_global):
+    net = make_net(agnostic_global)
+    rng = np.random.default_rng(0)
+    videos = [rng.standard_normal((t, 6)).astype(np.float32) for t in (7, 1, 12, 3)]
+    x, mask = pad_batch(videos)
+    assert x.shape == (4, 12, 6) and mask.sum(1).tolist() == [7, 1, 12, 3]
+    out = net(x, mask)
+    assert out.cas.shape == (4, 12, 3) and out.attention.shape == (4, 12)
+    assert out.fused.shape == (4, 12, net.fused_dim) and out.video_logits.shape == (4, 3)
+    assert out.embedding.shape == (4, 12, 16)
+    for i, v in enumerate(videos):
+        alone = net(torch.from_numpy(v)[None], torch.ones(1, len(v), dtype=torch.bool))
+        t = len(v)
+        torch.testing.assert_close(out.cas[i, :t], alone.cas[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out.attention[i, :t], alone.attention[0], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(out.video_logits[i], alone.video_logits[0], atol=1e-5,
+                                   rtol=1e-5)
+        torch.testing.assert_close(out.fused[i, :t], alone.fused[0], atol=1e-5, rtol=1e-5)
+        # padding is zero everywhere and carries no attention
+        assert out.attention[i, t:].abs().sum() == 0 and out.cas[i, t:].abs().sum() == 0
+    torch.testing.assert_close(out.attention.sum(1), torch.ones(4))
+
+
+def test_padding_values_do_not_leak():
+    net = make_net()
+    x, mask = pad_batch([np.ones((5, 6), np.float32), np.ones((2, 6), np.float32)])
+    noisy = x.clone()
+    noisy[1, 2:] = 1e3  # garbage in the padded part
+    a, b = net(x, mask), net(noisy, mask)
+    torch.testing.assert_close(a.video_logits, b.video_logits)
+    torch.testing.assert_close(a.cas[1, :2], b.cas[1, :2])
+
+
+def test_video_logits_are_attention_pooled_cas():
+    net = make_net()
+    x, mask = pad_batch([np.random.default_rng(1).standard_normal((9, 6)).astype(np.float32)])
+    out = net(x, mask)
+    expected = (out.attention[0, :, None] * out.cas[0]).sum(0)
+    torch.testing.assert_close(out.video_logits[0], expected)
+
+
+def test_masked_softmax_and_shape_errors():
+    logits = torch.tensor([[1.0, 2.0, 50.0], [0.0, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, False], [False, False, False]])
+    p = masked_softmax(logits, mask)
+    torch.testing.assert_close(p[0], torch.tensor([1 / (1 + np.e), np.e / (1 + np.e), 0.0]))
+    assert p[1].abs().sum() == 0  # no valid entry -> zeros, not NaN
+    with pytest.raises(ValueError, match=r"expected \(B, T, 6\)"):
+        make_net()(torch.zeros(1, 4, 5), torch.ones(1, 4, dtype=torch.bool))
+
+
+def test_channel_dropout_in_training_only():
+    net = make_net()
+    x, mask = pad_batch([np.ones((6, 6), np.float32)])
+    net.train()
+    torch.manual_seed(0)
+    h = net.dropout(x.transpose(1, 2))
+    # whole channels are zeroed at every time step (the same channels)
+    zeroed = (h[0] == 0).all(dim=1)
+    assert zeroed.any() and ((h[0] == 0).any(dim=1) == zeroed).all()
+    net.eval()
+    torch.testing.assert_close(net.dropout(x.transpose(1, 2)), x.transpose(1, 2))
