@@ -15,7 +15,6 @@ from .errors import AclDistError
 
 PENDING = {
     "tune": "the Ray Tune search over Z, K and the loss weights",
-    "report": "the HTML run report",
 }
 
 
@@ -288,7 +287,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     metrics = run_acl(store, run, cfg, quiet=args.quiet)
     print()
     print(results_table(metrics))
+    from .report import build_report
+
+    report = build_report(run)
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; run directory: {run}")
+    print(f"report: {os.path.abspath(report)}")
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="write RUN/report.html (self-contained) and its PNGs",
+                       description="A report a person can open: mAP table, clustering per "
+                                   "round, cluster x class confusion, per-cluster purity, and "
+                                   "time-aligned strips of sampled test videos.")
+    p.add_argument("run", help="run directory (local or s3://)")
+    p.add_argument("--videos", type=int, default=6, help="test videos to draw (default 6)")
+    p.add_argument("--seed", type=int, default=0, help="which videos are sampled")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    print(build_report(args.run, sample=args.videos, seed=args.seed))
     return 0
 
 
@@ -319,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_pending(sub, "tune", PENDING["tune"])
     _add_evaluate(sub)
-    _add_pending(sub, "report", PENDING["report"])
+    _add_report(sub)
     return parser
 
 

@@ -297,6 +297,51 @@ def _no_drop_data_config():
     return NoDropDataConfig()
 
 
+class _Board:
+    """TensorBoard event files of one round (losses per term and stream, lr, throughput).
+
+    Written locally by rank 0 and copied into the run directory at the end of the round
+    (the run directory may be on S3, where an event file cannot be appended to)."""
+
+    def __init__(self, target: str | None, round_index: int):
+        self.target = target
+        self.writer = None
+        if target:
+            from tensorboardX import SummaryWriter
+
+            self.local = tempfile.mkdtemp(prefix="acl-tb-")
+            self.writer = SummaryWriter(self.local)
+            self.round = round_index
+
+    def add(self, metrics: dict[str, float], step: int) -> None:
+        if self.writer is None:
+            return
+        for key, value in metrics.items():
+            if key in ("step", "worker_videos"):
+                continue
+            tag = key if "/" in key else f"train/{key}"
+            self.writer.add_scalar(f"round_{self.round}/{tag}", value, step)
+
+    def close(self) -> None:
+        if self.writer is None:
+            return
+        self.writer.close()
+        for name in os.listdir(self.local):
+            with open(os.path.join(self.local, name), "rb") as fh:
+                fsutil.write_bytes_atomic(fsutil.join(self.target, name), fh.read())
+        self.writer = None
+
+
+def _quiet_train_reports() -> None:
+    """Drop Train V2's INFO line per report (the whole metrics dict): we print one progress
+    line instead. Its logger is named after its file path, not ``ray.train``."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # a Ray without Train V2's layout: nothing to quiet
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: read this worker's shard into memory, then :func:`train.fit`."""
     import ray.train
@@ -305,8 +350,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from .train import VideoItem, fit, make_checkpoint
 
-    # One progress line per report is ours; Train's own per-report INFO line is dropped.
-    logging.getLogger("ray.train.v2._internal.execution.context").setLevel(logging.WARNING)
+    _quiet_train_reports()
     cfg = from_dict(RunConfig, config["run_config"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -329,8 +373,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     steps = cfg.train.steps
 
+    history: list[dict[str, float]] = []
+    board = _Board(config.get("tensorboard_dir"), config["round"]) if rank == 0 else None
+
     def report(metrics: dict[str, float], step: int, state: dict | None) -> None:
         metrics = dict(metrics, worker_videos=len(items))
+        history.append(metrics)
+        if board is not None:
+            board.add(metrics, step)
+            if step == steps:
+                board.close()
         if rank == 0 and not config.get("quiet"):
             # Written to the stream, not print(): Train V2 patches print into its logger
             # and would echo each line twice.
@@ -345,7 +397,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             torch.save(state, os.path.join(d, "train_state.pt"))
             if step == steps:
                 torch.save(make_checkpoint(state["model"], cfg, config["num_classes"],
-                                           streams, config["label_names"], config["round"]),
+                                           streams, config["label_names"], config["round"],
+                                           history),
                            os.path.join(d, "model.pt"))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
@@ -356,7 +409,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def run_training(store: FeatureStore, subset: str, cfg: RunConfig, labels: dict[str, list[int]],
                  num_classes: int, label_names: list[str], round_index: int,
                  storage_path: str, name: str, torch_threads: int | None = None,
-                 max_failures: int = 0, quiet: bool = False) -> dict[str, Any]:
+                 max_failures: int = 0, quiet: bool = False,
+                 tensorboard_dir: str | None = None) -> dict[str, Any]:
     """One round's training on Ray Train; returns the final checkpoint dict."""
     import torch
     from ray.train import FailureConfig, LoggingConfig, RunConfig as TrainRunConfig, ScalingConfig
@@ -373,7 +427,7 @@ def run_training(store: FeatureStore, subset: str, cfg: RunConfig, labels: dict[
                            "num_classes": num_classes, "label_names": label_names,
                            "round": round_index, "streams": store.streams,
                            "dtype": store.dtype, "torch_threads": torch_threads,
-                           "quiet": quiet},
+                           "quiet": quiet, "tensorboard_dir": tensorboard_dir},
         scaling_config=ScalingConfig(num_workers=tc.workers, use_gpu=bool(tc.use_gpu),
                                      resources_per_worker={"CPU": tc.cpus_per_worker}),
         datasets={"train": ds},

@@ -42,6 +42,18 @@ def classification_loss(video_logits: torch.Tensor, targets: torch.Tensor,
     return per_video.sum() if reduction == "sum" else per_video.mean()
 
 
+def topk_pooled(cas: torch.Tensor, mask: torch.Tensor, divisor: int = 8) -> torch.Tensor:
+    """Top-k mean of each class's CAS over real snippets, k = max(1, T // divisor).
+
+    Args: cas ``(B, T, C)``; mask ``(B, T)``. Returns ``(B, C)`` video logits.
+    """
+    lengths = mask.sum(dim=1)
+    k = (lengths // divisor).clamp(min=1)
+    ranked = cas.masked_fill(~mask[:, :, None], float("-inf")).sort(dim=1, descending=True)[0]
+    take = torch.arange(cas.shape[1], device=cas.device)[None, :, None] < k[:, None, None]
+    return ranked.masked_fill(~take, 0.0).sum(dim=1) / k[:, None].to(cas.dtype)
+
+
 def _members(groups: torch.Tensor, group_class: torch.Tensor, batch: int
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per batch row: its group index (or -1) and its group's class (or 0)."""

@@ -16,6 +16,7 @@ Run directory (local or ``s3://``)::
     RUN/round_<r>/outputs.parquet       attention pass: descriptors, test CAS/attention/dets
     RUN/round_<r>/eval.json             this round's test mAP (diagnostic, never selection)
     RUN/ray_train/                      Ray Train's storage (checkpoints, per-step results)
+    RUN/tensorboard/round_<r>/          TensorBoard events: loss terms per stream, lr, videos/s
     RUN/detections.json, RUN/metrics.json
 
 Every artifact is written whole (temporary file + rename, or one PUT on S3) before its step
@@ -68,10 +69,12 @@ def resolve_config(cfg: RunConfig, store: FeatureStore, cpus: int | None = None,
                    gpus: float = 0.0) -> RunConfig:
     """Fill every ``None`` of ``cfg`` from the store and the machine.
 
-    Steps scale with the training set (~2 passes over it per 100 videos' worth of batches,
-    at least 150 and at most the paper's 30k), the batch with its size; workers = GPUs when
-    there are GPUs, else 1 worker per 4 CPUs (on a 2-core machine one worker with both
-    cores beats two DDP workers: RAY_NOTES.md §3).
+    Steps = 2 x the training videos (at least 150, at most the paper's 30,005): a
+    THUMOS-sized store (200 videos) gets 400 updates of 16 videos per round, ~10 minutes for
+    3 rounds on 2 CPU cores; the batch grows with the store up to the paper's 32. Workers =
+    GPUs when there are GPUs, else 1 worker per 4 CPUs (on a 2-core machine one worker with
+    both cores beats two DDP workers: RAY_NOTES.md §3). Training crops to 256 snippets on
+    CPUs and uses whole videos on GPUs.
     """
     train, test = default_subsets(store)
     train = cfg.train_subset or train
@@ -91,14 +94,15 @@ def resolve_config(cfg: RunConfig, store: FeatureStore, cpus: int | None = None,
     use_gpu = tc.use_gpu if tc.use_gpu is not None else gpus > 0
     workers = tc.workers or (max(1, int(gpus)) if use_gpu else max(1, cpus // 4))
     batch = tc.batch_size or int(min(32, max(8, 2 ** round(math.log2(max(n_train, 1) / 12)))))
-    steps = tc.steps or int(min(30005, max(150, 3 * n_train)))
+    steps = tc.steps or int(min(30005, max(150, 2 * n_train)))
+    max_len = tc.max_len if tc.max_len is not None else (0 if use_gpu else 256)
     cpw = tc.cpus_per_worker or (1.0 if use_gpu else max(0.5, min(1.0, (cpus - 1) / workers)))
     rounds = 1 if cfg.mode == "weak" else cfg.rounds
     tiou = cfg.tiou or _guess_tiou(store)
     return with_updates(cfg, num_classes=num_classes, train_subset=train, test_subset=test,
                         rounds=rounds, tiou=tiou,
                         train={"workers": workers, "use_gpu": use_gpu, "batch_size": batch,
-                               "steps": steps, "cpus_per_worker": cpw})
+                               "steps": steps, "cpus_per_worker": cpw, "max_len": max_len})
 
 
 def _guess_tiou(store: FeatureStore) -> str:
@@ -193,6 +197,11 @@ class Run:
         log(f"[{name}] {seconds:.1f} s", self.quiet)
         return info
 
+    @staticmethod
+    def _absolute(path: str) -> str:
+        """Paths handed to Ray workers must not depend on their working directory."""
+        return path if fsutil.is_remote(path) else os.path.abspath(path)
+
     def _torch_threads(self) -> int:
         return max(1, (os.cpu_count() or 2) // max(1, self.cfg.train.workers))
 
@@ -257,13 +266,13 @@ class Run:
         from .distributed import run_training
 
         cfg = with_updates(self.cfg, train={"seed": self.cfg.train.seed + 1000 * r})
-        storage = self.dir.path("ray_train")
-        if not fsutil.is_remote(storage):
-            storage = os.path.abspath(storage)
+        storage = self._absolute(self.dir.path("ray_train"))
         ckpt = run_training(self.store, self.cfg.train_subset, cfg, self._labels(r),
                             self.cfg.num_classes, self.label_names, r, storage,
                             f"round_{r}", torch_threads=self._torch_threads(),
-                            max_failures=self.max_failures, quiet=self.quiet)
+                            max_failures=self.max_failures, quiet=self.quiet,
+                            tensorboard_dir=self._absolute(self.dir.path("tensorboard",
+                                                                         f"round_{r}")))
         _save_torch(self.dir.round(r, "model.pt"), ckpt)
         last = ckpt["history"][-1] if ckpt.get("history") else {}
         return {"steps": self.cfg.train.steps, "final_loss": last.get("loss")}

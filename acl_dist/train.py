@@ -21,7 +21,7 @@ from torch import nn
 from .config import ModelConfig, RunConfig, from_dict, to_dict
 from .localize import fuse
 from .losses import (attention_pooled, class_attention, classification_loss, group_classes,
-                     separation_loss, triplet_loss)
+                     separation_loss, topk_pooled, triplet_loss)
 from .model import CoAttentionNet, ModelOutput, pad_batch
 from .sampling import Batch, ClusterBatcher, shuffled
 
@@ -62,9 +62,9 @@ def crop_items(items: Sequence[VideoItem], max_len: int | None, rng: np.random.G
     for item in items:
         t = item.num_snippets
         start = 0
-        if max_len is not None and t > max_len:
+        if max_len and t > max_len:
             start = int(rng.integers(0, t - max_len + 1))
-        stop = t if max_len is None else start + min(t, max_len)
+        stop = start + min(t, max_len) if max_len else t
         for s, arr in item.features.items():
             out[s].append(arr[start:stop])
     return out
@@ -108,6 +108,10 @@ def compute_losses(outputs: dict[str, ModelOutput], mask: torch.Tensor, targets:
         l_trip = triplet_loss(attention_pooled(out.embedding, out.attention), groups,
                               group_class, lc.margin, lc.neg_cap, lc.trip_reduction)
         total = total + l_cls + lc.lambda_sep * l_sep + lc.lambda_trip * l_trip
+        if lc.lambda_topk:
+            l_topk = classification_loss(topk_pooled(out.cas, mask), targets, lc.cls_reduction)
+            total = total + lc.lambda_topk * l_topk
+            terms[f"{s}/topk"] = l_topk.item()
         terms.update({f"{s}/cls": l_cls.item(), f"{s}/sep": l_sep.item(),
                       f"{s}/trip": l_trip.item()})
     terms["loss"] = total.item()

@@ -25,7 +25,7 @@ def test_help_lists_all_commands():
         assert f"    {cmd} " in out or f"    {cmd}\n" in out, cmd
 
 
-@pytest.mark.parametrize("cmd", ["tune", "report"])
+@pytest.mark.parametrize("cmd", ["tune"])
 def test_pending_commands_say_so(capsys, cmd):
     code, out, err = run_cli(capsys, cmd, "--anything")
     assert code == 2 and "not available" in err

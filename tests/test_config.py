@@ -29,7 +29,7 @@ def test_paper_preset_is_the_paper_schedule():
     cfg = load_config("paper")
     assert (cfg.train.steps, cfg.train.batch_size, cfg.train.lr) == (30005, 32, 1e-3)
     assert cfg.cluster.descriptor == "attention" and cfg.loss.cls_reduction == "sum"
-    assert cfg.train.max_len is None and cfg.rounds == 4
+    assert cfg.train.max_len == 0 and cfg.rounds == 4  # 0: whole videos
 
 
 def test_layering_file_then_flags_then_overrides(tmp_path):
@@ -81,11 +81,24 @@ def test_resolve_config_sizes_to_the_store(tiny_store):
     assert cfg.num_classes == 4 and cfg.train_subset == "validation"
     assert cfg.train.workers == 1 and cfg.train.use_gpu is False
     assert cfg.train.steps >= 150 and 8 <= cfg.train.batch_size <= 32 and cfg.tiou == "thumos"
+    assert cfg.train.max_len == 256  # CPU: crops; GPU: whole videos
     gpu = resolve_config(RunConfig(), store, cpus=64, gpus=8)
-    assert gpu.train.workers == 8 and gpu.train.use_gpu is True
+    assert gpu.train.workers == 8 and gpu.train.use_gpu is True and gpu.train.max_len == 0
     weak = resolve_config(RunConfig(mode="weak", rounds=5), store, cpus=2)
     assert weak.rounds == 1
     with pytest.raises(ConfigError, match="weak mode trains on the store's 4 classes"):
         resolve_config(RunConfig(mode="weak", num_classes=7), store, cpus=2)
     with pytest.raises(ConfigError, match="subset 'nope'"):
         resolve_config(RunConfig(train_subset="nope"), store, cpus=2)
+
+
+def test_config_reference_is_generated_and_current():
+    from pathlib import Path
+
+    from acl_dist.configdoc import render
+
+    text = render()
+    assert "| `train.lr_decay` | `float` | `0.1` | after this fraction" in text
+    assert "|  |" not in text  # every field documented
+    doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+    assert doc.read_text() == text, "docs/config.md is stale: python -m acl_dist.configdoc"

@@ -17,13 +17,24 @@ from acl_dist.evaluate import load_detections
 pytestmark = pytest.mark.ray
 
 
-def test_two_rounds_unsupervised_with_two_workers(ray_session, tiny_store, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def unsupervised_run(ray_session, tiny_store, tmp_path_factory):
+    """A 2-round unsupervised run on the tiny benchmark with 2 Ray Train workers (CLI)."""
     store, _ = tiny_store
-    run = tmp_path / "run"
-    code = main(["run", "--store", store, "--out", str(run), "--mode", "unsupervised",
-                 "--num-classes", "4", "--config", "tiny", "--set", "train.workers=2",
-                 "--set", "train.cpus_per_worker=0.5", "--quiet"])
-    out = capsys.readouterr().out
+    run = tmp_path_factory.mktemp("unsup") / "run"
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["run", "--store", store, "--out", str(run), "--mode", "unsupervised",
+                     "--num-classes", "4", "--config", "tiny", "--set", "train.workers=2",
+                     "--set", "train.cpus_per_worker=0.5", "--quiet"])
+    return run, code, buf.getvalue()
+
+
+def test_two_rounds_unsupervised_with_two_workers(unsupervised_run):
+    run, code, out = unsupervised_run
     assert code == 0, out
     assert "test mAP (%)" in out and "NMI" in out
     metrics = json.loads((run / "metrics.json").read_text())
@@ -48,7 +59,8 @@ def test_two_rounds_unsupervised_with_two_workers(ray_session, tiny_store, tmp_p
     ckpt = torch.load(run / "round_1" / "model.pt", weights_only=False)
     assert ckpt["run_config"]["train"]["workers"] == 2 and ckpt["num_classes"] == 4
     assert ckpt["model_config"]["base_dim"] == 32  # the config travels with the weights
-    assert all(h["worker_videos"] < 24 for h in ckpt["history"])
+    assert len(ckpt["history"]) == 2  # steps 3 and 6 of the tiny preset
+    assert all(0 < h["worker_videos"] < 24 for h in ckpt["history"])  # rank 0's shard
     clusters = json.loads((run / "round_1" / "clusters.json").read_text())
     assert len(clusters["labels"]) == 24 and "stability" in clusters
     state = json.loads((run / "state.json").read_text())["steps"]
@@ -86,3 +98,77 @@ def test_resume_reruns_the_interrupted_step_only(ray_session, tiny_store, tmp_pa
     assert metrics["mode"] == "weak" and metrics["label_map"] is None
     assert {d.label for d in load_detections(os.path.join(run, "detections.json"))} <= set(
         json.loads(open(os.path.join(store, "manifest.json")).read())["classes"])
+
+
+def read_scalars(folder):
+    """tag -> [(step, value)] from TensorBoard event files (TFRecord framing: length,
+    length CRC, an Event protobuf, its CRC), read with tensorboardX's own protobufs."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    out = {}
+    for path in sorted(folder.iterdir()):
+        data = path.read_bytes()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = Event.FromString(data[pos + 12:pos + 12 + length])
+            pos += 12 + length + 4
+            for v in event.summary.value:
+                out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return out
+
+
+def test_tensorboard_events_per_round(unsupervised_run):
+    run, _, _ = unsupervised_run
+    for r in (0, 1):
+        scalars = read_scalars(run / "tensorboard" / f"round_{r}")
+        assert {f"round_{r}/rgb/cls", f"round_{r}/flow/sep", f"round_{r}/rgb/trip",
+                f"round_{r}/train/lr", f"round_{r}/train/videos_per_s"} <= set(scalars)
+        assert [step for step, _ in scalars[f"round_{r}/train/loss"]] == [3, 6]
+        assert all(v > 0 for _, v in scalars[f"round_{r}/train/loss"])
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--enable-logging=stderr",
+                  "--v=0", "--virtual-time-budget=10000"]
+
+
+def render(path, tmp_path):
+    """Load a page in headless Chromium: (DOM after load, console lines)."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.fail("Debian's chromium is needed for the report test (.ci/run installs it)")
+    proc = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                           "--dump-dom", f"file://{path}"], capture_output=True, text=True,
+                          timeout=120)
+    console = [ln for ln in proc.stderr.splitlines() if ":CONSOLE" in ln]  # INFO:CONSOLE:1] "..."
+    return proc.stdout, console
+
+
+def test_report_opens_in_a_browser_with_every_image(unsupervised_run, tmp_path, capsys):
+    run, _, _ = unsupervised_run
+    assert main(["report", str(run), "--videos", "3"]) == 0
+    page = run / "report.html"
+    assert capsys.readouterr().out.strip() == str(page)
+    text = page.read_text()
+    for heading in ("Detection mAP", "Rounds", "Clusters of round 1", "Test videos"):
+        assert heading in text
+    assert "src='data:image/png;base64," in text and "http" not in text.split("<body>")[1]
+    pngs = sorted(p.name for p in (run / "report_files").iterdir())
+    assert {"rounds.png", "confusion.png", "clusters.png"} <= set(pngs)
+    dom, console = render(page, tmp_path)
+    expected = 3 + sum(name.startswith("video_") for name in pngs)
+    assert f'data-images="ok:{expected}"' in dom
+    assert console == []
+    # the check itself can fail: a broken image and a script error are caught
+    broken = tmp_path / "broken.html"
+    broken.write_text(text.replace("data:image/png;base64,", "data:image/png;base64,AAAA", 1)
+                      .replace("</body>", "<script>noSuchFunction()</script></body>"))
+    dom, console = render(broken, tmp_path)
+    assert 'data-images="broken"' in dom and any("noSuchFunction" in c for c in console)

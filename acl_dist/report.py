@@ -1,0 +1,323 @@
+"""``acl-dist report RUN``: a self-contained HTML report (and its PNGs) of a run directory.
+
+Panels: the mAP table per tIoU (with the cluster -> class mapping that produced it); NMI /
+ARI / purity per round; the cluster x class confusion matrix of the training videos after
+mapping; per-cluster purity and size; and, for a sample of test videos, time-aligned strips
+of ground truth, detections, class-agnostic attention and the CAS of the detected classes.
+Images are PNGs written to ``RUN/report_files/`` and embedded in ``RUN/report.html`` as
+data URIs, so the page opens from disk with no server and no network.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from typing import Any
+
+import numpy as np
+
+from . import fsutil
+from .config import load_config
+from .evaluate import cluster_class_mapping, cluster_name, contingency
+from .store import FeatureStore
+
+REPORT = "report.html"
+FILES = "report_files"
+
+
+def _figure_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_rounds(rounds: list[dict]) -> bytes | None:
+    """NMI / ARI / purity per round (line plot)."""
+    rows = [r for r in rounds if "nmi" in r]
+    if not rows:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    xs = [r["round"] for r in rows]
+    for key, style in (("nmi", "o-"), ("ari", "s--"), ("purity", "^:")):
+        ax.plot(xs, [r[key] for r in rows], style, label=key.upper() if key != "purity"
+                else "purity")
+    ax.set_xlabel("round (clustering at the start of the round)")
+    ax.set_ylim(0, 1.02)
+    ax.set_xticks(xs)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title("clustering of the training videos vs their classes")
+    return _figure_png(fig)
+
+
+def plot_confusion(cluster_ids: list[int], truth: list[str],
+                   mapping: dict[int, list[tuple[str, float]]]) -> tuple[bytes, list[dict]]:
+    """Cluster x class counts, clusters ordered by their mapped class; and per-cluster
+    stats (size, purity, mapped class)."""
+    m, clusters, classes = contingency(cluster_ids, truth)
+    mapped = {k: (v[0][0] if v else None) for k, v in mapping.items()}
+    order = sorted(range(len(clusters)), key=lambda i: (
+        classes.index(mapped[clusters[i]]) if mapped.get(clusters[i]) in classes else 1e9,
+        -m[i].max()))
+    m = m[order]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(0.32 * len(classes) + 2.5, 0.26 * len(clusters) + 1.5))
+    ax.imshow(m, aspect="auto", cmap="Blues")
+    ax.set_xticks(range(len(classes)))
+    ax.set_xticklabels(classes, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(clusters)))
+    ax.set_yticklabels([f"{cluster_name(clusters[i])} -> {mapped.get(clusters[i]) or '-'}"
+                        for i in order], fontsize=7)
+    for (r, c), v in np.ndenumerate(m):
+        if v:
+            ax.text(c, r, str(v), ha="center", va="center", fontsize=6,
+                    color="white" if v > m.max() / 2 else "black")
+    ax.set_xlabel("class (training labels)")
+    ax.set_title("training videos per cluster and class")
+    stats = [{"cluster": cluster_name(clusters[i]), "size": int(m[j].sum()),
+              "purity": float(m[j].max() / max(m[j].sum(), 1)),
+              "majority": classes[int(m[j].argmax())], "mapped": mapped.get(clusters[i])}
+             for j, i in enumerate(order)]
+    return _figure_png(fig), stats
+
+
+def plot_cluster_stats(stats: list[dict]) -> bytes:
+    plt = _plt()
+    fig, ax1 = plt.subplots(figsize=(max(5.0, 0.28 * len(stats) + 1), 3.0))
+    xs = np.arange(len(stats))
+    ax1.bar(xs, [s["size"] for s in stats], color="#9ecae1", label="size")
+    ax1.set_ylabel("videos")
+    ax2 = ax1.twinx()
+    ax2.plot(xs, [s["purity"] for s in stats], "o", color="#d6604d", label="purity")
+    ax2.set_ylim(0, 1.05)
+    ax2.set_ylabel("purity")
+    ax1.set_xticks(xs)
+    ax1.set_xticklabels([s["cluster"] for s in stats], rotation=90, fontsize=7)
+    ax1.set_title("cluster sizes (bars) and purity (dots)")
+    return _figure_png(fig)
+
+
+def plot_video_strip(video: str, duration: float, seconds_per_snippet: float,
+                     gt: list[tuple[str, float, float]], dets: list[tuple[str, float, float, float]],
+                     attention: dict[str, np.ndarray], cas: np.ndarray,
+                     cas_labels: list[str]) -> bytes:
+    """Ground truth, detections, class-agnostic attention and CAS over time for one video."""
+    plt = _plt()
+    fig, axes = plt.subplots(4, 1, figsize=(9, 4.6), sharex=True,
+                             gridspec_kw={"height_ratios": [0.6, 1.0, 1.0, 1.3]})
+    t_axis = (np.arange(cas.shape[0]) + 0.5) * seconds_per_snippet
+    labels = sorted({g[0] for g in gt} | {d[0] for d in dets})
+    colours = {lb: plt.cm.tab10(i % 10) for i, lb in enumerate(labels)}
+    for label, s, e in gt:
+        axes[0].axvspan(s, e, color=colours[label], alpha=0.8)
+    axes[0].set_yticks([])
+    axes[0].set_ylabel("GT", rotation=0, ha="right", va="center")
+    top = sorted(dets, key=lambda d: -d[1])[:12]
+    for row, (label, score, s, e) in enumerate(top):
+        axes[1].plot([s, e], [row, row], lw=4, color=colours[label], solid_capstyle="butt")
+        axes[1].text(e, row, f" {score:.2f}", va="center", fontsize=6)
+    axes[1].set_ylim(len(top) - 0.5, -0.5)
+    axes[1].set_yticks([])
+    axes[1].set_ylabel("detections\n(top 12)", rotation=0, ha="right", va="center")
+    for name, att in attention.items():
+        axes[2].plot(t_axis[: len(att)], att * len(att), lw=1, label=name)
+    axes[2].set_ylabel("attention S\n(x T)", rotation=0, ha="right", va="center")
+    axes[2].legend(fontsize=6, loc="upper right")
+    for j, label in enumerate(cas_labels):
+        cls = label.split(" -> ")[-1]
+        axes[3].plot(t_axis, cas[:, j], lw=1, color=colours.get(cls, "grey"), label=label)
+    axes[3].set_ylabel("CAS", rotation=0, ha="right", va="center")
+    if cas_labels:
+        axes[3].legend(fontsize=6, loc="upper right")
+    axes[3].set_xlabel("seconds")
+    axes[3].set_xlim(0, duration)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[lb]) for lb in labels]
+    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.99),
+               ncol=min(6, max(1, len(labels))), fontsize=7, frameon=False)
+    fig.suptitle(video, y=1.06, fontsize=9)
+    return _figure_png(fig)
+
+
+def _read_outputs(path: str, videos: set[str]) -> dict[str, dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    with fsutil.open_read(path) as fh:
+        table = pq.read_table(fh)
+    out = {}
+    cols = table.column_names
+    for i, vid in enumerate(table.column("video_id").to_pylist()):
+        if vid not in videos:
+            continue
+        row = {c: table.column(c)[i].as_py() for c in cols}
+        out[vid] = row
+    return out
+
+
+def build_report(run: str, sample: int = 6, seed: int = 0) -> str:
+    """Write ``RUN/report.html`` (and ``RUN/report_files/*.png``); returns the HTML path."""
+    metrics = fsutil.read_json(fsutil.join(run, "metrics.json"))
+    cfg = load_config(fsutil.join(run, "config.yaml"))
+    store = FeatureStore.open(metrics["store"])
+    images: dict[str, bytes] = {}
+    sections: list[str] = []
+    last = cfg.rounds - 1
+
+    # 1. mAP table
+    if metrics.get("map"):
+        head = "".join(f"<th>{t:.2f}</th>" for t in metrics["tiou"])
+        vals = "".join(f"<td>{m:.2f}</td>" for m in metrics["map"])
+        mapping = metrics.get("label_map")
+        how = (f"clusters mapped to classes by <b>{mapping}</b> (training labels only)"
+               if mapping else "class labels (weak mode)")
+        per_class = "".join(
+            f"<tr><td>{html.escape(c)}</td>" + "".join(f"<td>{v:.1f}</td>" for v in aps) +
+            "</tr>" for c, aps in sorted(metrics.get("per_class", {}).items()))
+        sections.append(
+            f"<h2>Detection mAP on <code>{html.escape(metrics['test_subset'])}</code></h2>"
+            f"<p>{metrics['mode']} run; {how}.</p>"
+            f"<table class='num'><tr><th>tIoU</th>{head}<th>avg</th></tr>"
+            f"<tr><th>mAP %</th>{vals}<td><b>{metrics['average']:.2f}</b></td></tr></table>"
+            f"<details><summary>AP per class</summary><table class='num'><tr><th>class</th>"
+            f"{head}</tr>{per_class}</table></details>")
+    # 2. rounds
+    rows = "".join(
+        f"<tr><td>{r['round']}</td><td>{r.get('nmi', float('nan')):.3f}</td>"
+        f"<td>{r.get('ari', float('nan')):.3f}</td><td>{r.get('purity', float('nan')):.3f}</td>"
+        f"<td>{(r['test_average'] if r.get('test_average') is not None else float('nan')):.2f}"
+        f"</td><td>{sum(r['seconds'].values()):.1f}</td></tr>" for r in metrics["rounds"])
+    png = plot_rounds(metrics["rounds"])
+    if png:
+        images["rounds.png"] = png
+    sections.append(
+        "<h2>Rounds</h2><table class='num'><tr><th>round</th><th>NMI</th><th>ARI</th>"
+        f"<th>purity</th><th>test avg mAP</th><th>seconds</th></tr>{rows}</table>"
+        + ("<img src='rounds.png' alt='clustering per round'>" if png else ""))
+    # 3. confusion + cluster stats (unsupervised with training labels)
+    clusters_path = fsutil.join(run, f"round_{last}", "clusters.json")
+    if cfg.mode == "unsupervised" and fsutil.exists(clusters_path):
+        clusters = fsutil.read_json(clusters_path)
+        meta = [m for m in store.metadata(cfg.train_subset) if m.video_id in clusters["labels"]]
+        truth = [m.primary_label for m in meta]
+        if all(t is not None for t in truth):
+            ids = [clusters["labels"][m.video_id] for m in meta]
+            mapping = cluster_class_mapping(ids, truth, cfg.label_map)
+            conf, stats = plot_confusion(ids, truth, mapping)
+            images["confusion.png"] = conf
+            images["clusters.png"] = plot_cluster_stats(stats)
+            table = "".join(f"<tr><td>{s['cluster']}</td><td>{s['size']}</td>"
+                            f"<td>{s['purity']:.2f}</td><td>{html.escape(s['majority'])}</td>"
+                            f"<td>{html.escape(s['mapped'] or '-')}</td></tr>" for s in stats)
+            sections.append(
+                f"<h2>Clusters of round {last}</h2><p>Rows are clusters labelled with the class "
+                f"they map to ({cfg.label_map}); columns the training videos' classes.</p>"
+                "<img src='confusion.png' alt='cluster x class confusion'>"
+                "<img src='clusters.png' alt='cluster sizes and purity'>"
+                "<details><summary>per-cluster table</summary><table class='num'><tr>"
+                "<th>cluster</th><th>videos</th><th>purity</th><th>majority class</th>"
+                f"<th>mapped to</th></tr>{table}</table></details>")
+    # 4. video strips
+    gt = store.ground_truth()["database"]
+    test_meta = {m.video_id: m for m in store.metadata(cfg.test_subset)}
+    dets_path = fsutil.join(run, f"detections_{cfg.label_map}.json")
+    if not fsutil.exists(dets_path):
+        dets_path = fsutil.join(run, "detections.json")
+    dets = fsutil.read_json(dets_path)["results"]
+    annotated = sorted(v for v in test_meta if gt.get(v, {}).get("annotations"))
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(annotated, size=min(sample, len(annotated)), replace=False)
+                    ) if annotated else []
+    outputs = _read_outputs(fsutil.join(run, f"round_{last}", "outputs.parquet"), set(chosen))
+    label_names = _label_names(run, last)
+    if cfg.mode == "unsupervised" and fsutil.exists(clusters_path):
+        maps = fsutil.read_json(clusters_path).get("mapping", {}).get(cfg.label_map, {})
+        label_names = [f"{n} -> {maps[n][0][0]}" if maps.get(n) else n for n in label_names]
+    strips = []
+    for vid in chosen:
+        m = test_meta[vid]
+        row = outputs.get(vid)
+        if row is None or not row["cas"]:
+            continue
+        t = m.num_snippets
+        cas = np.frombuffer(row["cas"], dtype=np.float16).astype(np.float32).reshape(t, -1)
+        att = {s: np.frombuffer(row[f"attention_{s}"], dtype=np.float16).astype(np.float32)
+               for s in store.streams if row.get(f"attention_{s}")}
+        raw = [tuple(x) for x in json.loads(row["detections"])]
+        shown = sorted({int(x[0]) for x in raw[:5]})
+        v_dets = [(d["label"], d["score"], d["segment"][0], d["segment"][1])
+                  for d in dets.get(vid, [])]
+        g = [(a["label"], float(a["segment"][0]), float(a["segment"][1]))
+             for a in gt[vid]["annotations"]]
+        name = f"video_{len(strips)}.png"
+        images[name] = plot_video_strip(vid, m.duration, m.grid.seconds_per_snippet, g, v_dets,
+                                        att, cas[:, shown], [label_names[i] for i in shown])
+        strips.append(f"<figure><img src='{name}' alt='{html.escape(vid)}'>"
+                      f"<figcaption>{html.escape(vid)}</figcaption></figure>")
+    if strips:
+        sections.append(f"<h2>Test videos ({len(strips)} sampled)</h2><p>Top to bottom: ground "
+                        "truth; the video's highest-scoring detections (label colour, score); "
+                        "each stream's class-agnostic attention S (times T, so 1 = uniform); "
+                        "the fused CAS of the classes (clusters) the model detects most.</p>"
+                        + "".join(strips))
+    # write PNGs and the page
+    files_dir = fsutil.join(run, FILES)
+    for name, data in images.items():
+        fsutil.write_bytes_atomic(fsutil.join(files_dir, name), data)
+    body = "\n".join(sections)
+    for name, data in images.items():
+        uri = "data:image/png;base64," + base64.b64encode(data).decode()
+        body = body.replace(f"src='{name}'", f"src='{uri}'")
+    page = PAGE.format(title=html.escape(f"acl-dist run {run}"), run=html.escape(run),
+                       store=html.escape(metrics["store"]), body=body,
+                       seconds=metrics.get("seconds_total", 0))
+    path = fsutil.join(run, REPORT)
+    fsutil.write_bytes_atomic(path, page.encode("utf-8"))
+    return path
+
+
+def _label_names(run: str, r: int) -> list[str]:
+    import torch
+
+    with fsutil.open_read(fsutil.join(run, f"round_{r}", "model.pt")) as fh:
+        ckpt = torch.load(io.BytesIO(fh.read()), map_location="cpu", weights_only=False)
+    return list(ckpt["label_names"])
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 1100px; color: #222; }}
+table.num {{ border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }}
+table.num th, table.num td {{ border: 1px solid #ccc; padding: 2px 8px; text-align: right; }}
+img {{ max-width: 100%; display: block; margin: 0.6em 0; }}
+figure {{ margin: 1em 0; }} figcaption {{ font-size: 0.8em; color: #555; }}
+code {{ background: #f3f3f3; padding: 0 3px; }}
+</style></head>
+<body>
+<h1>acl-dist run report</h1>
+<p>Run <code>{run}</code> on store <code>{store}</code>; {seconds:.0f} s of steps.</p>
+{body}
+<script>
+// Marks the page once every image has decoded (used by the headless-browser test).
+window.addEventListener("load", () => {{
+  const imgs = Array.from(document.images);
+  const ok = imgs.every(i => i.complete && i.naturalWidth > 0);
+  document.body.setAttribute("data-images", ok ? "ok:" + imgs.length : "broken");
+}});
+</script>
+</body></html>
+"""

@@ -1,0 +1,118 @@
+"""A plain top-k MIL localiser: the baseline ACL's weak mode must beat.
+
+One network on the concatenated RGB+flow features: 1-D conv (k 3) -> ReLU -> dropout ->
+1-D conv (k 1) to the class activation sequence; the video score of each class is the mean
+of its top-k snippets (k = T // 8); cross-entropy against the video labels (normalised
+multi-hot, as ACL's L_cls). Same crops, batch size, steps and optimiser as ACL, and the
+same post-processing (acl_dist.localize with the CAS, uniform attention and the top-k
+scores), so the difference measures ACL's co-attention machinery.
+
+    python bench/mil_baseline.py --store STORE [--steps 400] [--batch 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from acl_dist.config import LocalizeConfig
+from acl_dist.evaluate import Detection, evaluate_detections, load_ground_truth, parse_tiou
+from acl_dist.localize import localize_video
+from acl_dist.model import pad_batch
+from acl_dist.pipeline import default_subsets
+from acl_dist.store import FeatureStore
+
+
+class TopKMIL(nn.Module):
+    def __init__(self, in_dim: int, num_classes: int, hidden: int = 256, dropout: float = 0.5):
+        super().__init__()
+        self.conv = nn.Conv1d(in_dim, hidden, 3, padding=1)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Conv1d(hidden, num_classes, 1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, D), mask (B, T) -> CAS (B, T, C), video logits (B, C)."""
+        m = mask[:, None, :].to(x.dtype)
+        h = self.drop(torch.relu(self.conv(x.transpose(1, 2)) * m))
+        cas = (self.head(h) * m).transpose(1, 2)
+        lengths = mask.sum(1)
+        k = (lengths // 8).clamp(min=1)
+        ranked = cas.masked_fill(~mask[:, :, None], float("-inf")).sort(dim=1, descending=True)[0]
+        take = torch.arange(cas.shape[1], device=x.device)[None, :, None] < k[:, None, None]
+        video = (ranked.masked_fill(~take, 0.0).sum(1)) / k[:, None]
+        return cas, video
+
+
+def train_and_evaluate(store_path: str, steps: int = 400, batch: int = 16, max_len: int = 256,
+                       lr: float = 1e-3, seed: int = 0, tiou: str | None = None,
+                       localize: LocalizeConfig = LocalizeConfig()) -> dict:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    store = FeatureStore.open(store_path)
+    train_subset, test_subset = default_subsets(store)
+    classes = store.classes
+    index = {c: i for i, c in enumerate(classes)}
+    streams = list(store.streams)
+    train = [(np.concatenate([r.features[s] for s in streams], 1), [index[lb] for lb in r.labels])
+             for r in store.iter_videos(train_subset, dtype=np.float32) if r.labels]
+    model = TopKMIL(sum(store.streams.values()), len(classes))
+    optim = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.MultiStepLR(optim, [steps // 2], 0.1)
+    started = time.perf_counter()
+    model.train()
+    for _ in range(steps):
+        pick = rng.choice(len(train), size=min(batch, len(train)), replace=False)
+        arrays, targets = [], torch.zeros(len(pick), len(classes))
+        for row, i in enumerate(pick):
+            x, labels = train[i]
+            start = int(rng.integers(0, max(1, len(x) - max_len + 1))) if len(x) > max_len else 0
+            arrays.append(x[start:start + max_len])
+            targets[row, labels] = 1.0
+        x, mask = pad_batch(arrays)
+        _, video = model(x, mask)
+        weights = targets / targets.sum(1, keepdim=True)
+        loss = -(weights * torch.log_softmax(video, 1)).sum(1).mean()
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+        sched.step()
+    train_seconds = time.perf_counter() - started
+    model.eval()
+    dets = []
+    with torch.no_grad():
+        for r in store.iter_videos(test_subset, dtype=np.float32):
+            x = torch.from_numpy(np.concatenate([r.features[s] for s in streams], 1))[None]
+            cas, video = model(x, torch.ones(1, x.shape[1], dtype=torch.bool))
+            cas, video = cas[0].numpy(), video[0].numpy()
+            for seg in localize_video(cas, np.full(len(cas), 1.0 / len(cas)), video, r.grid,
+                                      r.duration, localize):
+                dets.append(Detection(r.video_id, classes[seg.label], seg.score, seg.start,
+                                      seg.end))
+    from acl_dist.pipeline import _guess_tiou
+
+    gt = load_ground_truth(store_path, test_subset)
+    res = evaluate_detections(gt, dets, tiou_thresholds=parse_tiou(tiou or _guess_tiou(store)))
+    out = res.as_dict()
+    out["train_seconds"] = round(train_seconds, 1)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--store", required=True)
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--max-len", type=int, default=256)
+    args = ap.parse_args()
+    out = train_and_evaluate(args.store, args.steps, args.batch, args.max_len)
+    k = out["tiou"].index(0.5)
+    print(f"top-k MIL: mAP@0.5 {out['map'][k]:.2f}  avg {out['average']:.2f}  "
+          f"(trained {out['train_seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+"""Ray job: the ACL rounds on the cluster this job runs on.
+
+    ray job submit --working-dir . -- python jobs/run_acl.py --store s3://bucket/stores/anet12 \
+        --out s3://bucket/runs/anet12-u1 --mode unsupervised --num-classes 100 --config anet12
+
+Takes exactly the arguments of ``acl-dist run``. Inside a job, Ray is already running
+(``RAY_ADDRESS`` is set), so the rounds use the whole cluster: training workers are sized to
+its GPUs and the clustering task asks for a GPU when there is one.
+"""
+
+import sys
+
+from acl_dist.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["run", *sys.argv[1:]]))
