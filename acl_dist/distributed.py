@@ -33,7 +33,7 @@ from . import fsutil
 from .cluster import contrast_descriptor, run_clustering, video_descriptor
 from .config import LocalizeConfig, RunConfig, from_dict, to_dict
 from .progress import log
-from .store import DTYPES, FeatureStore, feature_views
+from .store import FeatureStore, feature_views
 from .timegrid import SnippetGrid
 
 # --------------------------------------------------------------------------- Ray start

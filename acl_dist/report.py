@@ -195,11 +195,13 @@ def build_report(run: str, sample: int = 6, seed: int = 0) -> str:
             f"<details><summary>AP per class</summary><table class='num'><tr><th>class</th>"
             f"{head}</tr>{per_class}</table></details>")
     # 2. rounds
+    def cell(value: Any, fmt: str) -> str:
+        return f"<td>{value:{fmt}}</td>" if isinstance(value, (int, float)) else "<td>-</td>"
+
     rows = "".join(
-        f"<tr><td>{r['round']}</td><td>{r.get('nmi', float('nan')):.3f}</td>"
-        f"<td>{r.get('ari', float('nan')):.3f}</td><td>{r.get('purity', float('nan')):.3f}</td>"
-        f"<td>{(r['test_average'] if r.get('test_average') is not None else float('nan')):.2f}"
-        f"</td><td>{sum(r['seconds'].values()):.1f}</td></tr>" for r in metrics["rounds"])
+        f"<tr><td>{r['round']}</td>{cell(r.get('nmi'), '.3f')}{cell(r.get('ari'), '.3f')}"
+        f"{cell(r.get('purity'), '.3f')}{cell(r.get('test_average'), '.2f')}"
+        f"{cell(sum(r['seconds'].values()), '.1f')}</tr>" for r in metrics["rounds"])
     png = plot_rounds(metrics["rounds"])
     if png:
         images["rounds.png"] = png

@@ -1,6 +1,5 @@
 """Annotation parsers on the real packaged files and on small hand-made ones."""
 
-import json
 from importlib import resources
 
 import pytest
