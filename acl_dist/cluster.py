@@ -12,6 +12,18 @@ Backends, behind :func:`spectral_clustering`:
 * ``cuml``: RAPIDS cuML's ``SpectralClustering(affinity="precomputed")``, used when cuML
   imports (GPU clusters installed with the ``gpu`` extra).
 
+Two affinity graphs, chosen by :func:`choose_graph`:
+
+* ``dense`` (up to ``DENSE_MAX_VIDEOS``): the full ``(N, N)`` Gaussian affinity, the
+  authors' form. 20k videos cost 3.2 GB in float64; ActivityNet-1.3 has 10k training videos.
+* ``knn`` (above it): each video keeps its ``n_neighbors`` nearest descriptors, found by a
+  chunked similarity top-k (GPU when present) that never holds more than a
+  ``(chunk, N)`` block; the same Gaussian weights and the same sigma (the exact mean
+  pairwise distance, accumulated over the blocks); symmetrised ``(W + W^T) / 2``. The
+  ``torch`` backend then takes the top eigenvectors of the sparse normalised adjacency
+  with LOBPCG and runs k-means on the GPU; ``sklearn`` and ``cuml`` receive the sparse
+  matrix as their precomputed affinity.
+
 Descriptor of video v at round i: per stream, the attention-weighted mean of its snippet
 features ``f = X^T S`` (S uniform 1/T at round 0), L2-normalised per stream, streams
 concatenated (so ``||f|| = sqrt(#streams)``). Affinity ``w_jk = exp(-||f_j - f_k||^2 /
@@ -21,6 +33,8 @@ code includes the zero diagonal in that mean).
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Mapping
 
 import numpy as np
@@ -204,50 +218,106 @@ def spectral_embedding_torch(affinity, n_components: int):
     return emb * torch.where(signs == 0, torch.ones_like(signs), signs)[None, :]
 
 
+def kmeans_plusplus_torch(x, n_clusters: int, generator, x_sq=None):
+    """Greedy k-means++ seeding (scikit-learn's: ``2 + ln k`` candidates per centre, the one
+    that lowers the potential most), sampled on x's device without host syncs.
+
+    Args: x ``(N, F)``; generator: a CPU ``torch.Generator``. Returns ``(k, F)`` centres.
+    """
+    import torch
+
+    n = x.shape[0]
+    x_sq = (x * x).sum(dim=1) if x_sq is None else x_sq
+    trials = 2 + int(math.log(n_clusters))
+
+    def sq_dist(rows):                                     # (r,) -> (r, N)
+        return (x_sq[rows][:, None] + x_sq[None, :] - 2.0 * x[rows] @ x.T).clamp_(min=0)
+
+    first = torch.randint(n, (1,), generator=generator).to(x.device)
+    chosen = [first[0]]
+    closest = sq_dist(first)[0]
+    potential = closest.sum()
+    for _ in range(1, n_clusters):
+        u = torch.rand(trials, generator=generator, dtype=torch.float64).to(x.device)
+        cumulative = torch.cumsum(closest.double(), 0)
+        candidates = torch.searchsorted(cumulative, u * potential.double()).clamp_(max=n - 1)
+        new_closest = torch.minimum(closest[None, :], sq_dist(candidates))
+        potentials = new_closest.sum(dim=1)
+        best = potentials.argmin()
+        chosen.append(candidates[best])
+        closest, potential = new_closest[best], potentials[best]
+    return x[torch.stack(chosen)]
+
+
 def kmeans_torch(x, n_clusters: int, seed: int = 0, n_init: int = 10, max_iter: int = 300,
-                 tol: float = 1e-6):
-    """k-means++ initialisation and Lloyd iterations, best of ``n_init`` by inertia.
+                 tol: float = 1e-4):
+    """k-means (greedy k-means++ seeding, Lloyd iterations), best of ``n_init`` by inertia.
+
+    Converges like scikit-learn's: labels unchanged, or a centre shift below ``tol`` times
+    the mean per-feature variance. One host sync per iteration.
 
     Args: x ``(N, F)`` tensor. Returns ``(N,)`` long labels on x's device.
     """
     import torch
 
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    n = x.shape[0]
-    best_labels, best_inertia = None, float("inf")
     x_sq = (x * x).sum(dim=1)
-    for _ in range(n_init):
-        centres = x[torch.randint(n, (1,), generator=gen).item()][None, :]
-        d2 = ((x - centres[0]) ** 2).sum(dim=1)
-        for _ in range(1, n_clusters):
-            probs = (d2 / d2.sum().clamp(min=1e-30)).cpu().double()
-            if not torch.isfinite(probs).all() or probs.sum() <= 0:
-                probs = torch.full((n,), 1.0 / n, dtype=torch.float64)
-            pick = torch.multinomial(probs, 1, generator=gen).item()
-            centres = torch.cat([centres, x[pick][None, :]])
-            d2 = torch.minimum(d2, ((x - x[pick]) ** 2).sum(dim=1))
-        prev = None
-        for _ in range(max_iter):
-            dist = x_sq[:, None] - 2 * x @ centres.T + (centres * centres).sum(dim=1)[None, :]
-            labels = dist.argmin(dim=1)
-            counts = torch.bincount(labels, minlength=n_clusters).to(x.dtype)
-            sums = torch.zeros_like(centres).index_add_(0, labels, x)
-            empty = counts == 0
-            new = torch.where(empty[:, None], centres, sums / counts.clamp(min=1)[:, None])
-            shift = ((new - centres) ** 2).sum().item()
-            centres = new
-            if prev is not None and torch.equal(prev, labels) or shift < tol:
-                break
-            prev = labels
+    tol_abs = float(tol * x.var(dim=0).mean())
+    best_labels, best_inertia = None, float("inf")
+
+    def assign(centres):
         dist = x_sq[:, None] - 2 * x @ centres.T + (centres * centres).sum(dim=1)[None, :]
         labels = dist.argmin(dim=1)
-        inertia = dist.gather(1, labels[:, None]).sum().item()
+        return labels, dist.gather(1, labels[:, None]).sum()
+
+    for _ in range(n_init):
+        centres = kmeans_plusplus_torch(x, n_clusters, gen, x_sq)
+        prev = None
+        for _ in range(max_iter):
+            labels, _ = assign(centres)
+            counts = torch.bincount(labels, minlength=n_clusters).to(x.dtype)
+            sums = torch.zeros_like(centres).index_add_(0, labels, x)
+            new = torch.where((counts == 0)[:, None], centres,
+                              sums / counts.clamp(min=1)[:, None])
+            shift = ((new - centres) ** 2).sum()
+            centres = new
+            done = shift <= tol_abs
+            if prev is not None:
+                done = done | torch.equal(prev, labels)
+            if bool(done):
+                break
+            prev = labels
+        labels, inertia = assign(centres)
+        inertia = float(inertia)
         if inertia < best_inertia:
             best_inertia, best_labels = inertia, labels
     return best_labels
 
 
-def spectral_clustering_torch(affinity: np.ndarray, n_clusters: int, seed: int = 0,
+def gaussian_affinity_torch(descriptors, sigma: float | None = None,
+                            device: str | None = None):
+    """:func:`gaussian_affinity` computed on a torch device (float32 on a GPU): the dense
+    ``torch`` path on a GPU never builds the N x N matrix in host memory.
+
+    Returns: (``(N, N)`` tensor, sigma)
+    """
+    import torch
+
+    dev = _torch_device(device)
+    dtype = torch.float32 if dev.type == "cuda" else torch.float64
+    x = torch.as_tensor(np.asarray(descriptors), device=dev).to(dtype)
+    sq = (x * x).sum(dim=1)
+    d2 = (sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)).clamp_(min=0.0)
+    d2.fill_diagonal_(0.0)
+    n = x.shape[0]
+    if sigma is None:
+        # all ordered pairs = 2 x (pairs j < k); pairs j <= k number N(N+1)/2
+        sigma = float(d2.sqrt().sum(dtype=torch.float64)) / (n * (n + 1)) if n > 1 else 1.0
+    sigma = max(float(sigma), 1e-12)
+    return torch.exp_(d2.div_(-2.0 * sigma ** 2)), sigma
+
+
+def spectral_clustering_torch(affinity, n_clusters: int, seed: int = 0,
                               n_init: int = 10, device: str | None = None) -> np.ndarray:
     """The ``torch`` backend: dense spectral clustering on ``device`` (default: GPU if any).
 
@@ -257,9 +327,184 @@ def spectral_clustering_torch(affinity: np.ndarray, n_clusters: int, seed: int =
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.float64 if dev.type == "cpu" else torch.float32
-    w = torch.as_tensor(np.asarray(affinity), dtype=dtype, device=dev)
+    if torch.is_tensor(affinity):
+        w = affinity.to(device=dev, dtype=dtype)
+    else:
+        w = torch.as_tensor(np.asarray(affinity), dtype=dtype, device=dev)
     emb = spectral_embedding_torch(w, n_clusters)
     return kmeans_torch(emb, n_clusters, seed, n_init).cpu().numpy().astype(np.int64)
+
+
+# --------------------------------------------------------------------------- kNN-sparse path
+
+DENSE_MAX_VIDEOS = 20_000
+GRAPHS = ("auto", "dense", "knn")
+
+
+def choose_graph(n_videos: int, graph: str = "auto", dense_max: int = DENSE_MAX_VIDEOS) -> str:
+    """``auto`` -> ``dense`` up to ``dense_max`` videos, ``knn`` above."""
+    if graph not in GRAPHS:
+        raise ValueError(f"clustering graph must be one of {GRAPHS}, not {graph!r}")
+    if graph != "auto":
+        return graph
+    return "dense" if n_videos <= dense_max else "knn"
+
+
+def _torch_device(device: str | None):
+    import torch
+
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def knn_affinity(descriptors, n_neighbors: int, sigma: float | None = None,
+                 device: str | None = None, chunk_bytes: int | None = None):
+    """Sparse Gaussian kNN affinity without an ``(N, N)`` matrix.
+
+    Distances are computed a block of rows at a time (``(chunk, N)``, at most
+    ``chunk_bytes``); each block contributes its row-wise top-k and its share of the exact
+    mean pairwise distance (sigma over pairs ``j <= k``, diagonal included, as in
+    :func:`gaussian_affinity`). Weights ``exp(-d^2 / (2 sigma^2))``, self-loops excluded,
+    symmetrised ``(W + W^T) / 2``.
+
+    Args:
+        descriptors: ``(N, F)`` array or tensor.
+        n_neighbors: neighbours kept per video (clipped to ``N - 1``).
+        sigma: bandwidth; None = the mean pairwise distance.
+        device: torch device; default the GPU when there is one.
+        chunk_bytes: memory of one distance block; default 1 GiB on a GPU, 256 MiB on a CPU.
+    Returns:
+        (coalesced sparse COO ``(N, N)`` float tensor on ``device``, sigma)
+    """
+    import torch
+
+    dev = _torch_device(device)
+    dtype = torch.float32 if dev.type == "cuda" else torch.float64
+    x = torch.as_tensor(np.asarray(descriptors) if not torch.is_tensor(descriptors)
+                        else descriptors, device=dev).to(dtype)
+    n = x.shape[0]
+    k = int(min(max(n_neighbors, 1), n - 1))
+    if k < 1:
+        raise ValueError("a kNN affinity needs at least 2 videos")
+    if chunk_bytes is None:
+        chunk_bytes = (1 << 30) if dev.type == "cuda" else (1 << 28)
+    chunk = max(1, min(n, chunk_bytes // (n * x.element_size())))
+    sq = (x * x).sum(dim=1)
+    nbr_idx = torch.empty((n, k), dtype=torch.int64, device=dev)
+    nbr_d2 = torch.empty((n, k), dtype=dtype, device=dev)
+    dist_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        rows = torch.arange(start, stop, device=dev)
+        d2 = sq[start:stop, None] + sq[None, :] - 2.0 * (x[start:stop] @ x.T)
+        d2.clamp_(min=0.0)
+        d2[rows - start, rows] = 0.0
+        if sigma is None:
+            dist_sum += d2.sqrt().sum(dtype=torch.float64)
+        d2[rows - start, rows] = float("inf")          # a video is not its own neighbour
+        vals, idx = torch.topk(d2, k, dim=1, largest=False)
+        nbr_idx[start:stop], nbr_d2[start:stop] = idx, vals
+        del d2
+    if sigma is None:
+        # sum over all ordered pairs = 2 * sum over j < k; pairs j <= k number N(N+1)/2
+        sigma = float(dist_sum.item()) / (n * (n + 1)) if n > 1 else 1.0
+    sigma = max(float(sigma), 1e-12)
+    weights = torch.exp(-nbr_d2 / (2.0 * sigma ** 2)).reshape(-1)
+    rows = torch.arange(n, device=dev).repeat_interleave(k)
+    cols = nbr_idx.reshape(-1)
+    index = torch.stack([torch.cat([rows, cols]), torch.cat([cols, rows])])
+    w = torch.sparse_coo_tensor(index, torch.cat([weights, weights]) * 0.5, (n, n),
+                                check_invariants=False)   # built from valid indices
+    return w.coalesce(), sigma
+
+
+def spectral_embedding_sparse_torch(affinity, n_components: int, seed: int = 0,
+                                    max_iter: int = 300, tol: float | None = None):
+    """The spectral embedding of a sparse affinity: top eigenvectors of ``D^-1/2 W D^-1/2``
+    by LOBPCG (on ``I + D^-1/2 W D^-1/2``, positive semi-definite, same eigenvectors), then
+    the diffusion-map scaling and sign convention of :func:`spectral_embedding_torch`.
+
+    Args: affinity: coalesced sparse COO ``(N, N)`` without self-loops.
+    Returns: ``(N, n_components)`` dense tensor on the affinity's device.
+    """
+    import torch
+
+    w = affinity.coalesce()
+    n = w.shape[0]
+    idx, vals = w.indices(), w.values()
+    degree = torch.zeros(n, dtype=vals.dtype, device=vals.device).index_add_(0, idx[0], vals)
+    dinv = degree.clamp(min=1e-12).rsqrt()
+    norm_vals = dinv[idx[0]] * vals * dinv[idx[1]]
+    eye = torch.arange(n, device=vals.device)
+    shifted = torch.sparse_coo_tensor(torch.cat([idx, torch.stack([eye, eye])], 1),
+                                      torch.cat([norm_vals, torch.ones_like(dinv)]),
+                                      (n, n), check_invariants=False).coalesce()
+    with warnings.catch_warnings():   # "sparse CSR support is in beta": it is what LOBPCG uses
+        warnings.simplefilter("ignore", UserWarning)
+        shifted = shifted.to_sparse_csr()
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    # start from D^1/2 1 (the known top eigenvector) plus random directions
+    start = torch.randn((n, n_components), generator=gen, dtype=vals.dtype).to(vals.device)
+    start[:, 0] = degree.sqrt()
+    if 3 * n_components > n:   # LOBPCG needs N >= 3k: small graphs go dense
+        vecs = torch.linalg.eigh(shifted.to_dense())[1][:, -n_components:]
+    else:
+        _, vecs = torch.lobpcg(shifted, k=n_components, X=start, niter=max_iter, tol=tol,
+                               largest=True)
+    vecs = vecs[:, :n_components]
+    emb = vecs * dinv[:, None]
+    idx_max = emb.abs().argmax(dim=0)
+    signs = torch.sign(emb[idx_max, torch.arange(emb.shape[1], device=emb.device)])
+    return emb * torch.where(signs == 0, torch.ones_like(signs), signs)[None, :]
+
+
+def _to_scipy(affinity):
+    import scipy.sparse as sp
+
+    w = affinity.coalesce()
+    idx = w.indices().cpu().numpy()
+    return sp.csr_matrix((w.values().cpu().numpy(), (idx[0], idx[1])), shape=tuple(w.shape))
+
+
+def spectral_clustering_knn(descriptors, n_clusters: int, seed: int = 0,
+                            backend: str = "torch", n_init: int = 10,
+                            n_neighbors: int = 100, sigma: float | None = None,
+                            device: str | None = None) -> tuple[np.ndarray, float]:
+    """Spectral clustering on the kNN-sparse Gaussian affinity (no ``(N, N)`` matrix).
+
+    Returns: (``(N,)`` int64 cluster ids, sigma)
+    """
+    n = len(descriptors)
+    if n_clusters < 1 or n_clusters > n:
+        raise ValueError(f"cannot make {n_clusters} clusters of {n} videos")
+    backend = resolve_backend(backend)
+    if backend == "sklearn" and device is None:
+        device = "cpu"
+    w, sig = knn_affinity(descriptors, n_neighbors, sigma, device)
+    if n_clusters == 1:
+        return np.zeros(n, dtype=np.int64), sig
+    if backend == "torch":
+        emb = spectral_embedding_sparse_torch(w, n_clusters, seed)
+        emb = emb.float() if emb.device.type == "cuda" else emb
+        return kmeans_torch(emb, n_clusters, seed, n_init).cpu().numpy().astype(np.int64), sig
+    if backend == "sklearn":
+        from sklearn.cluster import SpectralClustering
+
+        model = SpectralClustering(n_clusters=n_clusters, affinity="precomputed",
+                                   random_state=seed, assign_labels="kmeans", n_init=n_init)
+        return model.fit_predict(_to_scipy(w)).astype(np.int64), sig
+    from cuml.cluster import SpectralClustering as CuSpectral
+
+    matrix = _to_scipy(w).astype(np.float32)
+    try:  # hand cuML a device matrix when CuPy is there (it accepts scipy sparse too)
+        import cupyx.scipy.sparse as cusp
+
+        matrix = cusp.csr_matrix(matrix)
+    except ImportError:
+        pass
+    model = CuSpectral(n_clusters=n_clusters, affinity="precomputed", random_state=seed,
+                       n_init=n_init)
+    labels = model.fit_predict(matrix)
+    return np.asarray(labels.get() if hasattr(labels, "get") else labels, dtype=np.int64), sig
 
 
 def cluster_descriptors(descriptors: np.ndarray, n_clusters: int, seed: int = 0,
@@ -272,8 +517,9 @@ def cluster_descriptors(descriptors: np.ndarray, n_clusters: int, seed: int = 0,
 
 def run_clustering(descriptors: np.ndarray, n_clusters: int, backend: str = "auto",
                    seed: int = 0, n_init: int = 10, sigma: float | None = None,
-                   truth: list[str] | None = None, previous: np.ndarray | None = None
-                   ) -> dict:
+                   truth: list[str] | None = None, previous: np.ndarray | None = None,
+                   graph: str = "auto", n_neighbors: int = 100,
+                   dense_max: int = DENSE_MAX_VIDEOS) -> dict:
     """One clustering step with its quality statistics (what the Ray task returns).
 
     Args:
@@ -281,8 +527,11 @@ def run_clustering(descriptors: np.ndarray, n_clusters: int, backend: str = "aut
         truth: the videos' class labels, when known (for NMI/ARI/purity; never used to
             cluster).
         previous: the previous round's cluster ids (for the label-free stability score).
+        graph: ``auto`` | ``dense`` | ``knn`` (see :func:`choose_graph`).
+        n_neighbors: neighbours per video of the ``knn`` graph.
     Returns:
-        ``{"labels", "backend", "sigma", "seconds", "sizes", "scores"?, "stability"?}``.
+        ``{"labels", "backend", "graph", "sigma", "seconds", "sizes", "scores"?,
+        "stability"?}``.
     """
     import time
 
@@ -290,11 +539,24 @@ def run_clustering(descriptors: np.ndarray, n_clusters: int, backend: str = "aut
 
     started = time.perf_counter()
     used = resolve_backend(backend)
-    affinity, sig = gaussian_affinity(descriptors, sigma)
-    labels = spectral_clustering(affinity, n_clusters, seed=seed, backend=used, n_init=n_init)
-    out = {"labels": labels, "backend": used, "sigma": sig,
+    kind = choose_graph(len(descriptors), graph, dense_max)
+    if kind == "dense" and used == "torch" and gpu_available():
+        affinity, sig = gaussian_affinity_torch(descriptors, sigma)
+        labels = spectral_clustering(affinity, n_clusters, seed=seed, backend=used,
+                                     n_init=n_init)
+    elif kind == "dense":
+        affinity, sig = gaussian_affinity(descriptors, sigma)
+        labels = spectral_clustering(affinity, n_clusters, seed=seed, backend=used,
+                                     n_init=n_init)
+    else:
+        labels, sig = spectral_clustering_knn(descriptors, n_clusters, seed=seed,
+                                              backend=used, n_init=n_init,
+                                              n_neighbors=n_neighbors, sigma=sigma)
+    out = {"labels": labels, "backend": used, "graph": kind, "sigma": sig,
            "seconds": time.perf_counter() - started,
            "sizes": np.bincount(labels, minlength=n_clusters).tolist()}
+    if kind == "knn":
+        out["n_neighbors"] = int(min(n_neighbors, len(descriptors) - 1))
     if truth is not None:
         out["scores"] = clustering_scores(labels, truth)
     if previous is not None:

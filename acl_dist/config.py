@@ -136,6 +136,12 @@ class ClusterConfig:
         sigma: Gaussian bandwidth; None = mean pairwise distance (the authors' code).
         n_init: k-means restarts.
         seed: random state of the eigensolver and k-means.
+        graph: affinity graph: ``dense`` (the full N x N Gaussian affinity, the authors'),
+            ``knn`` (each video's ``n_neighbors`` nearest, sparse: no N x N matrix), or
+            ``auto`` (dense up to ``dense_max_videos``, kNN above).
+        n_neighbors: neighbours per video of the kNN graph (100 matched or beat the dense
+            graph's NMI on planted clusters from 3k to 20k videos).
+        dense_max_videos: the ``auto`` threshold (20k videos = 3.2 GB of float64 affinity).
     """
 
     backend: Literal["auto", "sklearn", "torch", "cuml"] = "auto"
@@ -143,6 +149,9 @@ class ClusterConfig:
     sigma: float | None = None
     n_init: int = 10
     seed: int = 0
+    graph: Literal["auto", "dense", "knn"] = "auto"
+    n_neighbors: int = 100
+    dense_max_videos: int = 20_000
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import warnings
@@ -260,17 +261,18 @@ def read_descriptors(path: str) -> tuple[list[str], np.ndarray]:
 # --------------------------------------------------------------------------- clustering task
 
 
-def run_clustering_task(descriptors: np.ndarray, n_clusters: int, backend: str, seed: int,
-                        n_init: int, sigma: float | None, truth: list[str] | None,
-                        previous: np.ndarray | None) -> dict:
-    """Spectral clustering as one Ray task; asks for a GPU when the cluster has one and
-    the backend can use it."""
+def run_clustering_task(descriptors: np.ndarray, n_clusters: int, cc: Any,
+                        truth: list[str] | None, previous: np.ndarray | None) -> dict:
+    """Spectral clustering (:func:`acl_dist.cluster.run_clustering` with the round's
+    :class:`~acl_dist.config.ClusterConfig` ``cc``) as one Ray task; asks for a GPU when the
+    cluster has one and the backend can use it."""
     import ray
 
-    wants_gpu = backend in ("auto", "torch", "cuml") and cluster_gpus() > 0
+    wants_gpu = cc.backend in ("auto", "torch", "cuml") and cluster_gpus() > 0
     task = ray.remote(num_cpus=1, num_gpus=1 if wants_gpu else 0)(run_clustering)
-    return ray.get(task.remote(descriptors, n_clusters, backend, seed, n_init, sigma, truth,
-                               previous))
+    return ray.get(task.remote(descriptors, n_clusters, cc.backend, cc.seed, cc.n_init,
+                               cc.sigma, truth, previous, cc.graph, cc.n_neighbors,
+                               cc.dense_max_videos))
 
 
 # --------------------------------------------------------------------------- training
@@ -329,6 +331,7 @@ class _Board:
         for name in os.listdir(self.local):
             with open(os.path.join(self.local, name), "rb") as fh:
                 fsutil.write_bytes_atomic(fsutil.join(self.target, name), fh.read())
+        shutil.rmtree(self.local, ignore_errors=True)
         self.writer = None
 
 

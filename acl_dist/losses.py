@@ -36,10 +36,8 @@ def classification_loss(video_logits: torch.Tensor, targets: torch.Tensor,
     labelled = counts > 0
     weights = targets / counts.clamp(min=1)[:, None]
     per_video = -(weights * F.log_softmax(video_logits, dim=1)).sum(dim=1)
-    per_video = per_video[labelled]
-    if per_video.numel() == 0:
-        return video_logits.sum() * 0.0
-    return per_video.sum() if reduction == "sum" else per_video.mean()
+    total = torch.where(labelled, per_video, 0.0).sum()   # a mask, not indexing: no sync
+    return total if reduction == "sum" else total / labelled.sum().clamp(min=1)
 
 
 def topk_pooled(cas: torch.Tensor, mask: torch.Tensor, divisor: int = 8) -> torch.Tensor:
@@ -57,11 +55,13 @@ def topk_pooled(cas: torch.Tensor, mask: torch.Tensor, divisor: int = 8) -> torc
 def _members(groups: torch.Tensor, group_class: torch.Tensor, batch: int
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per batch row: its group index (or -1) and its group's class (or 0)."""
-    group_of = torch.full((batch,), -1, dtype=torch.long, device=groups.device)
     valid = groups >= 0
-    rows = groups[valid]
-    group_of[rows] = torch.arange(groups.shape[0], device=groups.device)[:, None].expand_as(
-        groups)[valid]
+    group_index = torch.arange(groups.shape[0], device=groups.device)[:, None].expand_as(groups)
+    # padding (-1) scatters into an extra slot that is dropped: no boolean indexing, no sync
+    slots = torch.where(valid, groups, batch).reshape(-1)
+    group_of = torch.full((batch + 1,), -1, dtype=torch.long, device=groups.device)
+    group_of = group_of.scatter(0, slots, torch.where(valid, group_index, -1).reshape(-1))
+    group_of = group_of[:batch]
     if group_class.numel() == 0:
         return group_of, torch.zeros_like(group_of)
     cls = torch.where(group_of >= 0, group_class[group_of.clamp(min=0)], 0)
@@ -117,20 +117,21 @@ def separation_loss(features: torch.Tensor, attention: torch.Tensor, mask: torch
     """
     action, background = action_background_features(features, attention, mask)
     own = cosine_distance(action, background)                            # (B,)
-    total, count = features.new_zeros(()), 0
-    for z in range(groups.shape[0]):
-        rows = groups[z][groups[z] >= 0]
-        k = rows.numel()
-        if k < 2:
-            continue
-        i, j = torch.triu_indices(k, k, offset=1, device=features.device)
-        a, b = rows[i], rows[j]
-        d_ab = cosine_distance(action[a], action[b])
-        pair = (F.relu(d_ab - tau1) + 0.5 * F.relu(d_ab - own[a] + tau2)
-                + 0.5 * F.relu(d_ab - own[b] + tau2))
-        total = total + pair.mean()
-        count += 1
-    return total / count if count else total
+    k = groups.shape[1]
+    if k < 2:
+        return features.new_zeros(())
+    # every (m, n) pair of every group at once: no Python loop, no host sync
+    i, j = torch.triu_indices(k, k, offset=1, device=features.device)
+    a, b = groups[:, i], groups[:, j]                                    # (Z, P)
+    valid = (a >= 0) & (b >= 0)
+    a, b = a.clamp(min=0), b.clamp(min=0)
+    d_ab = cosine_distance(action[a], action[b])                         # (Z, P)
+    pair = (F.relu(d_ab - tau1) + 0.5 * F.relu(d_ab - own[a] + tau2)
+            + 0.5 * F.relu(d_ab - own[b] + tau2))
+    pairs_per_group = valid.sum(dim=1)
+    group_mean = (pair * valid).sum(dim=1) / pairs_per_group.clamp(min=1)
+    has_pair = pairs_per_group > 0
+    return (group_mean * has_pair).sum() / has_pair.sum().clamp(min=1)
 
 
 def group_classes(groups: torch.Tensor, group_class: torch.Tensor, batch: int) -> torch.Tensor:
@@ -158,22 +159,19 @@ def triplet_loss(pooled: torch.Tensor, groups: torch.Tensor, group_class: torch.
         reduction: ``mean`` over anchors or ``sum`` (the authors' code).
     """
     group_of, cls = _members(groups, group_class, pooled.shape[0])
-    rows = torch.nonzero(group_of >= 0)[:, 0]
-    if rows.numel() < 2:
-        return pooled.sum() * 0.0
-    h = F.normalize(pooled[rows], dim=1, eps=1e-8)
-    dist = 1.0 - h @ h.T                                                  # (N, N)
-    same_group = group_of[rows][:, None] == group_of[rows][None, :]
-    same_class = cls[rows][:, None] == cls[rows][None, :]
-    eye = torch.eye(rows.numel(), dtype=torch.bool, device=pooled.device)
-    pos_mask = same_group & ~eye
-    neg_mask = ~same_class
+    grouped = group_of >= 0                                               # (B,)
+    h = F.normalize(pooled, dim=1, eps=1e-8)
+    dist = 1.0 - h @ h.T                                                  # (B, B)
+    pair_ok = grouped[:, None] & grouped[None, :]
+    eye = torch.eye(pooled.shape[0], dtype=torch.bool, device=pooled.device)
+    pos_mask = pair_ok & (group_of[:, None] == group_of[None, :]) & ~eye
+    neg_mask = pair_ok & (cls[:, None] != cls[None, :])
+    # anchors with both a positive and a negative; masks instead of indexing (no host sync)
     has = pos_mask.any(1) & neg_mask.any(1)
-    if not has.any():
-        return pooled.sum() * 0.0
     d_pos = dist.masked_fill(~pos_mask, float("-inf")).max(dim=1).values
     d_neg = dist.masked_fill(~neg_mask, float("inf")).min(dim=1).values
     if neg_cap is not None:
         d_neg = d_neg.clamp(max=neg_cap)
-    per_anchor = F.relu(d_pos - d_neg + margin)[has]
-    return per_anchor.sum() if reduction == "sum" else per_anchor.mean()
+    per_anchor = torch.where(has, F.relu(d_pos - d_neg + margin), 0.0)
+    total = per_anchor.sum()
+    return total if reduction == "sum" else total / has.sum().clamp(min=1)

@@ -236,10 +236,11 @@ class Run:
             prev = fsutil.read_json(self.dir.round(r - 1, "clusters.json"))
             previous = np.array([prev["labels"][v] for v in ids])
         cc = self.cfg.cluster
-        res = run_clustering_task(desc, self.cfg.num_classes, cc.backend, cc.seed, cc.n_init,
-                                  cc.sigma, self.truth if self.has_truth else None, previous)
+        res = run_clustering_task(desc, self.cfg.num_classes, cc,
+                                  self.truth if self.has_truth else None, previous)
         labels = res["labels"]
-        out = {"round": r, "backend": res["backend"], "sigma": res["sigma"],
+        out = {"round": r, "backend": res["backend"], "graph": res["graph"],
+               "sigma": res["sigma"],
                "seconds": res["seconds"], "sizes": res["sizes"],
                "labels": {v: int(k) for v, k in zip(ids, labels)}}
         if "scores" in res:
@@ -251,7 +252,8 @@ class Run:
         fsutil.write_json_atomic(self.dir.round(r, "clusters.json"), out)
         if "scores" in res:
             s = res["scores"]
-            log(f"  round {r} clustering ({res['backend']}): NMI {s['nmi']:.3f} "
+            log(f"  round {r} clustering ({res['backend']}, {res['graph']} graph): "
+                f"NMI {s['nmi']:.3f} "
                 f"ARI {s['ari']:.3f} purity {s['purity']:.3f}", self.quiet)
         return {"backend": res["backend"]}
 

@@ -91,11 +91,12 @@ def batch_tensors(batch: Batch[VideoItem], num_classes: int, k: int, max_len: in
 
 def compute_losses(outputs: dict[str, ModelOutput], mask: torch.Tensor, targets: torch.Tensor,
                    groups: torch.Tensor, group_class: torch.Tensor, cfg: RunConfig
-                   ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Total loss over the streams and each term's value (for logging)."""
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Total loss over the streams and each term (detached tensors, for logging: see
+    :func:`terms_to_floats`)."""
     lc = cfg.loss
     total = torch.zeros((), device=mask.device)
-    terms: dict[str, float] = {}
+    terms: dict[str, torch.Tensor] = {}
     for s, out in outputs.items():
         l_cls = classification_loss(out.video_logits, targets, lc.cls_reduction)
         l_sep = total.new_zeros(())
@@ -111,11 +112,17 @@ def compute_losses(outputs: dict[str, ModelOutput], mask: torch.Tensor, targets:
         if lc.lambda_topk:
             l_topk = classification_loss(topk_pooled(out.cas, mask), targets, lc.cls_reduction)
             total = total + lc.lambda_topk * l_topk
-            terms[f"{s}/topk"] = l_topk.item()
-        terms.update({f"{s}/cls": l_cls.item(), f"{s}/sep": l_sep.item(),
-                      f"{s}/trip": l_trip.item()})
-    terms["loss"] = total.item()
-    return total, terms
+            terms[f"{s}/topk"] = l_topk
+        terms.update({f"{s}/cls": l_cls, f"{s}/sep": l_sep, f"{s}/trip": l_trip})
+    terms["loss"] = total
+    return total, {name: t.detach() for name, t in terms.items()}
+
+
+def terms_to_floats(terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Logged loss terms to floats with one device->host copy (each ``.item()`` would be a
+    GPU sync; :func:`fit` converts only at logging steps)."""
+    values = torch.stack([t.float() for t in terms.values()]).tolist()
+    return dict(zip(terms, values))
 
 
 def batch_stream(items: Sequence[VideoItem], cfg: RunConfig, rank: int, world_size: int
@@ -201,6 +208,7 @@ def fit(items: Sequence[VideoItem], cfg: RunConfig, num_classes: int, in_dims: d
         due_ckpt = last or (tc.checkpoint_every > 0 and step % tc.checkpoint_every == 0)
         if step % tc.log_every == 0 or due_ckpt:
             now = time.perf_counter()
+            terms = terms_to_floats(terms)
             terms.update(step=step, lr=optim.param_groups[0]["lr"],
                          videos_per_s=window_videos / max(now - window_start, 1e-9))
             window_videos, window_start = 0, now

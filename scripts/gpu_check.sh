@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# One command for a single-GPU machine (torch, scikit-learn, CuPy; no Ray, no cuML needed):
+# the training step at THUMOS14/ActivityNet shapes in fp32 and bf16, the per-worker training
+# loop, and the clustering backends (dense 5k/10k, kNN-sparse 100k/1M). Prints tables; with
+# $OUT set (the device tool) the log is also written to $OUT/gpu_check.txt.
+#   scripts/gpu_check.sh [--skip-1m] [--only train|fit|cluster] [--quick]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+PY=${PYTHON:-python3}
+log=${OUT:-${TMPDIR:-/tmp}}/gpu_check.txt
+{ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version \
+    --format=csv,noheader || echo "no nvidia-smi"
+  "$PY" -W ignore::UserWarning scripts/gpu_check.py "$@"; } 2>&1 | tee "$log"

@@ -1,0 +1,140 @@
+"""The kNN-sparse clustering path: the graph equals brute force, no (N, N) matrix is built
+above the threshold, and its NMI does not drop against the dense path."""
+
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from acl_dist import cluster
+from acl_dist.cluster import (choose_graph, gaussian_affinity, knn_affinity, run_clustering,
+                              spectral_embedding_sparse_torch, spectral_embedding_torch)
+
+
+def planted(n: int, k: int, dim: int = 64, noise: float = 1.0, seed: int = 0):
+    """Two L2-normalised halves around planted centres (ACL-shaped descriptors)."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, k, n)
+    halves = []
+    for _ in range(2):
+        centres = rng.standard_normal((k, dim // 2))
+        x = centres[truth] + noise * rng.standard_normal((n, dim // 2))
+        halves.append(x / np.linalg.norm(x, axis=1, keepdims=True))
+    return np.concatenate(halves, 1), truth
+
+
+def test_knn_graph_equals_brute_force_across_chunks():
+    x, _ = planted(97, 5, dim=8, seed=3)
+    k = 6
+    # ~10 rows per block: the chunked top-k and the chunked sigma sum must agree with a
+    # single dense computation
+    w, sigma = knn_affinity(x, k, device="cpu", chunk_bytes=97 * 8 * 10)
+    dense, dense_sigma = gaussian_affinity(x)
+    assert sigma == pytest.approx(dense_sigma, rel=1e-10)
+    d = np.linalg.norm(x[:, None] - x[None], axis=2)
+    np.fill_diagonal(d, np.inf)
+    keep = np.zeros_like(dense, dtype=bool)
+    nearest = np.argsort(d, axis=1)[:, :k]
+    keep[np.repeat(np.arange(97), k), nearest.ravel()] = True
+    directed = np.where(keep, dense, 0.0)
+    expected = 0.5 * (directed + directed.T)
+    np.testing.assert_allclose(w.to_dense().numpy(), expected, atol=1e-12)
+    assert w.layout == torch.sparse_coo and w._nnz() <= 2 * 97 * k
+    # explicit sigma is used as given
+    assert knn_affinity(x, k, sigma=0.5, device="cpu")[1] == 0.5
+
+
+def test_sparse_embedding_spans_the_dense_one():
+    """LOBPCG on the sparse normalised adjacency finds the same top eigenspace as the dense
+    eigendecomposition when the kNN graph is the complete graph."""
+    x, _ = planted(120, 4, dim=16, noise=0.8, seed=1)
+    w_sparse, _ = knn_affinity(x, 119, device="cpu")
+    w_dense = torch.as_tensor(gaussian_affinity(x)[0])
+    sparse = spectral_embedding_sparse_torch(w_sparse, 4).numpy()
+    dense = spectral_embedding_torch(w_dense, 4).numpy()
+
+    def projector(e):
+        q, _ = np.linalg.qr(e)
+        return q @ q.T
+
+    np.testing.assert_allclose(projector(sparse), projector(dense), atol=1e-5)
+
+
+def test_choose_graph():
+    assert choose_graph(100) == "dense"
+    assert choose_graph(100, dense_max=50) == "knn"
+    assert choose_graph(100, "knn") == "knn" and choose_graph(10 ** 7, "dense") == "dense"
+    with pytest.raises(ValueError, match="graph"):
+        choose_graph(10, "sparse")
+
+
+@pytest.mark.parametrize("backend", ["torch", "sklearn"])
+def test_knn_path_above_threshold_builds_no_dense_matrix_and_keeps_nmi(backend, monkeypatch):
+    # a hard set: the dense path's NMI is well below 1
+    x, truth = planted(1500, 30, dim=64, noise=1.6, seed=2)
+    names = [str(t) for t in truth]
+    dense = run_clustering(x, 30, backend=backend, truth=names, graph="dense")
+    assert dense["graph"] == "dense" and dense["scores"]["nmi"] < 0.99
+
+    def no_dense(*args, **kwargs):
+        raise AssertionError("the kNN path built a dense N x N matrix")
+
+    monkeypatch.setattr(cluster, "gaussian_affinity", no_dense)
+    monkeypatch.setattr(cluster, "pairwise_distances", no_dense)
+    # blocks of ~64 rows at most: nothing of N x N size is allocated
+    real_knn = cluster.knn_affinity
+    monkeypatch.setattr(cluster, "knn_affinity", lambda *a, **k: real_knn(
+        *a, **{**k, "chunk_bytes": 64 * 1500 * 8}))
+    sparse = run_clustering(x, 30, backend=backend, truth=names, dense_max=1000)
+    assert sparse["graph"] == "knn" and sparse["n_neighbors"] == 100
+    assert sparse["sigma"] == pytest.approx(dense["sigma"], rel=1e-9)
+    assert sparse["scores"]["nmi"] >= dense["scores"]["nmi"] - 0.01, (sparse, dense)
+    assert sum(sparse["sizes"]) == 1500
+
+
+def test_knn_path_is_deterministic_and_rejects_bad_sizes():
+    x, _ = planted(200, 5, seed=4)
+    a = run_clustering(x, 5, backend="torch", graph="knn", n_neighbors=20)["labels"]
+    b = run_clustering(x, 5, backend="torch", graph="knn", n_neighbors=20)["labels"]
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="clusters"):
+        cluster.spectral_clustering_knn(x[:3], 5)
+
+
+def test_cuml_backend_receives_the_sparse_affinity(monkeypatch):
+    calls = {}
+
+    class FakeSpectral:
+        def __init__(self, **kwargs):
+            calls["init"] = kwargs
+
+        def fit_predict(self, affinity):
+            calls["affinity"] = affinity
+            return np.zeros(affinity.shape[0], dtype=np.int32)
+
+    fake = types.ModuleType("cuml")
+    fake.cluster = types.SimpleNamespace(SpectralClustering=FakeSpectral)
+    monkeypatch.setitem(sys.modules, "cuml", fake)
+    monkeypatch.setitem(sys.modules, "cuml.cluster", fake.cluster)
+    x, _ = planted(50, 3, seed=5)
+    out = run_clustering(x, 3, backend="cuml", graph="knn", n_neighbors=7)
+    import scipy.sparse as sp
+
+    matrix = calls["affinity"]
+    assert calls["init"]["affinity"] == "precomputed"
+    assert (sp.issparse(matrix) or type(matrix).__module__.startswith("cupyx"))
+    assert matrix.shape == (50, 50) and matrix.dtype == np.float32
+    assert matrix.nnz <= 2 * 50 * 7
+    assert out["graph"] == "knn" and out["labels"].dtype == np.int64
+
+
+def test_torch_dense_affinity_equals_numpy():
+    from acl_dist.cluster import gaussian_affinity_torch
+
+    x, _ = planted(60, 3, dim=8, seed=6)
+    w, sigma = gaussian_affinity_torch(x, device="cpu")
+    expected, expected_sigma = gaussian_affinity(x)
+    assert sigma == pytest.approx(expected_sigma, rel=1e-12)
+    np.testing.assert_allclose(w.numpy(), expected, atol=1e-12)
