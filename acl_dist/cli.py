@@ -203,6 +203,11 @@ def _presets() -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # torch first: loaded late, after Ray, pyarrow and scikit-learn, its bundled MKL failed to
+    # load in a `ray job submit` driver ("Intel oneMKL FATAL ERROR: Cannot load
+    # libtorch_cpu.so").
+    import torch  # noqa: F401
+
     from . import fsutil
     from .config import load_config
     from .errors import ConfigError

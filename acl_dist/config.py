@@ -100,6 +100,9 @@ class TrainConfig:
         workers: Ray Train workers (DDP).
         use_gpu: train on GPUs (None: when the cluster has them).
         cpus_per_worker: Ray CPUs per worker (fractional is fine; leave room for Ray Data).
+        placement_strategy: how the workers' bundles are placed: ``PACK`` (few nodes, the
+            default), ``SPREAD``, ``STRICT_PACK`` (one node) or ``STRICT_SPREAD`` (one worker
+            per node).
         log_every: steps between metric reports.
         checkpoint_every: steps between mid-round checkpoints (0: only the final one).
         seed: seed of initialisation, sampling and cropping.
@@ -117,6 +120,7 @@ class TrainConfig:
     workers: int | None = None
     use_gpu: bool | None = None
     cpus_per_worker: float | None = None
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     log_every: int = 25
     checkpoint_every: int = 0
     seed: int = 0

@@ -56,13 +56,15 @@ def init_ray(num_cpus: int | None = None, quiet: bool = False) -> None:
                               "logging_config": ray.LoggingConfig(log_level="WARNING")}
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
-        return
-    cpus = num_cpus or max(4, os.cpu_count() or 2)
-    log(f"starting a local Ray instance ({cpus} logical CPUs)", quiet)
-    # The dashboard (127.0.0.1:8265) serves the State API that Train V2's placement-group
-    # cleaner polls; without it, it logs a warning every second (RAY_NOTES.md §3).
-    ray.init(address="local", num_cpus=cpus, include_dashboard=True,
-             dashboard_host="127.0.0.1", object_store_memory=512 * 2**20, **kwargs)
+    else:
+        cpus = num_cpus or max(4, os.cpu_count() or 2)
+        log(f"starting a local Ray instance ({cpus} logical CPUs)", quiet)
+        # The dashboard (127.0.0.1:8265) serves the State API that Train V2's placement-group
+        # cleaner polls; without it, it logs a warning every second (RAY_NOTES.md §3).
+        ray.init(address="local", num_cpus=cpus, include_dashboard=True,
+                 dashboard_host="127.0.0.1", object_store_memory=512 * 2**20, **kwargs)
+    # Our progress lines replace Ray Data's bars and its every-10-s status lines, which
+    # fill terminals and `ray job logs` alike.
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
@@ -373,6 +375,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with resume.as_directory() as d:
             start = torch.load(os.path.join(d, "train_state.pt"), map_location="cpu",
                                weights_only=False)
+        if rank == 0:
+            sys.stdout.write(f"  round {config['round']}: training restarted, resuming from "
+                             f"the checkpoint of step {start['step']}\n")
+            sys.stdout.flush()
     device = ray.train.torch.get_device()
     steps = cfg.train.steps
 
@@ -432,7 +438,8 @@ def run_training(store: FeatureStore, subset: str, cfg: RunConfig, labels: dict[
                            "dtype": store.dtype, "torch_threads": torch_threads,
                            "quiet": quiet, "tensorboard_dir": tensorboard_dir},
         scaling_config=ScalingConfig(num_workers=tc.workers, use_gpu=bool(tc.use_gpu),
-                                     resources_per_worker={"CPU": tc.cpus_per_worker}),
+                                     resources_per_worker={"CPU": tc.cpus_per_worker},
+                                     placement_strategy=tc.placement_strategy),
         datasets={"train": ds},
         dataset_config=_no_drop_data_config(),
         run_config=TrainRunConfig(name=name, storage_path=storage_path,

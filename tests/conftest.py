@@ -90,3 +90,23 @@ def ray_session():
     init_ray(num_cpus=4, quiet=True)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def unsupervised_run(ray_session, tiny_store, tmp_path_factory):
+    """A 2-round unsupervised run on the tiny benchmark with 2 Ray Train workers (CLI, in
+    this process's local Ray instance). Session-scoped: the pipeline tests inspect it and
+    the two-node job is compared with it."""
+    from acl_dist.cli import main
+
+    store, _ = tiny_store
+    run = tmp_path_factory.mktemp("unsup") / "run"
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["run", "--store", store, "--out", str(run), "--mode", "unsupervised",
+                     "--num-classes", "4", "--config", "tiny", "--set", "train.workers=2",
+                     "--set", "train.cpus_per_worker=0.5", "--quiet"])
+    return run, code, buf.getvalue()

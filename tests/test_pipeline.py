@@ -17,22 +17,6 @@ from acl_dist.evaluate import load_detections
 pytestmark = pytest.mark.ray
 
 
-@pytest.fixture(scope="module")
-def unsupervised_run(ray_session, tiny_store, tmp_path_factory):
-    """A 2-round unsupervised run on the tiny benchmark with 2 Ray Train workers (CLI)."""
-    store, _ = tiny_store
-    run = tmp_path_factory.mktemp("unsup") / "run"
-    import contextlib
-    import io
-
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        code = main(["run", "--store", store, "--out", str(run), "--mode", "unsupervised",
-                     "--num-classes", "4", "--config", "tiny", "--set", "train.workers=2",
-                     "--set", "train.cpus_per_worker=0.5", "--quiet"])
-    return run, code, buf.getvalue()
-
-
 def test_two_rounds_unsupervised_with_two_workers(unsupervised_run):
     run, code, out = unsupervised_run
     assert code == 0, out
