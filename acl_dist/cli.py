@@ -22,7 +22,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write the synthetic benchmark (real timelines) as a store",
                        description="Synthetic two-stream features on the real THUMOS14 or "
                                    "ActivityNet-1.2 timelines, written as a feature store.")
-    p.add_argument("--preset", choices=["thumos14", "anet12"], default="thumos14")
+    p.add_argument("--preset", choices=["thumos14", "anet12", "anet13"], default="thumos14")
     p.add_argument("--out", required=True, help="store directory or s3:// prefix")
     p.add_argument("--classes", type=int, help="keep the N most frequent classes")
     p.add_argument("--videos", type=int, help="at most N training videos (test scaled alike)")

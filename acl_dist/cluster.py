@@ -305,7 +305,8 @@ def gaussian_affinity_torch(descriptors, sigma: float | None = None,
 
     dev = _torch_device(device)
     dtype = torch.float32 if dev.type == "cuda" else torch.float64
-    x = torch.as_tensor(np.asarray(descriptors), device=dev).to(dtype)
+    # torch.tensor copies: the descriptors may be a read-only Arrow buffer
+    x = torch.tensor(np.asarray(descriptors), device=dev, dtype=dtype)
     sq = (x * x).sum(dim=1)
     d2 = (sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)).clamp_(min=0.0)
     d2.fill_diagonal_(0.0)
@@ -379,8 +380,8 @@ def knn_affinity(descriptors, n_neighbors: int, sigma: float | None = None,
 
     dev = _torch_device(device)
     dtype = torch.float32 if dev.type == "cuda" else torch.float64
-    x = torch.as_tensor(np.asarray(descriptors) if not torch.is_tensor(descriptors)
-                        else descriptors, device=dev).to(dtype)
+    x = (descriptors.to(device=dev, dtype=dtype) if torch.is_tensor(descriptors)
+         else torch.tensor(np.asarray(descriptors), device=dev, dtype=dtype))
     n = x.shape[0]
     k = int(min(max(n_neighbors, 1), n - 1))
     if k < 1:

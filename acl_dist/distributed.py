@@ -61,7 +61,7 @@ def init_ray(num_cpus: int | None = None, quiet: bool = False) -> None:
         log(f"starting a local Ray instance ({cpus} logical CPUs)", quiet)
         # The dashboard (127.0.0.1:8265) serves the State API that Train V2's placement-group
         # cleaner polls; without it, it logs a warning every second (RAY_NOTES.md §3).
-        ray.init(address="local", num_cpus=cpus, include_dashboard=True,
+        ray.init(address="local", num_cpus=cpus, include_dashboard=_dashboard_installed(),
                  dashboard_host="127.0.0.1", object_store_memory=512 * 2**20, **kwargs)
     # Our progress lines replace Ray Data's bars and its every-10-s status lines, which
     # fill terminals and `ray job logs` alike.
@@ -71,6 +71,16 @@ def init_ray(num_cpus: int | None = None, quiet: bool = False) -> None:
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def _dashboard_installed() -> bool:
+    """Whether ``ray[default]``'s dashboard can start (a minimal Ray, e.g. a stripped wheel
+    on an offline GPU box, has no dashboard; asking for it there is an error)."""
+    try:
+        from ray._private.utils import get_dashboard_dependency_error
+    except ImportError:  # another Ray layout: let Ray decide
+        return True
+    return get_dashboard_dependency_error() is None
 
 
 def cluster_gpus() -> float:
@@ -195,15 +205,22 @@ def map_descriptors(store: FeatureStore, subset: str, concurrency: int = 1):
 
 def map_attention(store: FeatureStore, subsets: list[str], checkpoint_path: str,
                   test_subset: str, localize: LocalizeConfig, want_descriptors: bool,
-                  descriptor: str = "contrast", concurrency: int = 1, use_gpu: bool = False,
-                  torch_threads: int | None = None):
+                  descriptor: str = "contrast", concurrency: int | None = None,
+                  use_gpu: bool = False, torch_threads: int | None = None):
+    """The trained models over every video of ``subsets``: an actor pool of
+    :class:`AttentionPass`, one actor per GPU (or per 4 CPUs without GPUs) by default."""
+    import ray
     from ray.data import ActorPoolStrategy
 
+    if concurrency is None:
+        concurrency = (max(1, int(cluster_gpus())) if use_gpu
+                       else max(1, int(ray.cluster_resources().get("CPU", 1)) // 4))
+    # a GPU actor asks for the GPU alone (Ray Data warns when a map asks for both)
+    resources = {"num_gpus": 1} if use_gpu else {"num_cpus": 1}
     ds = store_dataset(store, subsets)
     return ds.map_batches(
         AttentionPass, batch_format="pyarrow", batch_size=128,  # predict() sorts by length inside
-        compute=ActorPoolStrategy(size=concurrency),
-        num_gpus=1 if use_gpu else 0, num_cpus=1,
+        compute=ActorPoolStrategy(size=concurrency), **resources,
         fn_constructor_kwargs={"checkpoint_path": checkpoint_path, "streams": store.streams,
                                "dtype": store.dtype, "test_subset": test_subset,
                                "localize": to_dict(localize),
@@ -347,13 +364,59 @@ def _quiet_train_reports() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
+class ShardSpill:
+    """A training worker's shard, streamed once from Ray Data into a local file and then
+    memory-mapped: epochs read the features from the page cache, so a worker's own memory
+    stays bounded by a batch whatever its shard size (an ActivityNet shard is gigabytes).
+
+    The file is unlinked as soon as it is mapped (it lives while the mapping does), so a
+    killed worker leaves nothing behind.
+    """
+
+    def __init__(self, directory: str | None = None):
+        self._fh = tempfile.TemporaryFile(dir=directory, prefix="acl-shard-")
+        # (video id, stream -> (byte offset, shape, dtype), labels)
+        self._entries: list[tuple[str, dict[str, tuple], list[int]]] = []
+        self._offset = 0
+
+    def add(self, video_id: str, features: dict[str, np.ndarray], labels: list[int]) -> None:
+        placed = {}
+        for name, arr in features.items():
+            arr = np.ascontiguousarray(arr)
+            self._fh.write(arr.tobytes())
+            placed[name] = (self._offset, arr.shape, arr.dtype.str)
+            self._offset += arr.nbytes
+        self._entries.append((video_id, placed, labels))
+
+    def items(self) -> list:
+        """The shard as :class:`~acl_dist.train.VideoItem` s whose features are views into
+        the mapped file."""
+        from .train import VideoItem
+
+        self._fh.flush()
+        if self._offset == 0:
+            return [VideoItem(v, {}, lab) for v, _, lab in self._entries]
+        # copy-on-write: writable views (torch.as_tensor warns on read-only arrays), the file
+        # itself never changes
+        mapped = np.memmap(self._fh, dtype=np.uint8, mode="c", shape=(self._offset,))
+        out = []
+        for vid, placed, labels in self._entries:
+            feats = {}
+            for name, (offset, shape, dt) in placed.items():
+                n = int(np.prod(shape)) * np.dtype(dt).itemsize
+                feats[name] = mapped[offset:offset + n].view(dt).reshape(shape)
+            out.append(VideoItem(vid, feats, labels))
+        self._fh.close()   # the mapping keeps the (already unlinked) file alive
+        return out
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: read this worker's shard into memory, then :func:`train.fit`."""
     import ray.train
     import ray.train.torch
     import torch
 
-    from .train import VideoItem, fit, make_checkpoint
+    from .train import fit, make_checkpoint
 
     _quiet_train_reports()
     cfg = from_dict(RunConfig, config["run_config"])
@@ -362,13 +425,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if config.get("torch_threads"):
         torch.set_num_threads(int(config["torch_threads"]))
     streams, dtype, labels = config["streams"], config["dtype"], config["labels"]
-    items = []
     shard = ray.train.get_dataset_shard("train")
+    spill = ShardSpill()
     for batch in shard.iter_batches(batch_format="pyarrow", batch_size=64):
         feats = {s: feature_views(batch.column(s), d, dtype) for s, d in streams.items()}
         for i, vid in enumerate(batch.column("video_id").to_pylist()):
-            items.append(VideoItem(vid, {s: np.array(feats[s][i]) for s in streams},
-                                   list(labels.get(vid, ()))))
+            spill.add(vid, {s: feats[s][i] for s in streams}, list(labels.get(vid, ())))
+    items = spill.items()
     start = None
     resume = ray.train.get_checkpoint()
     if resume is not None:

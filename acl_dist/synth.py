@@ -42,7 +42,7 @@ from .progress import log, progress
 from .store import StoreWriter, VideoRecord
 from .timegrid import SnippetGrid
 
-PRESETS = ("thumos14", "anet12")
+PRESETS = ("thumos14", "anet12", "anet13")
 STREAMS = ("rgb", "flow")
 
 
@@ -68,7 +68,7 @@ class SynthConfig:
     """Options of ``acl-dist synth``.
 
     Attributes:
-        preset: ``thumos14`` or ``anet12`` timelines.
+        preset: ``thumos14``, ``anet12`` or ``anet13`` timelines.
         classes: keep the N classes with the most training videos (default: all).
         videos: at most this many training videos (test videos scaled alike).
         dim: feature dim per stream (real I3D: 1024).
@@ -121,6 +121,19 @@ def load_timeline(cfg: SynthConfig) -> Timeline:
         path = _data("activitynet12", "activity_net.v1-2.min-missing-removed.json.gz")
         gt = fsutil.read_json(path)["database"]
         train_subset, test_subset = "training", "validation"
+        wanted = {vid for vid, e in gt.items() if e["subset"] in (train_subset, test_subset)}
+    elif cfg.preset == "anet13":
+        # BSN's form of v1.3 (10,024 training / 4,926 validation videos): ActivityNet-1.3
+        # scale for the cluster benchmarks
+        from .annotations import load_annotations
+
+        path = _data("activitynet13", "anet_anno_action.json.gz")
+        parsed = load_annotations(path, info_csv=_data("activitynet13", "video_info_new.csv.gz"))
+        train_subset, test_subset = "training", "validation"
+        gt = {v.video_id: {"subset": v.subset, "duration": v.duration,
+                           "annotations": [{"label": s.label, "segment": [s.start, s.end]}
+                                           for s in v.segments]}
+              for v in parsed.videos.values() if v.duration is not None}
         wanted = {vid for vid, e in gt.items() if e["subset"] in (train_subset, test_subset)}
     else:
         raise ConfigError(f"unknown preset {cfg.preset!r}; choose one of {PRESETS}")

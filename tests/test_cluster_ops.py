@@ -233,15 +233,15 @@ def test_s3_run_survives_a_worker_kill_and_resumes_after_a_driver_kill(cluster, 
     synthesize(SynthConfig(classes=4, videos=24, dim=16, seed=3), store, quiet=True)
     run = "s3://acl-test/ops/run"
     job = cluster.submit("--store", store, "--out", run, *TINY, "--max-failures", "1",
-                         "--set", "train.steps=24", "--set", "train.checkpoint_every=6",
-                         "--set", "train.log_every=3")
+                         "--set", "train.steps=120", "--set", "train.checkpoint_every=10",
+                         "--set", "train.log_every=10")
     # 1. kill a training worker once round 0 has a checkpoint
-    cluster.wait_for_log(job, r"round 0 step (6|9)/24")
+    cluster.wait_for_log(job, r"round 0 step [1-4]0/120")
     pids = _worker_pids(cluster)
     assert len(pids) == 2, pids
     os.kill(pids[1], signal.SIGKILL)
     cluster.wait_for_log(job, r"round 0: training restarted, resuming from the checkpoint "
-                              r"of step (6|12|18)\b")
+                              r"of step \d+0\b")
     # 2. kill the driver between rounds (after round 0's last step is recorded)
     deadline = time.time() + 400
     while True:

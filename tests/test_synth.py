@@ -41,6 +41,18 @@ def test_anet12_timeline_and_class_selection():
     assert all(s.label in small.classes for v in small.videos for s in v.segments)
 
 
+def test_anet13_timeline_is_activitynet_13_sized():
+    tl = load_timeline(SynthConfig(preset="anet13"))
+    subsets = [v.subset for v in tl.videos]
+    # BSN's v1.3 annotations: videos with at least one non-empty segment and a duration
+    assert subsets.count("training") == 9641 and subsets.count("validation") == 4726
+    assert len(tl.classes) == 200 and (tl.train_subset, tl.test_subset) == ("training",
+                                                                            "validation")
+    small = load_timeline(SynthConfig(preset="anet13", classes=5, videos=30, seed=1))
+    assert len(small.classes) == 5
+    assert sum(v.subset == "training" for v in small.videos) == 30
+
+
 def test_features_are_deterministic_and_shaped():
     cfg = SynthConfig(classes=3, videos=6, dim=12, seed=11)
     a, b = list(iter_benchmark(cfg)), list(iter_benchmark(cfg))

@@ -1,0 +1,141 @@
+"""One ACL round at ActivityNet-1.3 scale: peak memory per process and time per step.
+
+Writes the synthetic benchmark on the real ActivityNet-1.3 timelines (9,641 training and
+4,726 validation videos with annotations; reduced feature dim on a small machine), then
+runs one unsupervised round (descriptors -> clustering -> training -> attention pass ->
+evaluation -> final clustering) on a local Ray instance, sampling every process's memory
+from /proc twice a second. Prints the store size, seconds per pipeline step, training
+time per step, and the peak resident memory of each process role (the driver, Ray Train
+workers, the attention actors, the clustering task, Ray Data's readers): no process may
+come near the store's feature bytes.
+
+    python bench/scale_round.py [--dim 64] [--steps 100] [--workers 2] [--videos N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+
+def _proc_memory() -> dict[int, tuple[str, int, int]]:
+    """pid -> (title, RSS bytes, anonymous RSS bytes) for this user's processes."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
+            fields = {}
+            for line in (entry / "status").read_text().splitlines():
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "RssAnon"):
+                    fields[key] = int(value.split()[0]) * 1024
+        except (OSError, ValueError, IndexError):
+            continue
+        if "VmRSS" in fields:
+            out[int(entry.name)] = (title, fields["VmRSS"], fields.get("RssAnon", 0))
+    return out
+
+
+def _role(title: str, pid: int) -> str | None:
+    if pid == os.getpid():
+        return "driver (acl-dist run)"
+    for key, role in (("RayTrainWorker", "Ray Train worker"),
+                      ("TrainController", "Ray Train controller"),
+                      ("MapWorker", "Ray Data actor (attention / descriptors)"),
+                      ("run_clustering", "clustering task"),
+                      ("ReadFiles", "Ray Data read task"), ("ray::IDLE", "idle Ray worker"),
+                      ("SplitCoordinator", "Ray Data split coordinator"),
+                      ("raylet", "raylet"), ("gcs_server", "GCS"),
+                      ("dashboard", "dashboard"), ("ray::", "other Ray worker")):
+        if key in title:
+            return role
+    return None
+
+
+class MemorySampler(threading.Thread):
+    def __init__(self, every: float = 0.5):
+        super().__init__(daemon=True)
+        self.every, self.stop = every, threading.Event()
+        self.peak: dict[str, tuple[int, int, int]] = {}   # role -> (rss, anon, pid)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for pid, (title, rss, anon) in _proc_memory().items():
+                role = _role(title, pid)
+                if role and rss > self.peak.get(role, (0, 0, 0))[0]:
+                    self.peak[role] = (rss, anon, pid)
+            self.stop.wait(self.every)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dim", type=int, default=64, help="feature dim per stream (I3D: 1024)")
+    ap.add_argument("--videos", type=int, help="training videos (default: all 9,641)")
+    ap.add_argument("--steps", type=int, default=100, help="training steps of the round")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", help="working directory (default: a temporary one, removed)")
+    args = ap.parse_args()
+
+    from acl_dist.config import load_config, with_updates
+    from acl_dist.pipeline import run_acl
+    from acl_dist.store import FeatureStore
+    from acl_dist.synth import SynthConfig, synthesize
+
+    work = Path(args.out or tempfile.mkdtemp(prefix="acl-scale-"))
+    store = str(work / "store")
+    t0 = time.perf_counter()
+    if not (work / "store" / "manifest.json").exists():
+        synthesize(SynthConfig(preset="anet13", dim=args.dim, videos=args.videos), store)
+    synth_s = time.perf_counter() - t0
+    fs = FeatureStore.open(store)
+    store_bytes = sum(f.stat().st_size for f in (work / "store").rglob("*.parquet"))
+    n_train = fs.num_videos("training")
+    cfg = load_config(None, mode="unsupervised", num_classes=len(fs.classes))
+    cfg = with_updates(cfg, rounds=1, train={"steps": args.steps, "workers": args.workers,
+                                             "log_every": max(1, args.steps // 4)})
+    run = work / "run"
+    shutil.rmtree(run, ignore_errors=True)
+    sampler = MemorySampler()
+    sampler.start()
+    t0 = time.perf_counter()
+    metrics = run_acl(store, str(run), cfg)
+    run_s = time.perf_counter() - t0
+    sampler.stop.set()
+    sampler.join()
+
+    steps = json.loads((run / "state.json").read_text())["steps"]
+    print(f"\nstore: {n_train} training + {fs.num_videos('validation')} validation videos, "
+          f"2 x {args.dim}-d {fs.dtype}, {store_bytes / 2**20:.0f} MiB of Parquet "
+          f"(synthesised in {synth_s:.0f} s)")
+    import yaml
+
+    batch = yaml.safe_load((run / "config.yaml").read_text())["train"]["batch_size"]
+    print(f"one round: {run_s:.0f} s in all; {args.workers} Ray Train workers, "
+          f"{args.steps} steps of {batch} videos")
+    print(f"\n{'step':28s} {'seconds':>8s}")
+    for name, info in steps.items():
+        print(f"{name:28s} {info['seconds']:8.1f}")
+    train_s = steps["round_0.train"]["seconds"]
+    print(f"\ntraining: {train_s / args.steps:.2f} s per step (Ray Train start included: "
+          f"{train_s:.0f} s for {args.steps} steps)")
+    print(f"\n{'process':42s} {'peak RSS MiB':>13s} {'anon MiB':>9s} {'/ store':>8s}")
+    for role, (rss, anon, _) in sorted(sampler.peak.items(), key=lambda kv: -kv[1][0]):
+        print(f"{role:42s} {rss / 2**20:13.0f} {anon / 2**20:9.0f} {rss / store_bytes:8.2f}")
+    r0 = metrics["rounds"][0]
+    print(f"\nNMI round 0 {r0.get('nmi', float('nan')):.3f}, after training "
+          f"{metrics['rounds'][-1].get('nmi', float('nan')):.3f}; "
+          f"mAP avg {metrics['average']:.2f}")
+    if not args.out:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
