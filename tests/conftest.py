@@ -110,3 +110,28 @@ def unsupervised_run(ray_session, tiny_store, tmp_path_factory):
                      "--num-classes", "4", "--config", "tiny", "--set", "train.workers=2",
                      "--set", "train.cpus_per_worker=0.5", "--quiet"])
     return run, code, buf.getvalue()
+
+
+@pytest.fixture
+def fake_cuml(monkeypatch):
+    """A stand-in ``cuml`` module (cuML cannot be installed without a GPU) whose
+    SpectralClustering records its arguments and input: returns that record."""
+    import types
+
+    import numpy as np
+
+    calls: dict = {}
+
+    class FakeSpectral:
+        def __init__(self, **kwargs):
+            calls["init"] = kwargs
+
+        def fit_predict(self, affinity):
+            calls["affinity"] = affinity
+            return np.zeros(affinity.shape[0], dtype=np.int32)
+
+    fake = types.ModuleType("cuml")
+    fake.cluster = types.SimpleNamespace(SpectralClustering=FakeSpectral)
+    monkeypatch.setitem(sys.modules, "cuml", fake)
+    monkeypatch.setitem(sys.modules, "cuml.cluster", fake.cluster)
+    return calls

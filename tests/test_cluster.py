@@ -79,27 +79,11 @@ def test_torch_embedding_equals_scikit_learn():
         assert min(np.abs(a - b).max(), np.abs(a + b).max()) < 1e-6
 
 
-def test_cuml_backend_passes_the_precomputed_affinity(monkeypatch):
+def test_cuml_backend_passes_the_precomputed_affinity(fake_cuml, monkeypatch):
     """cuML cannot be installed without a GPU: check the wiring with a stand-in module."""
-    import sys
-    import types
-
     from acl_dist import cluster
 
-    calls = {}
-
-    class FakeSpectral:
-        def __init__(self, **kwargs):
-            calls["init"] = kwargs
-
-        def fit_predict(self, affinity):
-            calls["affinity"] = affinity
-            return np.zeros(affinity.shape[0], dtype=np.int32)
-
-    fake = types.ModuleType("cuml")
-    fake.cluster = types.SimpleNamespace(SpectralClustering=FakeSpectral)
-    monkeypatch.setitem(sys.modules, "cuml", fake)
-    monkeypatch.setitem(sys.modules, "cuml.cluster", fake.cluster)
+    calls = fake_cuml
     w = np.eye(5) + 0.1
     labels = cluster.spectral_clustering(w, 2, seed=3, backend="cuml")
     assert calls["init"]["affinity"] == "precomputed" and calls["init"]["n_clusters"] == 2

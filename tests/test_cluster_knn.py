@@ -1,9 +1,6 @@
 """The kNN-sparse clustering path: the graph equals brute force, no (N, N) matrix is built
 above the threshold, and its NMI does not drop against the dense path."""
 
-import sys
-import types
-
 import numpy as np
 import pytest
 import torch
@@ -103,21 +100,8 @@ def test_knn_path_is_deterministic_and_rejects_bad_sizes():
         cluster.spectral_clustering_knn(x[:3], 5)
 
 
-def test_cuml_backend_receives_the_sparse_affinity(monkeypatch):
-    calls = {}
-
-    class FakeSpectral:
-        def __init__(self, **kwargs):
-            calls["init"] = kwargs
-
-        def fit_predict(self, affinity):
-            calls["affinity"] = affinity
-            return np.zeros(affinity.shape[0], dtype=np.int32)
-
-    fake = types.ModuleType("cuml")
-    fake.cluster = types.SimpleNamespace(SpectralClustering=FakeSpectral)
-    monkeypatch.setitem(sys.modules, "cuml", fake)
-    monkeypatch.setitem(sys.modules, "cuml.cluster", fake.cluster)
+def test_cuml_backend_receives_the_sparse_affinity(fake_cuml):
+    calls = fake_cuml
     x, _ = planted(50, 3, seed=5)
     out = run_clustering(x, 3, backend="cuml", graph="knn", n_neighbors=7)
     import scipy.sparse as sp
