@@ -140,14 +140,20 @@ class CoAttentionNet(nn.Module):
                            video_logits=video_logits)
 
 
-def pad_batch(arrays: list, max_len: int | None = None, dtype: torch.dtype = torch.float32
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack ragged ``(T_i, D)`` arrays into ``(B, T_max, D)`` zeros-padded plus a mask."""
+def pad_batch(arrays: list, max_len: int | None = None, dtype: torch.dtype = torch.float32,
+              device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack ragged ``(T_i, D)`` arrays into ``(B, T_max, D)`` zeros-padded plus a mask.
+
+    With a GPU ``device`` each video travels in its stored dtype (float16 stores: half the
+    bytes) and is converted and padded there, not on the host.
+    """
     lengths = [int(a.shape[0]) for a in arrays]
     t_max = max(lengths) if max_len is None else max_len
     dim = int(arrays[0].shape[1])
-    out = torch.zeros(len(arrays), t_max, dim, dtype=dtype)
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    out = torch.zeros(len(arrays), t_max, dim, dtype=dtype, device=dev)
     for i, a in enumerate(arrays):
-        out[i, : lengths[i]] = torch.as_tensor(a[:t_max], dtype=dtype)
+        n = min(lengths[i], t_max)
+        out[i, :n] = torch.as_tensor(a[:n]).to(dev)
     mask = torch.arange(t_max)[None, :] < torch.tensor(lengths)[:, None]
-    return out, mask
+    return out, mask.to(dev)

@@ -77,9 +77,7 @@ def batch_tensors(batch: Batch[VideoItem], num_classes: int, k: int, max_len: in
     feats = crop_items(batch.items, max_len, rng)
     inputs, mask = {}, None
     for s, arrays in feats.items():
-        x, m = pad_batch(arrays)
-        inputs[s] = x.to(device)
-        mask = m.to(device)
+        inputs[s], mask = pad_batch(arrays, device=device)
     targets = torch.zeros(len(batch.items), num_classes)
     for i, item in enumerate(batch.items):
         targets[i, item.labels] = 1.0
@@ -290,9 +288,7 @@ def predict(model: StreamModels, videos: Sequence[tuple[str, dict[str, np.ndarra
         streams = list(videos[chunk[0]][1])
         inputs, mask = {}, None
         for s in streams:
-            x, mask = pad_batch([videos[j][1][s] for j in chunk])
-            inputs[s] = x.to(device)
-        mask = mask.to(device)
+            inputs[s], mask = pad_batch([videos[j][1][s] for j in chunk], device=device)
         outs = model(inputs, mask)
         lengths = mask.sum(1).cpu().numpy()
         for row, j in enumerate(chunk):

@@ -84,3 +84,19 @@ def test_channel_dropout_in_training_only():
     assert zeroed.any() and ((h[0] == 0).any(dim=1) == zeroed).all()
     net.eval()
     torch.testing.assert_close(net.dropout(x.transpose(1, 2)), x.transpose(1, 2))
+
+
+def test_pad_batch_keeps_the_stored_dtype_until_the_device_and_crops():
+    import numpy as np
+
+    from acl_dist.model import pad_batch
+
+    a = np.arange(6, dtype=np.float16).reshape(3, 2)
+    b = np.ones((1, 2), dtype=np.float16)
+    x, mask = pad_batch([a, b], device="cpu")
+    assert x.dtype == torch.float32 and x.shape == (2, 3, 2)
+    torch.testing.assert_close(x[0], torch.tensor(a, dtype=torch.float32))
+    assert x[1, 1:].abs().sum() == 0 and mask.tolist() == [[True] * 3, [True, False, False]]
+    # a fixed length crops longer videos (and the mask says how much is real)
+    x, mask = pad_batch([a, b], max_len=2)
+    assert x.shape == (2, 2, 2) and mask.tolist() == [[True, True], [True, False]]
