@@ -174,6 +174,9 @@ def spectral_clustering(affinity: np.ndarray, n_clusters: int, seed: int = 0,
                         device: str | None = None) -> np.ndarray:
     """Spectral clustering of a precomputed ``(N, N)`` affinity into ``n_clusters``.
 
+    ``affinity`` may be a scipy sparse matrix for the ``sklearn`` and ``cuml`` backends (the
+    kNN graph; cuML gets it on the device when CuPy is there).
+
     Returns:
         ``(N,)`` int cluster ids in ``[0, n_clusters)``.
     """
@@ -193,9 +196,17 @@ def spectral_clustering(affinity: np.ndarray, n_clusters: int, seed: int = 0,
         return spectral_clustering_torch(affinity, n_clusters, seed, n_init, device)
     from cuml.cluster import SpectralClustering as CuSpectral
 
+    matrix = affinity.astype(np.float32)
+    if not isinstance(matrix, np.ndarray):   # scipy sparse
+        try:
+            import cupyx.scipy.sparse as cusp
+
+            matrix = cusp.csr_matrix(matrix)
+        except ImportError:
+            pass
     model = CuSpectral(n_clusters=n_clusters, affinity="precomputed", random_state=seed,
                        n_init=n_init)
-    labels = model.fit_predict(affinity.astype(np.float32))
+    labels = model.fit_predict(matrix)
     return np.asarray(labels.get() if hasattr(labels, "get") else labels, dtype=np.int64)
 
 
@@ -210,9 +221,15 @@ def spectral_embedding_torch(affinity, n_components: int):
     dinv = degree.clamp(min=1e-12).rsqrt()
     normalised = dinv[:, None] * w * dinv[None, :]       # I - L_sym
     _, vecs = torch.linalg.eigh(normalised)               # ascending eigenvalues
-    vecs = vecs[:, -n_components:].flip(1)                # the largest first
+    return _diffusion_embedding(vecs[:, -n_components:].flip(1), dinv)   # the largest first
+
+
+def _diffusion_embedding(vecs, dinv):
+    """scikit-learn's scaling of the eigenvectors (``D^-1/2 v``) and its sign convention
+    (each vector's entry of largest magnitude positive)."""
+    import torch
+
     emb = vecs * dinv[:, None]
-    # sign convention: the entry of largest magnitude of each vector is positive
     idx = emb.abs().argmax(dim=0)
     signs = torch.sign(emb[idx, torch.arange(emb.shape[1], device=emb.device)])
     return emb * torch.where(signs == 0, torch.ones_like(signs), signs)[None, :]
@@ -294,6 +311,30 @@ def kmeans_torch(x, n_clusters: int, seed: int = 0, n_init: int = 10, max_iter: 
     return best_labels
 
 
+def _torch_device(device: str | None):
+    import torch
+
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _descriptor_tensor(descriptors, dev):
+    """``(N, F)`` descriptors on ``dev`` (float64 on a CPU, for agreement with the numpy
+    path; float32 on a GPU) and their squared norms. Always a copy: the input may be a
+    read-only Arrow buffer."""
+    import torch
+
+    dtype = torch.float32 if dev.type == "cuda" else torch.float64
+    x = (descriptors.to(device=dev, dtype=dtype) if torch.is_tensor(descriptors)
+         else torch.tensor(np.asarray(descriptors), device=dev, dtype=dtype))
+    return x, (x * x).sum(dim=1)
+
+
+def _mean_distance(total: float, n: int) -> float:
+    """sigma of :func:`gaussian_affinity` from the sum of distances over all ordered pairs
+    (= 2 x the sum over j < k; pairs j <= k number N(N+1)/2)."""
+    return total / (n * (n + 1)) if n > 1 else 1.0
+
+
 def gaussian_affinity_torch(descriptors, sigma: float | None = None,
                             device: str | None = None):
     """:func:`gaussian_affinity` computed on a torch device (float32 on a GPU): the dense
@@ -303,17 +344,11 @@ def gaussian_affinity_torch(descriptors, sigma: float | None = None,
     """
     import torch
 
-    dev = _torch_device(device)
-    dtype = torch.float32 if dev.type == "cuda" else torch.float64
-    # torch.tensor copies: the descriptors may be a read-only Arrow buffer
-    x = torch.tensor(np.asarray(descriptors), device=dev, dtype=dtype)
-    sq = (x * x).sum(dim=1)
+    x, sq = _descriptor_tensor(descriptors, _torch_device(device))
     d2 = (sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)).clamp_(min=0.0)
     d2.fill_diagonal_(0.0)
-    n = x.shape[0]
     if sigma is None:
-        # all ordered pairs = 2 x (pairs j < k); pairs j <= k number N(N+1)/2
-        sigma = float(d2.sqrt().sum(dtype=torch.float64)) / (n * (n + 1)) if n > 1 else 1.0
+        sigma = _mean_distance(float(d2.sqrt().sum(dtype=torch.float64)), x.shape[0])
     sigma = max(float(sigma), 1e-12)
     return torch.exp_(d2.div_(-2.0 * sigma ** 2)), sigma
 
@@ -326,7 +361,7 @@ def spectral_clustering_torch(affinity, n_clusters: int, seed: int = 0,
     """
     import torch
 
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = _torch_device(device)
     dtype = torch.float64 if dev.type == "cpu" else torch.float32
     if torch.is_tensor(affinity):
         w = affinity.to(device=dev, dtype=dtype)
@@ -351,12 +386,6 @@ def choose_graph(n_videos: int, graph: str = "auto", dense_max: int = DENSE_MAX_
     return "dense" if n_videos <= dense_max else "knn"
 
 
-def _torch_device(device: str | None):
-    import torch
-
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
 def knn_affinity(descriptors, n_neighbors: int, sigma: float | None = None,
                  device: str | None = None, chunk_bytes: int | None = None):
     """Sparse Gaussian kNN affinity without an ``(N, N)`` matrix.
@@ -379,9 +408,7 @@ def knn_affinity(descriptors, n_neighbors: int, sigma: float | None = None,
     import torch
 
     dev = _torch_device(device)
-    dtype = torch.float32 if dev.type == "cuda" else torch.float64
-    x = (descriptors.to(device=dev, dtype=dtype) if torch.is_tensor(descriptors)
-         else torch.tensor(np.asarray(descriptors), device=dev, dtype=dtype))
+    x, sq = _descriptor_tensor(descriptors, dev)
     n = x.shape[0]
     k = int(min(max(n_neighbors, 1), n - 1))
     if k < 1:
@@ -389,9 +416,8 @@ def knn_affinity(descriptors, n_neighbors: int, sigma: float | None = None,
     if chunk_bytes is None:
         chunk_bytes = (1 << 30) if dev.type == "cuda" else (1 << 28)
     chunk = max(1, min(n, chunk_bytes // (n * x.element_size())))
-    sq = (x * x).sum(dim=1)
     nbr_idx = torch.empty((n, k), dtype=torch.int64, device=dev)
-    nbr_d2 = torch.empty((n, k), dtype=dtype, device=dev)
+    nbr_d2 = torch.empty((n, k), dtype=x.dtype, device=dev)
     dist_sum = torch.zeros((), dtype=torch.float64, device=dev)
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
@@ -406,8 +432,7 @@ def knn_affinity(descriptors, n_neighbors: int, sigma: float | None = None,
         nbr_idx[start:stop], nbr_d2[start:stop] = idx, vals
         del d2
     if sigma is None:
-        # sum over all ordered pairs = 2 * sum over j < k; pairs j <= k number N(N+1)/2
-        sigma = float(dist_sum.item()) / (n * (n + 1)) if n > 1 else 1.0
+        sigma = _mean_distance(float(dist_sum), n)
     sigma = max(float(sigma), 1e-12)
     weights = torch.exp(-nbr_d2 / (2.0 * sigma ** 2)).reshape(-1)
     rows = torch.arange(n, device=dev).repeat_interleave(k)
@@ -451,11 +476,7 @@ def spectral_embedding_sparse_torch(affinity, n_components: int, seed: int = 0,
     else:
         _, vecs = torch.lobpcg(shifted, k=n_components, X=start, niter=max_iter, tol=tol,
                                largest=True)
-    vecs = vecs[:, :n_components]
-    emb = vecs * dinv[:, None]
-    idx_max = emb.abs().argmax(dim=0)
-    signs = torch.sign(emb[idx_max, torch.arange(emb.shape[1], device=emb.device)])
-    return emb * torch.where(signs == 0, torch.ones_like(signs), signs)[None, :]
+    return _diffusion_embedding(vecs[:, :n_components], dinv)
 
 
 def _to_scipy(affinity):
@@ -485,27 +506,9 @@ def spectral_clustering_knn(descriptors, n_clusters: int, seed: int = 0,
         return np.zeros(n, dtype=np.int64), sig
     if backend == "torch":
         emb = spectral_embedding_sparse_torch(w, n_clusters, seed)
-        emb = emb.float() if emb.device.type == "cuda" else emb
         return kmeans_torch(emb, n_clusters, seed, n_init).cpu().numpy().astype(np.int64), sig
-    if backend == "sklearn":
-        from sklearn.cluster import SpectralClustering
-
-        model = SpectralClustering(n_clusters=n_clusters, affinity="precomputed",
-                                   random_state=seed, assign_labels="kmeans", n_init=n_init)
-        return model.fit_predict(_to_scipy(w)).astype(np.int64), sig
-    from cuml.cluster import SpectralClustering as CuSpectral
-
-    matrix = _to_scipy(w).astype(np.float32)
-    try:  # hand cuML a device matrix when CuPy is there (it accepts scipy sparse too)
-        import cupyx.scipy.sparse as cusp
-
-        matrix = cusp.csr_matrix(matrix)
-    except ImportError:
-        pass
-    model = CuSpectral(n_clusters=n_clusters, affinity="precomputed", random_state=seed,
-                       n_init=n_init)
-    labels = model.fit_predict(matrix)
-    return np.asarray(labels.get() if hasattr(labels, "get") else labels, dtype=np.int64), sig
+    return spectral_clustering(_to_scipy(w), n_clusters, seed=seed, backend=backend,
+                               n_init=n_init), sig
 
 
 def cluster_descriptors(descriptors: np.ndarray, n_clusters: int, seed: int = 0,
@@ -541,12 +544,11 @@ def run_clustering(descriptors: np.ndarray, n_clusters: int, backend: str = "aut
     started = time.perf_counter()
     used = resolve_backend(backend)
     kind = choose_graph(len(descriptors), graph, dense_max)
-    if kind == "dense" and used == "torch" and gpu_available():
-        affinity, sig = gaussian_affinity_torch(descriptors, sigma)
-        labels = spectral_clustering(affinity, n_clusters, seed=seed, backend=used,
-                                     n_init=n_init)
-    elif kind == "dense":
-        affinity, sig = gaussian_affinity(descriptors, sigma)
+    if kind == "dense":
+        # the torch backend on a GPU builds the affinity there, not in host memory
+        build = (gaussian_affinity_torch if used == "torch" and gpu_available()
+                 else gaussian_affinity)
+        affinity, sig = build(descriptors, sigma)
         labels = spectral_clustering(affinity, n_clusters, seed=seed, backend=used,
                                      n_init=n_init)
     else:

@@ -38,8 +38,8 @@ import numpy as np
 from . import fsutil
 from .config import RunConfig, load_config, to_dict, to_yaml, with_updates
 from .errors import ConfigError
-from .evaluate import (Detection, cluster_class_mapping, cluster_name, detections_to_json, evaluate_detections, load_ground_truth,
-                       map_detections, parse_tiou)
+from .evaluate import (Detection, cluster_class_mapping, cluster_name, detections_to_json,
+                       evaluate_detections, load_ground_truth, map_detections, parse_tiou)
 from .progress import log
 from .store import FeatureStore
 

@@ -22,6 +22,7 @@ from torch import nn
 from acl_dist.config import LocalizeConfig
 from acl_dist.evaluate import Detection, evaluate_detections, load_ground_truth, parse_tiou
 from acl_dist.localize import localize_video
+from acl_dist.losses import topk_pooled
 from acl_dist.model import pad_batch
 from acl_dist.pipeline import default_subsets
 from acl_dist.store import FeatureStore
@@ -39,12 +40,7 @@ class TopKMIL(nn.Module):
         m = mask[:, None, :].to(x.dtype)
         h = self.drop(torch.relu(self.conv(x.transpose(1, 2)) * m))
         cas = (self.head(h) * m).transpose(1, 2)
-        lengths = mask.sum(1)
-        k = (lengths // 8).clamp(min=1)
-        ranked = cas.masked_fill(~mask[:, :, None], float("-inf")).sort(dim=1, descending=True)[0]
-        take = torch.arange(cas.shape[1], device=x.device)[None, :, None] < k[:, None, None]
-        video = (ranked.masked_fill(~take, 0.0).sum(1)) / k[:, None]
-        return cas, video
+        return cas, topk_pooled(cas, mask)      # the same pooling as ACL's top-k L_cls
 
 
 def train_and_evaluate(store_path: str, steps: int = 400, batch: int = 16, max_len: int = 256,
