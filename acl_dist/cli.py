@@ -13,11 +13,6 @@ from typing import Callable, Sequence
 from . import __version__
 from .errors import AclDistError
 
-PENDING = {
-    "tune": "the Ray Tune search over Z, K and the loss weights",
-}
-
-
 def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write the synthetic benchmark (real timelines) as a store",
                        description="Synthetic two-stream features on the real THUMOS14 or "
@@ -318,17 +313,73 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_pending(sub: argparse._SubParsersAction, name: str, what: str) -> None:
-    p = sub.add_parser(name, help=f"[not yet available] {what}",
-                       description=f"Not available in acl-dist {__version__}: {what} is still "
-                                   "being built. This command exits with status 2.")
-    p.set_defaults(func=lambda args, name=name, what=what: _pending(name, what), pending=True)
+def _add_tune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tune", help="Ray Tune search over Z, K and the loss weights",
+                       description="Each trial is a multi-round ACL run scored on a validation "
+                                   "split (never the test subset); ASHA stops weak trials "
+                                   "between rounds. Writes DIR/trials.csv, DIR/summary.json, "
+                                   "DIR/best_config.yaml (for `acl-dist run --config`) and "
+                                   "DIR/report.html.")
+    p.add_argument("--store", help="feature store (local or s3://)")
+    p.add_argument("--out", help="experiment directory (local or s3://)")
+    p.add_argument("--mode", choices=["unsupervised", "weak"], default="unsupervised")
+    p.add_argument("--num-classes", type=int, help="C: clusters (unsupervised) or classes")
+    p.add_argument("--rounds", type=int, help="rounds per trial (ASHA's max_t)")
+    p.add_argument("--config", help="base YAML file or preset name (" + ", ".join(_presets())
+                   + ")")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override of the base config (repeatable)")
+    p.add_argument("--space", help="search space YAML (default: Z, K, lambda_sep, lambda_trip; "
+                                   "see acl_dist/configs/search/default.yaml)")
+    p.add_argument("--search", choices=["random", "grid", "optuna", "hyperopt"],
+                   default="random")
+    p.add_argument("--num-samples", type=int, default=8,
+                   help="trials (with --search grid: repeats of the grid)")
+    p.add_argument("--objective", choices=["val_map", "silhouette", "stability"],
+                   default="val_map", help="val_map: validation mAP; silhouette / stability: "
+                                           "label-free (default val_map)")
+    p.add_argument("--max-concurrent", type=int,
+                   help="trials at a time (default and upper bound: what the cluster holds)")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="training videos held out for validation when the store has no "
+                        "validation subset (default 0.2)")
+    p.add_argument("--grace-period", type=int, default=1, help="rounds before ASHA may stop")
+    p.add_argument("--reduction-factor", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0, help="searcher seed")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="DIR",
+                   help="continue an interrupted search (Tuner.restore; DIR or --out)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_tune)
 
 
-def _pending(name: str, what: str) -> int:
-    print(f"acl-dist {name}: not available in acl-dist {__version__} ({what} is still being "
-          "built).", file=sys.stderr)
-    return 2
+def cmd_tune(args: argparse.Namespace) -> int:
+    import torch  # noqa: F401  (first, as in cmd_run)
+
+    from .config import load_config
+    from .errors import ConfigError
+    from .tune import TuneSettings, load_space, run_tune, trials_table
+
+    out = args.resume if isinstance(args.resume, str) else args.out
+    if not out:
+        raise ConfigError("--out is required (or --resume DIR)")
+    if args.resume:
+        summary = run_tune(args.store, out, None, None, None, resume=True, quiet=args.quiet)
+    else:
+        if not args.store:
+            raise ConfigError("--store is required for a new search")
+        cfg = load_config(args.config, args.overrides, mode=args.mode,
+                          num_classes=args.num_classes, rounds=args.rounds)
+        settings = TuneSettings(search=args.search, num_samples=args.num_samples,
+                                objective=args.objective, max_concurrent=args.max_concurrent,
+                                grace_period=args.grace_period,
+                                reduction_factor=args.reduction_factor,
+                                val_fraction=args.val_fraction, seed=args.seed)
+        summary = run_tune(args.store, out, cfg, load_space(args.space), settings,
+                           quiet=args.quiet)
+    print(trials_table(summary))
+    print(f"\nexperiment directory: {out}  (trials.csv, summary.json, best_config.yaml, "
+          "report.html)")
+    return 130 if summary["unfinished"] else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -343,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth(sub)
     _add_ingest(sub)
     _add_run(sub)
-    _add_pending(sub, "tune", PENDING["tune"])
+    _add_tune(sub)
     _add_evaluate(sub)
     _add_report(sub)
     return parser
@@ -351,11 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    # A pending command accepts (and ignores) any arguments, so that users' scripts get
-    # the "not available" message rather than a usage error.
-    args, extra = parser.parse_known_args(argv)
-    if extra and not getattr(args, "pending", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return int(func(args) or 0)

@@ -534,8 +534,9 @@ def run_clustering(descriptors: np.ndarray, n_clusters: int, backend: str = "aut
         graph: ``auto`` | ``dense`` | ``knn`` (see :func:`choose_graph`).
         n_neighbors: neighbours per video of the ``knn`` graph.
     Returns:
-        ``{"labels", "backend", "graph", "sigma", "seconds", "sizes", "scores"?,
-        "stability"?}``.
+        ``{"labels", "backend", "graph", "sigma", "seconds", "sizes", "silhouette",
+        "scores"?, "stability"?}`` (``stability``: NMI between ``previous`` and the new
+        labels; ``silhouette`` and ``stability`` are the label-free scores Tune can use).
     """
     import time
 
@@ -562,8 +563,24 @@ def run_clustering(descriptors: np.ndarray, n_clusters: int, backend: str = "aut
         out["n_neighbors"] = int(min(n_neighbors, len(descriptors) - 1))
     if truth is not None:
         out["scores"] = clustering_scores(labels, truth)
+    out["silhouette"] = silhouette(descriptors, labels, seed=seed)
     if previous is not None:
         from sklearn.metrics import normalized_mutual_info_score
 
         out["stability"] = float(normalized_mutual_info_score(previous, labels))
     return out
+
+
+def silhouette(descriptors: np.ndarray, labels: np.ndarray, seed: int = 0,
+               max_videos: int = 4000) -> float | None:
+    """Mean silhouette of a clustering of ``(N, F)`` descriptors (Euclidean), a label-free
+    quality score in [-1, 1]; on at most ``max_videos`` videos sampled with ``seed``
+    (its cost is quadratic). None when it is undefined (one cluster, or one per video)."""
+    from sklearn.metrics import silhouette_score
+
+    n_labels = len(np.unique(labels))
+    if not 2 <= n_labels <= len(labels) - 1:
+        return None
+    sample = max_videos if len(labels) > max_videos else None
+    return float(silhouette_score(np.asarray(descriptors, dtype=np.float32), labels,
+                                  sample_size=sample, random_state=seed))

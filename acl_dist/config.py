@@ -203,7 +203,12 @@ class RunConfig:
         label_map: cluster -> class mapping for reporting unsupervised detections
             (``hungarian``, ``majority``, ``soft``); from training labels only.
         tiou: evaluation thresholds (``thumos``, ``anet`` or a list); None = by dataset.
-        seed: base seed.
+        val_subset: a labelled store subset to validate on each round (never the test
+            subset); its videos are localised and scored, never trained or clustered on.
+        val_fraction: without ``val_subset``, hold out this fraction of the training videos
+            as the validation split, by a seeded hash of each video id (``crc32("seed:id")``,
+            stable across machines and store layouts); 0 = no validation split.
+        seed: base seed (also seeds the held-out split).
     """
 
     mode: Literal["unsupervised", "weak"] = "unsupervised"
@@ -213,6 +218,8 @@ class RunConfig:
     test_subset: str | None = None
     label_map: Literal["hungarian", "majority", "soft"] = "hungarian"
     tiou: str | None = None
+    val_subset: str | None = None
+    val_fraction: float = 0.0
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)

@@ -46,7 +46,8 @@ def init_ray(num_cpus: int | None = None, quiet: bool = False) -> None:
     beside the training workers on a 2-core machine (RAY_NOTES.md §4)."""
     import ray
 
-    if ray.is_initialized():
+    if ray.is_initialized():  # e.g. inside a Tune trial: Ray Data's context is per process
+        quiet_ray_data()
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
@@ -63,11 +64,21 @@ def init_ray(num_cpus: int | None = None, quiet: bool = False) -> None:
         # cleaner polls; without it, it logs a warning every second (RAY_NOTES.md §3).
         ray.init(address="local", num_cpus=cpus, include_dashboard=_dashboard_installed(),
                  dashboard_host="127.0.0.1", object_store_memory=512 * 2**20, **kwargs)
-    # Our progress lines replace Ray Data's bars and its every-10-s status lines, which
-    # fill terminals and `ray job logs` alike.
+    quiet_ray_data()
+
+
+def quiet_ray_data() -> None:
+    """Ray Data settings of this process: our progress lines replace Ray Data's bars and
+    its every-10-s status lines, which fill terminals and `ray job logs` alike; the V1
+    Parquet reader (below)."""
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
+    # Ray Data's V2 Parquet reader lists files in a 1-CPU task that places 32 footer-reader
+    # actors (1 CPU each to schedule) and waits for them. With two Tune trials reading at
+    # once beside their training workers, a 2 x 2-CPU cluster deadlocked there (read tasks
+    # holding CPUs, footer readers unplaceable). The V1 reader reads footers in its tasks.
+    ctx.use_datasource_v2 = False
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
@@ -129,15 +140,18 @@ class UniformDescriptors:
 class AttentionPass:
     """The trained stream models over whole videos (a Ray Data actor).
 
-    Outputs per video: ``descriptor`` (the next round's clustering input: each stream pooled
-    by its own model's class-agnostic attention, ``contrast`` or the paper's ``attention``
-    form, see :class:`acl_dist.config.ClusterConfig`); for test
-    videos also the fused ``cas`` ``(T, C)``, per-stream ``attention_<stream>`` ``(T,)``,
-    fused ``video_logits`` ``(C,)`` (raw float32/float16 bytes) and ``detections`` (JSON).
+    Each row is either *described* (a training video of an unsupervised run: its
+    ``descriptor``, the next round's clustering input, each stream pooled by its own model's
+    class-agnostic attention, ``contrast`` or the paper's ``attention`` form, see
+    :class:`acl_dist.config.ClusterConfig`) or *detected* (a test or validation video: the
+    fused ``cas`` ``(T, C)``, per-stream ``attention_<stream>`` ``(T,)``, fused
+    ``video_logits`` ``(C,)`` as raw float16/float32 bytes, and ``detections`` as JSON).
+    Rows that are neither (training videos of a weak run) are dropped before the forward.
     """
 
     def __init__(self, checkpoint_path: str, streams: dict[str, int], dtype: str,
-                 test_subset: str, localize: dict[str, Any], want_descriptors: bool,
+                 detect_subsets: list[str], localize: dict[str, Any],
+                 describe_subset: str | None, detect_ids: list[str] = (),
                  descriptor: str = "contrast", torch_threads: int | None = None):
         import torch
 
@@ -150,29 +164,37 @@ class AttentionPass:
             ckpt = torch.load(io.BytesIO(fh.read()), map_location="cpu", weights_only=False)
         self.model = load_models(ckpt, self.device)
         self.streams, self.dtype = streams, dtype
-        self.test_subset = test_subset
+        self.detect_subsets = set(detect_subsets)
+        self.detect_ids = set(detect_ids)
+        self.describe_subset = describe_subset
         self.localize = from_dict(LocalizeConfig, localize)
-        self.want_descriptors = want_descriptors
         self.describe = contrast_descriptor if descriptor == "contrast" else video_descriptor
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from .localize import localize_video
         from .train import predict
 
-        feats = batch_features(batch, self.streams, self.dtype)
         ids = batch.column("video_id").to_pylist()
         subsets = batch.column("subset").to_pylist()
-        preds = predict(self.model, list(zip(ids, feats)), self.device)
+        detect = [s in self.detect_subsets or v in self.detect_ids for v, s in zip(ids, subsets)]
+        keep = [i for i in range(len(ids))
+                if detect[i] or subsets[i] == self.describe_subset]
         out: dict[str, list] = {k: [] for k in (
             "video_id", "subset", "descriptor", "cas", "video_logits", "detections",
             *[f"attention_{s}" for s in self.streams])}
+        if not keep:
+            return pa.table(out, schema=self._schema())
+        batch = batch.take(keep)
+        ids, subsets, detect = [ids[i] for i in keep], [subsets[i] for i in keep], \
+            [detect[i] for i in keep]
+        feats = batch_features(batch, self.streams, self.dtype)
+        preds = predict(self.model, list(zip(ids, feats)), self.device)
         for i, p in enumerate(preds):
-            is_test = subsets[i] == self.test_subset
             out["video_id"].append(ids[i])
             out["subset"].append(subsets[i])
-            out["descriptor"].append(_f32_bytes(self.describe(feats[i], p.attention))
-                                     if self.want_descriptors and not is_test else b"")
-            if is_test:
+            out["descriptor"].append(b"" if detect[i] else
+                                     _f32_bytes(self.describe(feats[i], p.attention)))
+            if detect[i]:
                 cas, att, logits = p.fused(self.localize.rgb_weight)
                 grid = SnippetGrid(batch.column("fps")[i].as_py(),
                                    batch.column("snippet_frames")[i].as_py())
@@ -190,7 +212,13 @@ class AttentionPass:
                 out["detections"].append("[]")
                 for s in self.streams:
                     out[f"attention_{s}"].append(b"")
-        return pa.table(out)
+        return pa.table(out, schema=self._schema())
+
+    def _schema(self) -> pa.Schema:
+        return pa.schema([("video_id", pa.string()), ("subset", pa.string()),
+                          ("descriptor", pa.binary()), ("cas", pa.binary()),
+                          ("video_logits", pa.binary()), ("detections", pa.string()),
+                          *[(f"attention_{s}", pa.binary()) for s in self.streams]])
 
 
 def map_descriptors(store: FeatureStore, subset: str, concurrency: int = 1):
@@ -204,11 +232,14 @@ def map_descriptors(store: FeatureStore, subset: str, concurrency: int = 1):
 
 
 def map_attention(store: FeatureStore, subsets: list[str], checkpoint_path: str,
-                  test_subset: str, localize: LocalizeConfig, want_descriptors: bool,
+                  detect_subsets: list[str], localize: LocalizeConfig,
+                  describe_subset: str | None, detect_ids: list[str] = (),
                   descriptor: str = "contrast", concurrency: int | None = None,
                   use_gpu: bool = False, torch_threads: int | None = None):
-    """The trained models over every video of ``subsets``: an actor pool of
-    :class:`AttentionPass`, one actor per GPU (or per 4 CPUs without GPUs) by default."""
+    """The trained models over the videos of ``subsets``: an actor pool of
+    :class:`AttentionPass`, one actor per GPU (or per 4 CPUs without GPUs) by default.
+    Videos of ``detect_subsets`` and ``detect_ids`` are localised; those of
+    ``describe_subset`` (other than ``detect_ids``) get the next round's descriptor."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -222,9 +253,10 @@ def map_attention(store: FeatureStore, subsets: list[str], checkpoint_path: str,
         AttentionPass, batch_format="pyarrow", batch_size=128,  # predict() sorts by length inside
         compute=ActorPoolStrategy(size=concurrency), **resources,
         fn_constructor_kwargs={"checkpoint_path": checkpoint_path, "streams": store.streams,
-                               "dtype": store.dtype, "test_subset": test_subset,
+                               "dtype": store.dtype, "detect_subsets": list(detect_subsets),
                                "localize": to_dict(localize),
-                               "want_descriptors": want_descriptors,
+                               "describe_subset": describe_subset,
+                               "detect_ids": list(detect_ids),
                                "descriptor": descriptor, "torch_threads": torch_threads})
 
 
@@ -288,7 +320,10 @@ def run_clustering_task(descriptors: np.ndarray, n_clusters: int, cc: Any,
     import ray
 
     wants_gpu = cc.backend in ("auto", "torch", "cuml") and cluster_gpus() > 0
-    task = ray.remote(num_cpus=1, num_gpus=1 if wants_gpu else 0)(run_clustering)
+    # "DEFAULT", not inherited: inside a Tune trial a task would otherwise be captured by
+    # the trial's placement group (0.01 CPU) and could never be scheduled.
+    task = ray.remote(num_cpus=1, num_gpus=1 if wants_gpu else 0,
+                      scheduling_strategy="DEFAULT")(run_clustering)
     return ray.get(task.remote(descriptors, n_clusters, cc.backend, cc.seed, cc.n_init,
                                cc.sigma, truth, previous, cc.graph, cc.n_neighbors,
                                cc.dense_max_videos))
@@ -430,7 +465,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     for batch in shard.iter_batches(batch_format="pyarrow", batch_size=64):
         feats = {s: feature_views(batch.column(s), d, dtype) for s, d in streams.items()}
         for i, vid in enumerate(batch.column("video_id").to_pylist()):
-            spill.add(vid, {s: feats[s][i] for s in streams}, list(labels.get(vid, ())))
+            if vid in labels:  # the keys are the training videos (held-out ones are not)
+                spill.add(vid, {s: feats[s][i] for s in streams}, list(labels[vid]))
     items = spill.items()
     start = None
     resume = ray.train.get_checkpoint()

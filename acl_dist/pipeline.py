@@ -15,9 +15,14 @@ Run directory (local or ``s3://``)::
     RUN/round_<r>/model.pt              the round's two stream models
     RUN/round_<r>/outputs.parquet       attention pass: descriptors, test CAS/attention/dets
     RUN/round_<r>/eval.json             this round's test mAP (diagnostic, never selection)
+    RUN/round_<r>/val.json              this round's validation mAP (what Tune selects on)
     RUN/ray_train/                      Ray Train's storage (checkpoints, per-step results)
     RUN/tensorboard/round_<r>/          TensorBoard events: loss terms per stream, lr, videos/s
     RUN/detections.json, RUN/metrics.json
+
+With a validation split (``val_subset``, or ``val_fraction`` of the training videos held
+out by :func:`holdout_split`), its videos are never clustered or trained on; the attention
+pass localises them beside the test videos and ``val.json`` scores them each round.
 
 Every artifact is written whole (temporary file + rename, or one PUT on S3) before its step
 is marked done, so ``--resume`` reruns exactly the first unfinished step and what follows.
@@ -30,8 +35,9 @@ import json
 import math
 import os
 import time
+import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -44,6 +50,20 @@ from .progress import log
 from .store import FeatureStore
 
 STATE = "state.json"
+
+
+# --------------------------------------------------------------------------- validation split
+
+
+def holdout_split(video_ids: Iterable[str], fraction: float, seed: int = 0) -> set[str]:
+    """The videos held out as a validation split: those whose ``crc32("<seed>:<id>")``
+    falls in the lowest ``fraction`` of the 32-bit range. A seeded hash of the id, not a
+    shuffle, so the split is the same on every machine, for every store layout and order,
+    and a video's side never changes when others are added."""
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"val_fraction must be in [0, 1), got {fraction}")
+    cut = int(fraction * 2**32)
+    return {v for v in video_ids if zlib.crc32(f"{seed}:{v}".encode()) < cut}
 
 
 # --------------------------------------------------------------------------- config sizing
@@ -78,9 +98,16 @@ def resolve_config(cfg: RunConfig, store: FeatureStore, cpus: int | None = None,
     train, test = default_subsets(store)
     train = cfg.train_subset or train
     test = cfg.test_subset or test
-    for name in (train, test):
+    for name in (train, test) + ((cfg.val_subset,) if cfg.val_subset else ()):
         if name not in store.subsets:
             raise ConfigError(f"subset {name!r} not in the store (has {store.subsets})")
+    if cfg.val_subset in (train, test):
+        raise ConfigError(f"val_subset {cfg.val_subset!r} is the {'training' if cfg.val_subset == train else 'test'} "
+                          "subset; validate on a third subset or use val_fraction")
+    if cfg.val_subset and cfg.val_fraction:
+        raise ConfigError("set val_subset or val_fraction, not both")
+    if not 0.0 <= cfg.val_fraction <= 0.5:
+        raise ConfigError(f"val_fraction must be in [0, 0.5], got {cfg.val_fraction}")
     n_train = store.num_videos(train)
     num_classes = cfg.num_classes or len(store.classes)
     if cfg.mode == "weak" and num_classes != len(store.classes):
@@ -157,7 +184,20 @@ class Run:
     """Executes (or resumes) one ACL run. See the module doc for the steps."""
 
     def __init__(self, store_path: str, out: str, cfg: RunConfig, quiet: bool = False,
-                 label_map_given: bool = False, max_failures: int = 0):
+                 label_map_given: bool = False, max_failures: int = 0,
+                 with_test: bool = True, torch_threads: int | None = None,
+                 attention_actors: int | None = None,
+                 on_round: Callable[[int, dict[str, Any]], None] | None = None):
+        """Args:
+            with_test: localise and score the test subset (False in Tune trials, which
+                must never see it).
+            torch_threads: intra-op threads of each training worker and attention actor
+                (default: the machine's cores over the workers).
+            attention_actors: actors of the attention pass (default: one per GPU of the
+                cluster, or per 4 CPUs); a Tune trial gets its own share.
+            on_round: called after each round as ``on_round(r, round_metrics)`` with the
+                round's validation mAP and label-free scores (what Tune reports).
+        """
         self.store = FeatureStore.open(store_path)
         self.store_path = store_path
         self.dir = RunDir(out)
@@ -165,8 +205,31 @@ class Run:
         self.quiet = quiet
         self.label_map_given = label_map_given
         self.max_failures = max_failures
-        meta = self.store.metadata([cfg.train_subset, cfg.test_subset])
-        self.train_meta = [m for m in meta if m.subset == cfg.train_subset]
+        self.with_test = with_test
+        self.threads = torch_threads
+        self.attention_actors = attention_actors
+        self.on_round = on_round
+        subsets = [cfg.train_subset, cfg.test_subset] + ([cfg.val_subset] if cfg.val_subset
+                                                         else [])
+        meta = self.store.metadata(subsets)
+        train_all = [m for m in meta if m.subset == cfg.train_subset]
+        if cfg.val_subset:
+            self.val_meta = [m for m in meta if m.subset == cfg.val_subset]
+            self.val_source = f"subset {cfg.val_subset!r} ({len(self.val_meta)} videos)"
+        else:
+            held = holdout_split([m.video_id for m in train_all], cfg.val_fraction, cfg.seed)
+            self.val_meta = [m for m in train_all if m.video_id in held]
+            self.val_source = (f"{len(held)} of the {len(train_all)} {cfg.train_subset!r} "
+                               f"videos held out (crc32 rule, val_fraction "
+                               f"{cfg.val_fraction:g}, seed {cfg.seed})") if held else None
+        if (cfg.val_subset or cfg.val_fraction) and not self.val_meta:
+            raise ConfigError(f"the validation split is empty (val_fraction "
+                              f"{cfg.val_fraction:g} of {len(train_all)} videos); raise it")
+        self.val_ids = {m.video_id for m in self.val_meta}
+        self.train_meta = [m for m in train_all if m.video_id not in self.val_ids]
+        if cfg.mode == "unsupervised" and len(self.train_meta) < cfg.num_classes:
+            raise ConfigError(f"{len(self.train_meta)} training videos left after the "
+                              f"validation split, fewer than {cfg.num_classes} clusters")
         self.truth = [m.primary_label for m in self.train_meta]
         self.has_truth = all(t is not None for t in self.truth)
         if cfg.mode == "weak":
@@ -202,7 +265,7 @@ class Run:
         return path if fsutil.is_remote(path) else os.path.abspath(path)
 
     def _torch_threads(self) -> int:
-        return max(1, (os.cpu_count() or 2) // max(1, self.cfg.train.workers))
+        return self.threads or max(1, (os.cpu_count() or 2) // max(1, self.cfg.train.workers))
 
     # -- steps ----------------------------------------------------------------
 
@@ -247,8 +310,9 @@ class Run:
             out["scores"] = res["scores"]
             out["mapping"] = {mode: {cluster_name(k): v for k, v in cluster_class_mapping(
                 labels, self.truth, mode).items()} for mode in ("hungarian", "majority", "soft")}
-        if "stability" in res:
-            out["stability"] = res["stability"]
+        for key in ("stability", "silhouette"):
+            if res.get(key) is not None:
+                out[key] = res[key]
         fsutil.write_json_atomic(self.dir.round(r, "clusters.json"), out)
         if "scores" in res:
             s = res["scores"]
@@ -281,18 +345,23 @@ class Run:
     def step_attention(self, r: int) -> dict:
         from .distributed import map_attention, write_dataset
 
-        want = self.cfg.mode == "unsupervised"
-        subsets = [self.cfg.train_subset, self.cfg.test_subset] if want else \
-            [self.cfg.test_subset]
+        cfg = self.cfg
+        describe = cfg.train_subset if cfg.mode == "unsupervised" else None
+        detect = ([cfg.test_subset] if self.with_test else []) + \
+            ([cfg.val_subset] if cfg.val_subset else [])
+        held_out = sorted(self.val_ids) if not cfg.val_subset else []
+        subsets = detect + ([cfg.train_subset] if describe or held_out else [])
         ds = map_attention(self.store, subsets, self.dir.round(r, "model.pt"),
-                           self.cfg.test_subset, self.cfg.localize, want,
+                           detect, cfg.localize, describe, detect_ids=held_out,
                            descriptor=self.cfg.cluster.descriptor,
+                           concurrency=self.attention_actors,
                            use_gpu=bool(self.cfg.train.use_gpu),
                            torch_threads=self._torch_threads())
         rows = write_dataset(ds, self.dir.round(r, "outputs.parquet"))
         return {"videos": rows}
 
-    def _raw_detections(self, r: int) -> list[Detection]:
+    def _raw_detections(self, r: int, split: str = "test") -> list[Detection]:
+        """Round ``r``'s detections on the ``test`` or the ``val`` videos."""
         import pyarrow.parquet as pq
 
         with fsutil.open_read(self.dir.round(r, "outputs.parquet")) as fh:
@@ -300,7 +369,9 @@ class Run:
         dets = []
         for vid, subset, blob in zip(*(table.column(c).to_pylist()
                                        for c in ("video_id", "subset", "detections"))):
-            if subset != self.cfg.test_subset:
+            wanted = vid in self.val_ids if split == "val" else (
+                subset == self.cfg.test_subset and vid not in self.val_ids)
+            if not wanted:
                 continue
             for label, score, start, end in json.loads(blob):
                 dets.append(Detection(vid, self.label_names[int(label)], score, start, end))
@@ -313,14 +384,24 @@ class Run:
         ids = [m.video_id for m in self.train_meta]
         return cluster_class_mapping([clusters["labels"][v] for v in ids], self.truth, mode)
 
-    def evaluate_round(self, r: int) -> dict:
-        dets = self._raw_detections(r)
+    def evaluate_round(self, r: int, split: str = "test") -> dict:
+        """Round ``r``'s mAP on the ``test`` subset or the ``val`` split (clusters mapped
+        to classes from the training videos' labels only)."""
+        dets = self._raw_detections(r, split)
         mapping = self._mapping(r, self.cfg.label_map)
         if mapping is not None:
             dets = map_detections(dets, mapping)
         out: dict[str, Any] = {"round": r, "detections": len(dets),
                                "label_map": self.cfg.label_map if mapping else None}
-        gt = load_ground_truth(self.store_path, self.cfg.test_subset)
+        if split == "val":
+            out["validation"] = self.val_source
+            gt = load_ground_truth(self.store_path, self.val_meta[0].subset,
+                                   videos=self.val_ids)
+            if not gt.classes:
+                raise ConfigError(f"the validation split ({self.val_source}) has no "
+                                  "annotated actions to score")
+        else:
+            gt = load_ground_truth(self.store_path, self.cfg.test_subset)
         if gt.classes:
             res = evaluate_detections(gt, dets, tiou_thresholds=parse_tiou(self.cfg.tiou),
                                       unknown_labels="ignore")
@@ -328,22 +409,45 @@ class Run:
         return out
 
     def step_evaluate(self, r: int) -> dict:
-        out = self.evaluate_round(r)
-        fsutil.write_json_atomic(self.dir.round(r, "eval.json"), out)
-        if "average" in out:
-            k = out["tiou"].index(0.5) if 0.5 in out["tiou"] else 0
-            log(f"  round {r} test mAP@{out['tiou'][k]} {out['map'][k]:.2f}  "
-                f"avg {out['average']:.2f}", self.quiet)
+        splits = (["val"] if self.val_ids else []) + (["test"] if self.with_test else [])
+        for split in splits:
+            out = self.evaluate_round(r, split)
+            name = "val.json" if split == "val" else "eval.json"
+            fsutil.write_json_atomic(self.dir.round(r, name), out)
+            if "average" in out:
+                k = out["tiou"].index(0.5) if 0.5 in out["tiou"] else 0
+                log(f"  round {r} {split} mAP@{out['tiou'][k]} {out['map'][k]:.2f}  "
+                    f"avg {out['average']:.2f}", self.quiet)
         return {}
 
-    def step_final_clustering(self) -> dict:
-        """Clustering of the last round's descriptors (where a next round would start)."""
-        r = self.cfg.rounds
-        self.step_cluster(r)
-        return {}
+    def round_metrics(self, r: int) -> dict[str, Any]:
+        """What a round reports to Tune: validation mAP of round ``r``'s models and the
+        quality of the clustering their descriptors give (``round_{r+1}``'s clusters:
+        NMI when labels are known, and the label-free silhouette and stability)."""
+        out: dict[str, Any] = {"round": r + 1}
+        if fsutil.exists(self.dir.round(r, "val.json")):
+            val = fsutil.read_json(self.dir.round(r, "val.json"))
+            if "average" in val:
+                out["val_map"] = val["average"]
+                if 0.5 in val["tiou"]:
+                    out["val_map50"] = val["map"][val["tiou"].index(0.5)]
+        path = self.dir.round(r + 1, "clusters.json")
+        if self.cfg.mode == "unsupervised" and fsutil.exists(path):
+            c = fsutil.read_json(path)
+            if "scores" in c:
+                out["nmi"] = c["scores"]["nmi"]
+            for key in ("silhouette", "stability"):
+                if key in c:
+                    out[key] = c[key]
+        state = self.dir.state()["steps"]
+        out["seconds"] = round(sum(v["seconds"] for v in state.values()), 1)
+        return out
 
     def step_finish(self) -> dict:
         r = self.cfg.rounds - 1
+        if not self.with_test:
+            fsutil.write_json_atomic(self.dir.path("metrics.json"), self.metrics())
+            return {}
         raw = self._raw_detections(r)
         videos = [m.video_id for m in self.store.metadata(self.cfg.test_subset)]
         mapping = self._mapping(r, self.cfg.label_map)
@@ -361,7 +465,8 @@ class Run:
     def metrics(self) -> dict[str, Any]:
         """``metrics.json``: the DESIGN.md contract plus per-round details."""
         state = self.dir.state()["steps"]
-        final = fsutil.read_json(self.dir.round(self.cfg.rounds - 1, "eval.json"))
+        last_eval = self.dir.round(self.cfg.rounds - 1, "eval.json")
+        final = fsutil.read_json(last_eval) if fsutil.exists(last_eval) else {}
         rounds = []
         last = self.cfg.rounds + (1 if self.cfg.mode == "unsupervised" else 0)
         for r in range(last):
@@ -371,14 +476,18 @@ class Run:
                 c = fsutil.read_json(self.dir.round(r, "clusters.json"))
                 entry.update(c.get("scores", {}))
                 entry["cluster_backend"] = c["backend"]
-                if "stability" in c:
-                    entry["stability"] = c["stability"]
+                for key in ("stability", "silhouette"):
+                    if key in c:
+                        entry[key] = c[key]
                 entry["cluster_sizes"] = c["sizes"]
             if r < self.cfg.rounds:
-                ev = fsutil.read_json(self.dir.round(r, "eval.json"))
-                if "average" in ev:
-                    entry["test_map"] = ev["map"]
-                    entry["test_average"] = ev["average"]
+                for split, name in (("test", "eval.json"), ("val", "val.json")):
+                    if not fsutil.exists(self.dir.round(r, name)):
+                        continue
+                    ev = fsutil.read_json(self.dir.round(r, name))
+                    if "average" in ev:
+                        entry[f"{split}_map"] = ev["map"]
+                        entry[f"{split}_average"] = ev["average"]
             else:
                 entry["clustering_only"] = True
             entry["seconds"] = {k.split(".", 1)[1]: v["seconds"] for k, v in state.items()
@@ -389,6 +498,7 @@ class Run:
                "average": final.get("average"), "per_class": final.get("per_class", {}),
                "train_subset": self.cfg.train_subset, "test_subset": self.cfg.test_subset,
                "num_classes": self.cfg.num_classes, "rounds": rounds,
+               "validation": self.val_source,
                "seconds_total": round(sum(v["seconds"] for v in state.values()), 1),
                "store": self.store_path}
         return out
@@ -398,17 +508,20 @@ class Run:
 
         init_ray(quiet=self.quiet)
         unsup = self.cfg.mode == "unsupervised"
+        if unsup:
+            self._step("round_0.descriptors", self.step_descriptors0)
+            self._step("round_0.cluster", self.step_cluster, 0)
         for r in range(self.cfg.rounds):
             tag = f"round_{r}"
-            if unsup:
-                if r == 0:
-                    self._step(f"{tag}.descriptors", self.step_descriptors0)
-                self._step(f"{tag}.cluster", self.step_cluster, r)
             self._step(f"{tag}.train", self.step_train, r)
             self._step(f"{tag}.attention", self.step_attention, r)
             self._step(f"{tag}.evaluate", self.step_evaluate, r)
-        if unsup and self.has_truth:
-            self._step(f"round_{self.cfg.rounds}.cluster", self.step_final_clustering)
+            if unsup:
+                # the next round's clustering (after the last round: where a next round
+                # would start, and the label-free scores of the last models)
+                self._step(f"round_{r + 1}.cluster", self.step_cluster, r + 1)
+            if self.on_round is not None:
+                self.on_round(r, self.round_metrics(r))
         self._step("finish", self.step_finish)
         return fsutil.read_json(self.dir.path("metrics.json"))
 

@@ -25,12 +25,6 @@ def test_help_lists_all_commands():
         assert f"    {cmd} " in out or f"    {cmd}\n" in out, cmd
 
 
-@pytest.mark.parametrize("cmd", ["tune"])
-def test_pending_commands_say_so(capsys, cmd):
-    code, out, err = run_cli(capsys, cmd, "--anything")
-    assert code == 2 and "not available" in err
-
-
 def test_synth_then_evaluate(tmp_path, capsys):
     store = str(tmp_path / "store")
     code, out, _ = run_cli(capsys, "synth", "--out", store, "--classes", "3", "--videos", "9",

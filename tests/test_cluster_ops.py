@@ -3,6 +3,9 @@ processes on 127.0.0.1 with token authentication, jobs sent with ``ray job submi
 
 * the tiny 2-round run as a job with one Ray Train worker per node, equal (within tolerance)
   to the same run with both workers on one node; a client without the token is refused;
+* a Ray Tune search as a job (``jobs/tune_acl.py``): 4 trials, 2 at a time on the
+  cluster's 4 CPUs, ASHA stopping trials between rounds, interrupted (SIGINT, as Ctrl-C)
+  and resumed from S3 (``Tuner.restore``), its best config rerun as a job;
 * a run whose store, run directory and Ray Train storage are on S3 (moto): a training
   worker is killed mid-round (Ray Train restarts the group from the last checkpoint), the
   driver is killed between rounds, and ``--resume`` finishes from the bucket without
@@ -62,13 +65,13 @@ class Cluster:
             raise AssertionError(f"ray {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
         return proc
 
-    def submit(self, *job_args: str) -> str:
-        """``ray job submit --no-wait`` of ``jobs/run_acl.py``; returns the job id."""
+    def submit(self, *job_args: str, script: str = "jobs/run_acl.py") -> str:
+        """``ray job submit --no-wait`` of ``script``; returns the job id."""
         runtime_env = {"env_vars": {k: self.env[k] for k in self.env
                                     if k.startswith("AWS_")}}
         out = self.cli("job", "submit", "--address", self.dashboard, "--working-dir",
                        str(REPO), "--runtime-env-json", json.dumps(runtime_env), "--no-wait",
-                       "--", sys.executable, "jobs/run_acl.py", *job_args).stdout
+                       "--", sys.executable, script, *job_args).stdout
         match = re.search(r"Job '(\S+)' submitted successfully", out)
         assert match, out
         return match.group(1)
@@ -209,7 +212,7 @@ def _worker_pids(cluster) -> list[int]:
     return [a["pid"] for a in json.loads(out) if "TrainWorker" in a.get("class_name", "")]
 
 
-def _driver_pid(run_dir: str) -> int:
+def _driver_pid(run_dir: str, script: str = "jobs/run_acl.py") -> int:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -217,7 +220,7 @@ def _driver_pid(run_dir: str) -> int:
             cmd = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"jobs/run_acl.py" in cmd and run_dir.encode() in cmd:
+        if script.encode() in cmd and run_dir.encode() in cmd:
             return int(entry.name)
     raise AssertionError(f"no driver process runs {run_dir}")
 
@@ -280,3 +283,88 @@ def test_s3_run_survives_a_worker_kill_and_resumes_after_a_driver_kill(cluster, 
     assert not any(".tmp" in n or n.endswith(".partial") for n in names)
     metrics = json.loads(fs.cat(f"{run}/metrics.json"))
     assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2]
+
+
+def test_tune_job_asha_interrupt_resume_on_s3_and_best_config_reruns(cluster, s3_endpoint,
+                                                                      tmp_path):
+    import s3fs
+
+    from acl_dist.config import load_config
+    from acl_dist.synth import SynthConfig, synthesize
+
+    fs = s3fs.S3FileSystem()
+    store = str(tmp_path / "store")   # an easy store: trained and untrained models differ
+    synthesize(SynthConfig(classes=3, videos=24, dim=16, seed=3, difficulty=0.4), store,
+               quiet=True)
+    space = tmp_path / "space.yaml"
+    # trials 0-1 train, 2-3 barely move (lr ~ 0): with 2 at a time, 2-3 reach round 1 after
+    # 0-1 have set ASHA's cutoff, and stop there
+    space.write_text("train.lr: {grid: [3.0e-3, 1.0e-3, 1.0e-9, 1.0e-10]}\n")
+    exp = "s3://acl-test/ops/tune"
+    args = ["--store", store, "--out", exp, "--num-classes", "3", "--rounds", "2",
+            "--set", "train.steps=20", "--space", str(space), "--num-samples", "1"]
+    job = cluster.submit(*args, script="jobs/tune_acl.py")
+    # 1. interrupt the search (Ctrl-C) once a trial has reported its first round
+    logs = cluster.wait_for_log(job, r"trial \w+ round 1: val_map", timeout=400)
+    assert "2 at a time" in logs and "20% of the training videos are held out" in logs
+    os.kill(_driver_pid(exp, "jobs/tune_acl.py"), signal.SIGINT)
+    assert cluster.wait(job, timeout=180) == "FAILED"          # exit status 130
+    assert "acl-dist tune --resume" in cluster.logs(job)
+    # 2. resume it from the bucket
+    resumed = cluster.submit("--resume", exp, script="jobs/tune_acl.py")
+    state = cluster.wait(resumed, timeout=900)
+    logs = cluster.logs(resumed)
+    assert state == "SUCCEEDED", logs
+    assert "resuming the search" in logs
+    fs.invalidate_cache()
+    meta = json.loads(fs.cat(f"{exp}/tune.json"))
+    assert meta["concurrent"] == 2                   # 4 CPUs / (1 worker x 1 CPU + 1)
+    summary = json.loads(fs.cat(f"{exp}/summary.json"))
+    rows = summary["trials"]
+    assert len(rows) == 4 and not summary["unfinished"] and summary["errors"] == 0, rows
+    assert all(r["history"][0]["round"] == 1 for r in rows)   # no round reported twice
+    assert all([h["round"] for h in r["history"]] == list(range(1, r["rounds"] + 1))
+               for r in rows)
+    stopped = [r for r in rows if r["stopped_early"]]
+    assert stopped and all(r["rounds"] == 1 for r in stopped)
+    import pyarrow.parquet as pq
+
+    from acl_dist.pipeline import holdout_split
+    from acl_dist.store import FeatureStore
+
+    train_ids = {m.video_id for m in FeatureStore.open(store).metadata("validation")}
+    held = holdout_split(train_ids, 0.2, seed=0)
+    for row in rows:  # a stopped trial trained no further round; the others did both
+        trial = f"{exp}/runs/{row['trial']}"
+        steps = json.loads(fs.cat(f"{trial}/state.json"))["steps"]
+        assert ("round_1.train" in steps) == (not row["stopped_early"]), (row, steps)
+        # the held-out videos were neither clustered nor trained on, but localised and
+        # scored; the test subset was never touched
+        clusters = json.loads(fs.cat(f"{trial}/round_0/clusters.json"))["labels"]
+        assert set(clusters) == train_ids - held
+        with fs.open(f"{trial}/round_0/outputs.parquet") as fh:
+            out = pq.read_table(fh, columns=["video_id", "subset", "descriptor",
+                                             "detections"]).to_pylist()
+        assert {r["subset"] for r in out} == {"validation"}
+        assert {r["video_id"] for r in out if r["descriptor"]} == train_ids - held
+        assert {r["video_id"] for r in out if r["detections"] != "[]"} <= held
+        val = json.loads(fs.cat(f"{trial}/round_0/val.json"))
+        assert val["detections"] > 0 and "held out" in val["validation"]
+        assert not fs.exists(f"{trial}/round_0/eval.json")
+    best = summary["best"]
+    assert best["train.lr"] >= 1e-3 and not best["stopped_early"]
+    assert best["objective"] == max(r["objective"] for r in rows if not r["stopped_early"])
+    csv_rows = fs.cat(f"{exp}/trials.csv").decode().splitlines()
+    assert csv_rows[0].startswith("trial,train.lr,rounds,stopped_early,objective,val_map")
+    assert len(csv_rows) == 5
+    assert "spearman" in fs.cat(f"{exp}/report.html").decode().lower()
+    # 3. the best config reruns with `acl-dist run --config` (one round, to keep CI short)
+    cfg = load_config(f"{exp}/best_config.yaml")
+    assert cfg.train.lr == best["train.lr"] and cfg.train.steps == 20 and cfg.rounds == 2
+    assert cfg.val_fraction == 0.0   # the rerun trains on every training video
+    run = tmp_path / "rerun"
+    rerun = cluster.submit("--store", store, "--out", str(run), "--mode", "unsupervised",
+                           "--num-classes", "3", "--config", f"{exp}/best_config.yaml",
+                           "--set", "rounds=1")
+    assert cluster.wait(rerun, timeout=400) == "SUCCEEDED", cluster.logs(rerun)
+    assert _metrics(run)["average"] is not None
