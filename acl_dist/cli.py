@@ -379,7 +379,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(trials_table(summary))
     print(f"\nexperiment directory: {out}  (trials.csv, summary.json, best_config.yaml, "
           "report.html)")
-    return 130 if summary["unfinished"] else 0
+    return 130 if summary["interrupted"] else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

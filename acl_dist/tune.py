@@ -256,8 +256,8 @@ def tune_trial(config: dict[str, Any], *, store: str, root: str, base: dict[str,
 class Progress(tune.Callback):
     """One line per round report and per finished trial (Tune's own tables are off)."""
 
-    def __init__(self, objective: str, max_rounds: int, quiet: bool):
-        self.objective, self.max_rounds, self.quiet = objective, max_rounds, quiet
+    def __init__(self, objective: str, rounds: int, quiet: bool):
+        self.objective, self.rounds, self.quiet = objective, rounds, quiet
         self.last: dict[str, int] = {}
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -270,7 +270,8 @@ class Progress(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         done = self.last.get(trial.trial_id, 0)
-        how = "finished" if done >= self.max_rounds else f"stopped by ASHA after round {done}"
+        planned = trial.config.get("rounds", self.rounds)  # rounds may be searched
+        how = "finished" if done >= planned else f"stopped by ASHA after round {done}"
         left = sum(t.status in ("PENDING", "RUNNING") for t in trials) - 1
         log(f"  trial {trial.trial_id} {how} ({max(0, left)} pending or running)", self.quiet)
 
@@ -329,6 +330,7 @@ def run_tune(store: str, out: str, base: RunConfig | None, space: dict[str, dict
         if base.mode == "weak" and settings.objective != "val_map":
             raise ConfigError("weak mode has no clustering: tune it with --objective val_map")
         fs = FeatureStore.open(store)
+        user_config = to_dict(base)   # what best_config.yaml builds on (no held-out split)
         note = None
         if not base.val_subset and not base.val_fraction:
             base = config_with({"val_fraction": settings.val_fraction}, to_dict(base))
@@ -348,7 +350,7 @@ def run_tune(store: str, out: str, base: RunConfig | None, space: dict[str, dict
         max_rounds = max(next(iter(rounds_dim.values()))) if rounds_dim else resolved.rounds
         threads = max(1, int(physical) // max(1, concurrent * resolved.train.workers))
         meta = {"store": store, "root": out, "settings": asdict(settings), "space": space,
-                "user_config": to_dict(base), "base": to_dict(resolved),
+                "user_config": user_config, "base": to_dict(resolved),
                 "concurrent": concurrent, "resources": why, "max_rounds": max_rounds,
                 "torch_threads": threads,
                 "attention_actors": max(1, resolved.train.workers) if resolved.train.use_gpu
@@ -375,33 +377,47 @@ def run_tune(store: str, out: str, base: RunConfig | None, space: dict[str, dict
                 search_alg=make_searcher(settings, concurrent), trial_dirname_creator=_trial_dirname),
             run_config=tune.RunConfig(
                 name="tune", storage_path=storage, verbose=0,
-                callbacks=[Progress(settings.objective, max_rounds, quiet)],
+                callbacks=[Progress(settings.objective, resolved.rounds, quiet)],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
     started = time.perf_counter()
     results = tuner.fit()
     log(f"search finished in {time.perf_counter() - started:.0f} s", quiet)
-    summary = summarize(results, meta)
+    summary = summarize(results, meta, saved_status(exp_path))
+    summary["interrupted"] = bool(summary["unfinished"] or summary["not_started"])
     write_results(out, summary, meta)
-    if summary["unfinished"]:
-        log(f"search interrupted with {len(summary['unfinished'])} trial(s) unfinished; "
-            f"continue it with: acl-dist tune --resume {out}", quiet)
+    if summary["interrupted"]:
+        log(f"search interrupted: {len(summary['unfinished'])} trial(s) unfinished, "
+            f"{summary['not_started']} not started; continue it with: "
+            f"acl-dist tune --resume {out}", quiet)
     return summary
 
 
 # --------------------------------------------------------------------------- results
 
 
-def trial_status(results) -> dict[str, str]:
-    """Trial id -> Tune status (``TERMINATED``, ``ERROR``, or ``PENDING``/``PAUSED``/
-    ``RUNNING`` for trials an interrupted search left unfinished)."""
-    return {t.trial_id: t.status for t in results._experiment_analysis.trials}
+def saved_status(exp_path: str) -> dict[str, str]:
+    """Trial id -> status in the experiment's saved state (``TERMINATED``, ``ERROR``, or
+    ``PENDING`` for a trial an interrupted search left to ``--resume``). Read back from
+    storage: after Ctrl-C the in-memory trials all read ``TERMINATED``."""
+    return {t.trial_id: t.status for t in tune.ExperimentAnalysis(exp_path).trials}
 
 
-def trial_rows(results, meta: dict[str, Any]) -> list[dict[str, Any]]:
+def expected_trials(settings: dict[str, Any], space: dict[str, dict]) -> int:
+    """Trials a search makes: ``num_samples``, times every grid's size for the variant
+    generator (random/grid)."""
+    n = settings["num_samples"]
+    if settings["search"] in ("random", "grid"):
+        for dim in space.values():
+            (kind, values), = dim.items()
+            if kind == "grid" or settings["search"] == "grid":
+                n *= len(values)
+    return n
+
+
+def trial_rows(results, meta: dict[str, Any], status: dict[str, str]) -> list[dict[str, Any]]:
     """One row per trial: searched values, rounds run, whether ASHA stopped it, whether it
     is unfinished (an interrupted search), last round's metrics and every round's
-    (``history``)."""
-    status = trial_status(results)
+    (``history``). ``status``: :func:`saved_status`."""
     rows = []
     for res in results:
         df = res.metrics_dataframe
@@ -411,11 +427,12 @@ def trial_rows(results, meta: dict[str, Any]) -> list[dict[str, Any]]:
         last = history[-1] if history else {}
         trial_id = os.path.basename(res.path.rstrip("/"))
         done = status.get(trial_id) in ("TERMINATED", "ERROR")
+        planned = res.config.get("rounds", meta["base"]["rounds"])  # rounds may be searched
         row = {"trial": trial_id,
                **{k: res.config.get(k) for k in meta["space"]},
                "rounds": int(last.get("round") or 0),
                "stopped_early": done and res.error is None
-               and (last.get("round") or 0) < meta["max_rounds"],
+               and (last.get("round") or 0) < planned,
                "unfinished": not done,
                "error": str(res.error).splitlines()[0] if res.error else None,
                **{k: last.get(k) for k in ("objective", *REPORTED, "seconds")},
@@ -435,32 +452,35 @@ def _num(value: Any) -> Any:
 
 
 def rank_correlations(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Spearman correlation of each label-free score with validation mAP across trials,
-    at round 1 (every trial reports it) and at each trial's last round."""
+    """Spearman correlation of each label-free score with validation mAP across trials:
+    per round (``silhouette_round2``: the trials that reached round 2, compared at round 2;
+    the comparison that matters when the label-free score replaces validation mAP) and
+    over every report of every trial (``silhouette_all``: also rewards tracking progress
+    across rounds). Only where at least 3 reports pair up."""
     from scipy.stats import spearmanr
 
     out: dict[str, Any] = {}
+    rounds = sorted({int(rec["round"]) for row in rows for rec in row["history"]
+                     if rec.get("round") is not None})
     for score in ("silhouette", "stability"):
-        for where in ("round1", "last"):
-            pairs = []
-            for row in rows:
-                recs = row["history"][:1] if where == "round1" else row["history"][-1:]
-                for rec in recs:
-                    if rec.get(score) is not None and rec.get("val_map") is not None:
-                        pairs.append((rec[score], rec["val_map"]))
+        groups = {f"{score}_round{r}": [rec for row in rows for rec in row["history"]
+                                        if rec.get("round") == r] for r in rounds}
+        groups[f"{score}_all"] = [rec for row in rows for rec in row["history"]]
+        for name, recs in groups.items():
+            pairs = [(rec[score], rec["val_map"]) for rec in recs
+                     if rec.get(score) is not None and rec.get("val_map") is not None]
             if len(pairs) >= 3:
                 rho, p = spearmanr([a for a, _ in pairs], [b for _, b in pairs])
-                out[f"{score}_{where}"] = {"spearman": _num(rho), "p": _num(p),
-                                           "trials": len(pairs)}
+                out[name] = {"spearman": _num(rho), "p": _num(p), "reports": len(pairs)}
     return out
 
 
-def best_row(rows: list[dict[str, Any]], max_rounds: int) -> dict[str, Any] | None:
+def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The best trial by its last objective, among trials that ran every round (ASHA's
     survivors); trials stopped early only when none did."""
     ok = [r for r in rows if r["objective"] is not None and r["error"] is None
           and not r.get("unfinished")]
-    full = [r for r in ok if r["rounds"] >= max_rounds]
+    full = [r for r in ok if not r["stopped_early"]]
     pool = full or ok
     return max(pool, key=lambda r: r["objective"]) if pool else None
 
@@ -477,9 +497,9 @@ def best_config(meta: dict[str, Any], row: dict[str, Any]) -> RunConfig:
     return config_with(values, meta["user_config"])
 
 
-def summarize(results, meta: dict[str, Any]) -> dict[str, Any]:
-    rows = trial_rows(results, meta)
-    best = best_row(rows, meta["max_rounds"])
+def summarize(results, meta: dict[str, Any], status: dict[str, str]) -> dict[str, Any]:
+    rows = trial_rows(results, meta, status)
+    best = best_row(rows)
     return {"objective": meta["settings"]["objective"], "search": meta["settings"]["search"],
             "space": meta["space"], "validation": meta["validation"],
             "concurrent": meta["concurrent"], "resources": meta["resources"],
@@ -487,6 +507,7 @@ def summarize(results, meta: dict[str, Any]) -> dict[str, Any]:
             "best": best and {k: v for k, v in best.items() if k != "history"},
             "stopped_early": sum(r["stopped_early"] for r in rows),
             "unfinished": [r["trial"] for r in rows if r["unfinished"]],
+            "not_started": max(0, expected_trials(meta["settings"], meta["space"]) - len(rows)),
             "errors": sum(r["error"] is not None for r in rows),
             "rank_correlation": rank_correlations(rows)}
 
@@ -513,15 +534,19 @@ def trials_table(summary: dict[str, Any]) -> str:
               for i, h in enumerate(head)]
     fmt = "  ".join(f"{{:>{w}}}" for w in widths)
     out = [fmt.format(*head)] + [fmt.format(*r) for r in lines]
-    if summary.get("unfinished"):
-        out.append(f"interrupted: {len(summary['unfinished'])} trial(s) unfinished; "
-                   "continue with acl-dist tune --resume DIR")
+    if summary.get("interrupted"):
+        out.append(f"interrupted: {len(summary['unfinished'])} trial(s) unfinished, "
+                   f"{summary['not_started']} not started; continue with "
+                   "acl-dist tune --resume DIR")
     best = summary["best"]
     if best:
         out.append(f"best: {best['trial']} ({summary['objective']} {best['objective']:.3f})")
     for name, rc in summary["rank_correlation"].items():
-        out.append(f"spearman({name.replace('_', ' at ')}, val_map) = {rc['spearman']:.2f} "
-                   f"over {rc['trials']} trials")
+        score, where = name.split("_", 1)
+        where = "every report" if where == "all" else where.replace("round", "round ")
+        rho = "undefined" if rc["spearman"] is None else f"{rc['spearman']:+.2f}"
+        out.append(f"spearman({score}, val_map) at {where}: {rho} over {rc['reports']} "
+                   "reports")
     return "\n".join(out)
 
 
@@ -573,29 +598,28 @@ def tune_report_html(summary: dict[str, Any]) -> str:
              f"time ({html.escape(summary['resources'])}); validation: "
              f"{html.escape(str(summary['validation']))}. The test subset was never used.</p>",
              "<pre>" + html.escape(trials_table(summary)) + "</pre>"]
-    pairs = [(row["history"][-1], row) for row in summary["trials"] if row["history"]]
     try:
         plt = _plt()
     except ImportError:  # a minimal Ray image without matplotlib: the table alone
         return "\n".join(parts + ["<p>(plots need matplotlib)</p>"])
     for score in ("silhouette", "stability"):
-        pts = [(rec[score], rec["val_map"], row["stopped_early"]) for rec, row in pairs
+        pts = [(rec[score], rec["val_map"], int(rec["round"])) for row in summary["trials"]
+               for rec in row["history"]
                if rec.get(score) is not None and rec.get("val_map") is not None]
         if len(pts) < 2:
             continue
-        fig, ax = plt.subplots(figsize=(4.5, 3.2))
-        for stopped, marker, label in ((False, "o", "ran every round"),
-                                       (True, "x", "stopped by ASHA")):
-            sel = [(a, b) for a, b, s in pts if s == stopped]
-            if sel:
-                ax.scatter(*zip(*sel), marker=marker, label=label)
-        ax.set_xlabel(f"{score} (label-free, last round)")
+        fig, ax = plt.subplots(figsize=(4.8, 3.4))
+        for r in sorted({p[2] for p in pts}):
+            sel = [(a, b) for a, b, q in pts if q == r]
+            ax.scatter(*zip(*sel), label=f"round {r}")
+        ax.set_xlabel(f"{score} (label-free)")
         ax.set_ylabel("validation mAP (avg over tIoU)")
-        rc = summary["rank_correlation"].get(f"{score}_last")
-        if rc:
-            ax.set_title(f"Spearman {rc['spearman']:.2f} over {rc['trials']} trials")
+        rc = summary["rank_correlation"].get(f"{score}_all")
+        if rc and rc["spearman"] is not None:
+            ax.set_title(f"Spearman {rc['spearman']:+.2f} over {rc['reports']} reports",
+                         fontsize=9)
         ax.legend(fontsize=8)
         png = base64.b64encode(_figure_png(fig)).decode()
-        parts.append(f"<h2>{score} vs validation mAP</h2><img src='data:image/png;base64,"
-                     f"{png}'>")
+        parts.append(f"<h2>{score} vs validation mAP, every trial and round</h2>"
+                     f"<img src='data:image/png;base64,{png}'>")
     return "\n".join(parts)

@@ -21,10 +21,12 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -56,6 +58,7 @@ class Cluster:
         self.gcs = f"127.0.0.1:{gcs_port}"
         self.dashboard = f"http://127.0.0.1:{dashboard_port}"
         self.procs: list[subprocess.Popen] = []
+        self.cleanup: list[str] = []
 
     def cli(self, *args: str, env: dict[str, str] | None = None, check: bool = True,
             timeout: float = 120) -> subprocess.CompletedProcess:
@@ -139,7 +142,13 @@ def cluster(s3_endpoint, tmp_path_factory):
                 raise AssertionError("the head did not start:\n" +
                                      (logs / "head.log").read_text())
             time.sleep(1)
-        c.procs.append(_start([f"--address={c.gcs}", *common], env, logs / "node.log"))
+        # The second node gets its own temp dir, as a second machine would: sharing the
+        # head's, its runtime-env agent re-extracted each job's working_dir over the one
+        # the driver runs in (the driver's cwd vanished). Short: it holds Unix sockets.
+        node2_tmp = tempfile.mkdtemp(prefix="r2", dir="/tmp")
+        c.cleanup.append(node2_tmp)
+        c.procs.append(_start([f"--address={c.gcs}", f"--temp-dir={node2_tmp}", *common],
+                              env, logs / "node.log"))
         deadline = time.time() + 90
         while len(re.findall(r"^\s*1 node_", c.cli("status", "--address", c.gcs).stdout,
                              re.M)) < 2:
@@ -160,6 +169,8 @@ def cluster(s3_endpoint, tmp_path_factory):
                 os.killpg(proc.pid, signal.SIGKILL)  # anything of that node still running
             except ProcessLookupError:
                 pass
+        for path in c.cleanup:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _metrics(path: Path) -> dict:
@@ -309,7 +320,9 @@ def test_tune_job_asha_interrupt_resume_on_s3_and_best_config_reruns(cluster, s3
     assert "2 at a time" in logs and "20% of the training videos are held out" in logs
     os.kill(_driver_pid(exp, "jobs/tune_acl.py"), signal.SIGINT)
     assert cluster.wait(job, timeout=180) == "FAILED"          # exit status 130
-    assert "acl-dist tune --resume" in cluster.logs(job)
+    assert "search interrupted" in cluster.logs(job)
+    partial = json.loads(fs.cat(f"{exp}/summary.json"))
+    assert partial["interrupted"] and partial["unfinished"]
     # 2. resume it from the bucket
     resumed = cluster.submit("--resume", exp, script="jobs/tune_acl.py")
     state = cluster.wait(resumed, timeout=900)

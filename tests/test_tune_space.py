@@ -11,6 +11,7 @@ from acl_dist.config import RunConfig, to_dict, with_updates
 from acl_dist.errors import ConfigError
 from acl_dist.pipeline import holdout_split
 from acl_dist.tune import (TuneSettings, best_config, best_row, concurrent_trials, config_with,
+                           expected_trials,
                            load_space, make_searcher, rank_correlations, trials_table,
                            tune_param_space, validate_space)
 
@@ -58,6 +59,15 @@ def test_param_space_per_searcher():
     assert grid == {"train.clusters_per_batch": {"grid_search": [2, 4]}}
     with pytest.raises(ConfigError, match="--search optuna: rounds is a grid"):
         tune_param_space(space, "optuna")
+
+
+def test_expected_trials_count_grids():
+    space = {"rounds": {"grid": [2, 3]}, "train.clusters_per_batch": {"choice": [2, 4, 8]},
+             "loss.lambda_sep": {"uniform": [0.1, 1.0]}}
+    assert expected_trials({"search": "random", "num_samples": 4}, space) == 8
+    grid = {k: v for k, v in space.items() if k != "loss.lambda_sep"}
+    assert expected_trials({"search": "grid", "num_samples": 2}, grid) == 12
+    assert expected_trials({"search": "optuna", "num_samples": 5}, space) == 5
 
 
 def test_searchers_limit_concurrency():
@@ -137,13 +147,18 @@ def _row(trial, objective, rounds, val, sil, stab, stopped=False, error=None, z=
 def test_best_trial_ran_every_round_and_correlations_rank_across_trials():
     rows = [_row("a", 5.0, 2, 5.0, 0.1, 0.5, z=2), _row("b", 9.0, 1, 9.0, 0.3, 0.6, True),
             _row("c", 7.0, 2, 7.0, 0.2, 0.7, z=8), _row("d", None, 0, 0, 0, 0, error="boom")]
-    best = best_row(rows, max_rounds=2)
+    best = best_row(rows)
     assert best["trial"] == "c"  # b scored higher but was stopped after round 1
     rc = rank_correlations(rows)
     # silhouette orders a < c < b exactly as val_map does at round 1
     assert rc["silhouette_round1"]["spearman"] == pytest.approx(1.0)
-    assert rc["silhouette_round1"]["trials"] == 3
-    assert "stability_last" in rc
+    assert rc["silhouette_round1"]["reports"] == 3
+    assert "silhouette_round2" not in rc           # only 2 trials reached round 2
+    # every report, as (silhouette, val_map): a (0.1, 5) (0.1, 6), c (0.2, 7) (0.2, 8),
+    # b (0.3, 9): ranks x = 1.5 1.5 3.5 3.5 5 (ties share), y = 1 2 3 4 5; centred,
+    # sum dx*dy = 9, sum dx^2 = 9, sum dy^2 = 10: rho = 9 / sqrt(90)
+    assert rc["stability_all"]["reports"] == 5
+    assert rc["silhouette_all"]["spearman"] == pytest.approx(9 / 90 ** 0.5)
     summary = {"space": {"train.clusters_per_batch": {"choice": [2, 4, 8]}}, "trials": rows,
                "best": best, "objective": "val_map", "rank_correlation": rc}
     table = trials_table(summary)
