@@ -47,7 +47,15 @@ import yaml
 from ray import tune
 
 from . import fsutil
-from .config import RunConfig, from_dict, merge, parse_override, read_yaml, to_dict, to_yaml
+from .config import (
+    RunConfig,
+    from_dict,
+    merge,
+    parse_override,
+    read_yaml,
+    to_dict,
+    to_yaml,
+)
 from .errors import ConfigError
 from .progress import log
 
@@ -303,12 +311,34 @@ def run_tune(store: str, out: str, base: RunConfig | None, space: dict[str, dict
              settings: TuneSettings | None, resume: bool = False,
              quiet: bool = False) -> dict[str, Any]:
     """Run (or resume) a search into ``out``; returns ``summary.json``'s content."""
-    from .distributed import cluster_gpus, init_ray
-    from .pipeline import resolve_config
-    from .store import FeatureStore
+    from .distributed import init_ray
 
     init_ray(quiet=quiet)
+    # Absolute paths, and a driver cwd that nothing replaces: in a job the cwd is the
+    # runtime env's working_dir, which a runtime-env agent sharing the node's disk may
+    # re-extract (seen with two Ray nodes on one machine); Tune's listing of an s3://
+    # experiment (os.path.relpath) then fails on the vanished cwd.
+    out = out if fsutil.is_remote(out) else os.path.abspath(out)
+    if store and not fsutil.is_remote(store):
+        store = os.path.abspath(store)
+    previous = os.getcwd()
+    os.chdir(tempfile.gettempdir())
+    try:
+        return _run_tune(store, out, base, space, settings, resume, quiet)
+    finally:
+        try:
+            os.chdir(previous)
+        except OSError:  # it vanished (see above)
+            pass
+
+
+def _run_tune(store: str, out: str, base: RunConfig | None, space: dict[str, dict] | None,
+              settings: TuneSettings | None, resume: bool, quiet: bool) -> dict[str, Any]:
     import ray
+
+    from .distributed import cluster_gpus
+    from .pipeline import resolve_config
+    from .store import FeatureStore
 
     meta_path = fsutil.join(out, "tune.json")
     exp_path = fsutil.join(out, "tune")

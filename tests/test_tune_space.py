@@ -10,10 +10,20 @@ from acl_dist.cluster import silhouette
 from acl_dist.config import RunConfig, to_dict, with_updates
 from acl_dist.errors import ConfigError
 from acl_dist.pipeline import holdout_split
-from acl_dist.tune import (TuneSettings, best_config, best_row, concurrent_trials, config_with,
-                           expected_trials,
-                           load_space, make_searcher, rank_correlations, trials_table,
-                           tune_param_space, validate_space)
+from acl_dist.tune import (
+    TuneSettings,
+    best_config,
+    best_row,
+    concurrent_trials,
+    config_with,
+    expected_trials,
+    load_space,
+    make_searcher,
+    rank_correlations,
+    trials_table,
+    tune_param_space,
+    validate_space,
+)
 
 
 def test_default_space_searches_z_k_and_the_loss_weights():
@@ -198,3 +208,34 @@ def test_validation_split_of_a_run(tiny_store, tmp_path):
     tiny = resolve_config(RunConfig(num_classes=4, val_fraction=0.001), fs, cpus=2)
     with pytest.raises(ConfigError, match="validation split is empty"):
         Run(store, str(tmp_path / "empty"), tiny, quiet=True)
+
+
+@pytest.mark.ray
+def test_optuna_search_samples_valid_configs_from_the_space(ray_session, tmp_path):
+    """The model-based searcher end to end in Tune (a stand-in trial that only builds the
+    config and reports): our space converts for Optuna, Tune wraps it in its concurrency
+    limiter, and every sample is a valid run config inside the space."""
+    from ray import tune
+
+    space = load_space()
+    settings = TuneSettings(search="optuna", num_samples=3, seed=0)
+
+    def trial(config):
+        cfg = config_with(config)
+        tune.report({"objective": cfg.loss.lambda_sep + cfg.train.videos_per_cluster})
+
+    tuner = tune.Tuner(
+        tune.with_resources(trial, {"cpu": 0, "memory": 2**20}),
+        param_space=tune_param_space(space, "optuna"),
+        tune_config=tune.TuneConfig(metric="objective", mode="max", num_samples=3,
+                                    max_concurrent_trials=1,
+                                    search_alg=make_searcher(settings, 1)),
+        run_config=tune.RunConfig(name="optuna", storage_path=str(tmp_path), verbose=0))
+    results = tuner.fit()
+    assert len(results) == 3 and not results.errors
+    for res in results:
+        c = res.config
+        assert c["train.clusters_per_batch"] in (2, 4, 8)
+        assert c["train.videos_per_cluster"] in (2, 3, 4)
+        assert 0.1 <= c["loss.lambda_sep"] <= 3.0 and 0.1 <= c["loss.lambda_trip"] <= 3.0
+    assert len({res.config["loss.lambda_sep"] for res in results}) == 3
