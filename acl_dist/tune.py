@@ -300,13 +300,6 @@ def _trainable(meta: dict[str, Any]):
     return tune.with_resources(fn, {"cpu": 0, "memory": 2**20})
 
 
-def _storage(path: str) -> tuple[str, Any]:
-    """Tune's storage path and filesystem for an experiment directory."""
-    if fsutil.is_remote(path):
-        return path, None  # pyarrow resolves s3:// (endpoint and keys from the environment)
-    return os.path.abspath(path), None
-
-
 def run_tune(store: str, out: str, base: RunConfig | None, space: dict[str, dict] | None,
              settings: TuneSettings | None, resume: bool = False,
              quiet: bool = False) -> dict[str, Any]:
@@ -349,7 +342,7 @@ def _run_tune(store: str, out: str, base: RunConfig | None, space: dict[str, dic
         if store and store != meta["store"]:
             raise ConfigError(f"--resume: {out} searched {meta['store']}, not {store}")
         log(f"resuming the search in {out}", quiet)
-        tuner = tune.Tuner.restore(_storage(exp_path)[0], trainable=_trainable(meta),
+        tuner = tune.Tuner.restore(exp_path, trainable=_trainable(meta),
                                    resume_unfinished=True, resume_errored=True)
     else:
         if fsutil.exists(meta_path):
@@ -390,7 +383,6 @@ def _run_tune(store: str, out: str, base: RunConfig | None, space: dict[str, dic
         log(f"searching {', '.join(space)} by {settings.search}: {settings.num_samples} "
             f"trial(s), {concurrent} at a time ({why}); objective {settings.objective}, "
             f"ASHA over {max_rounds} rounds (grace {settings.grace_period})", quiet)
-        storage, _ = _storage(out)
         from ray.tune.schedulers import ASHAScheduler
 
         sched = ASHAScheduler(time_attr="round", max_t=max_rounds,
@@ -406,7 +398,7 @@ def _run_tune(store: str, out: str, base: RunConfig | None, space: dict[str, dic
                 else concurrent, scheduler=sched,
                 search_alg=make_searcher(settings, concurrent), trial_dirname_creator=_trial_dirname),
             run_config=tune.RunConfig(
-                name="tune", storage_path=storage, verbose=0,
+                name="tune", storage_path=out, verbose=0,
                 callbacks=[Progress(settings.objective, resolved.rounds, quiet)],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
     started = time.perf_counter()
