@@ -45,6 +45,7 @@ from typing import Any, Literal
 
 import yaml
 from ray import tune
+from ray.tune.schedulers import AsyncHyperBandScheduler
 
 from . import fsutil
 from .config import (
@@ -241,7 +242,11 @@ def tune_trial(config: dict[str, Any], *, store: str, root: str, base: dict[str,
         fsutil.write_json_atomic(fsutil.join(out, "run.json"),
                                  {"store": store, "config": to_dict(cfg), "trial": trial_id})
 
+    history: list[list[float]] = []   # [round, objective] of every round so far
+
     def on_round(r: int, metrics: dict[str, Any]) -> None:
+        if metrics.get(objective) is not None:
+            history.append([metrics["round"], metrics[objective]])
         if metrics["round"] <= reported:
             return
         if objective not in metrics:
@@ -249,6 +254,8 @@ def tune_trial(config: dict[str, Any], *, store: str, root: str, base: dict[str,
                                f"(got {sorted(metrics)})")
         report = {k: v for k, v in metrics.items() if v is not None}
         report["objective"] = metrics[objective]
+        # what ResumableASHA replays when the search is resumed
+        report["objective_history"] = json.dumps(history)
         with tempfile.TemporaryDirectory() as d:
             with open(os.path.join(d, "round.json"), "w") as fh:
                 json.dump({"round": metrics["round"]}, fh)
@@ -259,6 +266,26 @@ def tune_trial(config: dict[str, Any], *, store: str, root: str, base: dict[str,
 
 
 # --------------------------------------------------------------------------- the search
+
+
+class ResumableASHA(AsyncHyperBandScheduler):
+    """ASHA whose rung records survive ``Tuner.restore``.
+
+    Tune restores a search's trials but builds its scheduler afresh from the pickled
+    original, so after ``--resume`` ASHA's rungs would start empty: results reported before
+    the interrupt would set no cutoff and a poor trial reporting first after it would go
+    on (seen: an interrupted 3-trial search stopped nothing once resumed). Every round
+    report carries the trial's ``objective_history`` (a JSON list of ``[round, objective]``);
+    when the restored controller re-adds a trial, its past rounds are replayed into its
+    bracket in order, as if they had just been reported.
+    """
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        super().on_trial_add(tune_controller, trial)
+        past = json.loads((trial.last_result or {}).get("objective_history") or "[]")
+        bracket = self._trial_info[trial.trial_id]
+        for round_index, value in past:
+            bracket.on_result(trial, round_index, self._metric_op * value)
 
 
 class Progress(tune.Callback):
@@ -314,13 +341,17 @@ def run_tune(store: str, out: str, base: RunConfig | None, space: dict[str, dict
     out = out if fsutil.is_remote(out) else os.path.abspath(out)
     if store and not fsutil.is_remote(store):
         store = os.path.abspath(store)
-    previous = os.getcwd()
+    try:
+        previous: str | None = os.getcwd()
+    except FileNotFoundError:  # already replaced under us (see above)
+        previous = None
     os.chdir(tempfile.gettempdir())
     try:
         return _run_tune(store, out, base, space, settings, resume, quiet)
     finally:
         try:
-            os.chdir(previous)
+            if previous is not None:
+                os.chdir(previous)
         except OSError:  # it vanished (see above)
             pass
 
@@ -383,9 +414,7 @@ def _run_tune(store: str, out: str, base: RunConfig | None, space: dict[str, dic
         log(f"searching {', '.join(space)} by {settings.search}: {settings.num_samples} "
             f"trial(s), {concurrent} at a time ({why}); objective {settings.objective}, "
             f"ASHA over {max_rounds} rounds (grace {settings.grace_period})", quiet)
-        from ray.tune.schedulers import ASHAScheduler
-
-        sched = ASHAScheduler(time_attr="round", max_t=max_rounds,
+        sched = ResumableASHA(time_attr="round", max_t=max_rounds,
                               grace_period=settings.grace_period,
                               reduction_factor=settings.reduction_factor)
         tuner = tune.Tuner(

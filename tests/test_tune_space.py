@@ -11,6 +11,7 @@ from acl_dist.config import RunConfig, to_dict, with_updates
 from acl_dist.errors import ConfigError
 from acl_dist.pipeline import holdout_split
 from acl_dist.tune import (
+    ResumableASHA,
     TuneSettings,
     best_config,
     best_row,
@@ -179,6 +180,39 @@ def test_best_trial_ran_every_round_and_correlations_rank_across_trials():
     cfg = best_config(meta, best)
     assert cfg.train.clusters_per_batch == 8 and cfg.train.steps == 40 and cfg.rounds == 2
     assert cfg.train.workers is None  # resources are sized anew by the rerun
+
+
+def _asha(cls):
+    sched = cls(time_attr="round", max_t=2, grace_period=1, reduction_factor=2)
+    assert sched.set_search_properties("objective", "max", config={})
+    return sched
+
+
+def _trial(trial_id: str, last_result: dict | None = None):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(trial_id=trial_id, last_result=last_result or {})
+
+
+def test_resumed_asha_keeps_the_cutoffs_of_rounds_reported_before_the_interrupt():
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    # before the interrupt: "good" reported 30 at round 1 and 50 at round 2 (finished),
+    # "poor" was running and had reported nothing
+    good = {"round": 2, "objective": 50.0, "objective_history": "[[1, 30.0], [2, 50.0]]"}
+    late = {"round": 1, "objective": 10.0}
+    restored = _asha(ResumableASHA)
+    restored.on_trial_add(None, _trial("good", good))
+    restored.on_trial_add(None, _trial("poor"))
+    # round 1 of "poor" is below the rung's cutoff (its only record: 30): stopped
+    assert restored.on_trial_result(None, _trial("poor"), late) == TrialScheduler.STOP
+    # Tune's own ASHA, rebuilt empty on restore, would have let it go on
+    plain = _asha(ASHAScheduler)
+    plain.on_trial_add(None, _trial("good", good))
+    plain.on_trial_add(None, _trial("poor"))
+    assert plain.on_trial_result(None, _trial("poor"), late) == TrialScheduler.CONTINUE
+    # replayed rounds are recorded once, at their own rung, with their own values
+    assert restored._brackets[0]._rungs[-1] == (1, {"good": 30.0, "poor": 10.0})
 
 
 def test_validation_split_of_a_run(tiny_store, tmp_path):
