@@ -25,7 +25,9 @@ from .errors import ConfigError
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The co-attention network of one stream (METHOD.md §4). Widths follow the authors' code.
+    """The co-attention network (METHOD.md §4). Widths follow the authors' code; two
+    defaults differ from the paper (``global_context``, ``fusion``; ``--config paper``
+    restores both): see docs/method.md for the measurements behind them.
 
     Attributes:
         base_dim: width of the base temporal conv (kernel 3) after input dropout.
@@ -36,6 +38,15 @@ class ModelConfig:
         dropout: channel-wise input dropout (the same channels at every time step).
         agnostic_global: give the class-agnostic branch a non-local branch too (the
             authors' code has none there; METHOD.md §16 leaves the paper's form open).
+        global_context: the class branch's global branch runs the non-local block (the
+            paper: True). False (default) keeps only its kernel-1 conv, so each snippet's
+            class logits see a local window: whole-video context let background snippets
+            borrow the action's evidence (-3 to -5 avg mAP on a validation split).
+        fusion: ``late`` (the paper): one network per stream, trained side by side, their
+            outputs averaged with ``localize.rgb_weight``. ``early`` (default): one network
+            on the streams' concatenated features (as W-TALC, BaS-Net and the top-k MIL
+            baseline), whose outputs stand for every stream (descriptors pool each stream
+            with its attention); late fusion cost the MIL baseline ~3 points too.
     """
 
     base_dim: int = 256
@@ -45,6 +56,8 @@ class ModelConfig:
     nonlocal_dim: int = 64
     dropout: float = 0.5
     agnostic_global: bool = False
+    global_context: bool = False
+    fusion: Literal["late", "early"] = "early"
 
 
 @dataclass(frozen=True)

@@ -106,7 +106,8 @@ class CoAttentionNet(nn.Module):
         local_dim = 4 * cfg.branch_dim
         self.local = LocalBlock(cfg.base_dim, cfg.branch_dim, cfg.dilations)
         self.global_in = nn.Conv1d(cfg.base_dim, cfg.global_dim, 1)
-        self.nonlocal_block = NonLocal(cfg.global_dim, cfg.nonlocal_dim)
+        if cfg.global_context:  # no unused parameters without it (DDP would refuse them)
+            self.nonlocal_block = NonLocal(cfg.global_dim, cfg.nonlocal_dim)
         self.fused_dim = cfg.global_dim + local_dim
         self.head = nn.Conv1d(self.fused_dim, num_classes, 1)
         self.agnostic_local = LocalBlock(cfg.base_dim, cfg.branch_dim, cfg.dilations)
@@ -125,7 +126,9 @@ class CoAttentionNet(nn.Module):
         h = self.dropout(x.transpose(1, 2)) * m                 # (B, D, T)
         e = F.relu(self.base(h)) * m                            # (B, base, T)
         local = self.local(e, m)                                # (B, 4w, T)
-        glob = self.nonlocal_block(F.relu(self.global_in(e)) * m, mask)
+        glob = F.relu(self.global_in(e)) * m
+        if self.cfg.global_context:
+            glob = self.nonlocal_block(glob, mask)
         fused = torch.cat([glob, local], dim=1)                 # (B, fused, T)
         cas = self.head(fused) * m                              # (B, C, T)
         agnostic = [self.agnostic_local(e, m)]

@@ -41,17 +41,33 @@ class VideoItem:
         return int(next(iter(self.features.values())).shape[0])
 
 
+EARLY = "early"   # the one network's name under ``model.fusion=early``
+
+
 class StreamModels(nn.Module):
-    """One :class:`CoAttentionNet` per stream, behind one module (one DDP wrapper)."""
+    """The stream networks behind one module (one DDP wrapper): one :class:`CoAttentionNet`
+    per stream (``fusion=late``, the paper), or one on the streams' features concatenated
+    in ``in_dims`` order (``fusion=early``), named :data:`EARLY`."""
 
     def __init__(self, in_dims: dict[str, int], num_classes: int, cfg: ModelConfig):
         super().__init__()
+        self.streams = list(in_dims)
+        self.early = cfg.fusion == "early" and len(in_dims) > 1
+        dims = {EARLY: sum(in_dims.values())} if self.early else in_dims
         self.nets = nn.ModuleDict({s: CoAttentionNet(d, num_classes, cfg)
-                                   for s, d in in_dims.items()})
+                                   for s, d in dims.items()})
 
     def forward(self, inputs: dict[str, torch.Tensor], mask: torch.Tensor
                 ) -> dict[str, ModelOutput]:
+        """``inputs``: stream -> ``(B, T, D_s)``. Returns network name -> outputs."""
+        if self.early:
+            return {EARLY: self.nets[EARLY](torch.cat([inputs[s] for s in self.streams], -1),
+                                            mask)}
         return {s: net(inputs[s], mask) for s, net in self.nets.items()}
+
+    def per_stream(self, outputs: dict[str, ModelOutput]) -> dict[str, ModelOutput]:
+        """Outputs by stream: the early-fused network's stand for every stream."""
+        return {s: outputs[EARLY] for s in self.streams} if self.early else outputs
 
 
 def crop_items(items: Sequence[VideoItem], max_len: int | None, rng: np.random.Generator
@@ -289,7 +305,7 @@ def predict(model: StreamModels, videos: Sequence[tuple[str, dict[str, np.ndarra
         inputs, mask = {}, None
         for s in streams:
             inputs[s], mask = pad_batch([videos[j][1][s] for j in chunk], device=device)
-        outs = model(inputs, mask)
+        outs = model.per_stream(model(inputs, mask))
         lengths = mask.sum(1).cpu().numpy()
         for row, j in enumerate(chunk):
             t = int(lengths[row])

@@ -5,9 +5,11 @@ One network on the concatenated RGB+flow features: 1-D conv (k 3) -> ReLU -> dro
 of its top-k snippets (k = T // 8); cross-entropy against the video labels (normalised
 multi-hot, as ACL's L_cls). Same crops, batch size, steps and optimiser as ACL, and the
 same post-processing (acl_dist.localize with the CAS, uniform attention and the top-k
-scores), so the difference measures ACL's co-attention machinery.
+scores), so the difference measures ACL's co-attention machinery. ``--fusion late`` trains
+one such network per stream and averages their outputs as ACL's ``model.fusion=late`` does
+(on the default benchmark that alone costs the baseline ~3 points: see docs/method.md).
 
-    python bench/mil_baseline.py --store STORE [--steps 400] [--batch 16]
+    python bench/mil_baseline.py --store STORE [--steps 400] [--batch 16] [--fusion late]
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch import nn
 
 from acl_dist.config import LocalizeConfig
 from acl_dist.evaluate import Detection, evaluate_detections, load_ground_truth, parse_tiou
-from acl_dist.localize import localize_video
+from acl_dist.localize import fuse, localize_video
 from acl_dist.losses import topk_pooled
 from acl_dist.model import pad_batch
 from acl_dist.pipeline import default_subsets
@@ -45,7 +47,16 @@ class TopKMIL(nn.Module):
 
 def train_and_evaluate(store_path: str, steps: int = 400, batch: int = 16, max_len: int = 256,
                        lr: float = 1e-3, seed: int = 0, tiou: str | None = None,
-                       localize: LocalizeConfig = LocalizeConfig()) -> dict:
+                       localize: LocalizeConfig = LocalizeConfig(),
+                       exclude: set[str] = frozenset(), eval_subset: str | None = None,
+                       eval_videos: set[str] | None = None, fusion: str = "early") -> dict:
+    """Train on the training subset less ``exclude``; score on ``eval_videos`` of
+    ``eval_subset`` (default: the whole test subset).
+
+    ``fusion``: ``early`` (the baseline: one network on the concatenated streams) or
+    ``late`` (one network per stream, outputs averaged with ``localize.rgb_weight``, as
+    ACL's ``model.fusion=late``).
+    """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     store = FeatureStore.open(store_path)
@@ -53,44 +64,69 @@ def train_and_evaluate(store_path: str, steps: int = 400, batch: int = 16, max_l
     classes = store.classes
     index = {c: i for i, c in enumerate(classes)}
     streams = list(store.streams)
-    train = [(np.concatenate([r.features[s] for s in streams], 1), [index[lb] for lb in r.labels])
-             for r in store.iter_videos(train_subset, dtype=np.float32) if r.labels]
-    model = TopKMIL(sum(store.streams.values()), len(classes))
-    optim = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
+    late = fusion == "late" and len(streams) > 1
+
+    def inputs(features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if late:
+            return {s: features[s] for s in streams}
+        return {"early": np.concatenate([features[s] for s in streams], 1)}
+
+    train = [(inputs(r.features), [index[lb] for lb in r.labels])
+             for r in store.iter_videos(train_subset, dtype=np.float32)
+             if r.labels and r.video_id not in exclude]
+    dims = {s: store.streams[s] for s in streams} if late else {
+        "early": sum(store.streams.values())}
+    models = nn.ModuleDict({name: TopKMIL(d, len(classes)) for name, d in dims.items()})
+    optim = torch.optim.Adam(models.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.MultiStepLR(optim, [steps // 2], 0.1)
     started = time.perf_counter()
-    model.train()
+    models.train()
     for _ in range(steps):
         pick = rng.choice(len(train), size=min(batch, len(train)), replace=False)
-        arrays, targets = [], torch.zeros(len(pick), len(classes))
+        arrays: dict[str, list] = {name: [] for name in dims}
+        targets = torch.zeros(len(pick), len(classes))
         for row, i in enumerate(pick):
             x, labels = train[i]
-            start = int(rng.integers(0, max(1, len(x) - max_len + 1))) if len(x) > max_len else 0
-            arrays.append(x[start:start + max_len])
+            t = len(next(iter(x.values())))
+            start = int(rng.integers(0, max(1, t - max_len + 1))) if t > max_len else 0
+            for name in dims:          # the same window in every stream
+                arrays[name].append(x[name][start:start + max_len])
             targets[row, labels] = 1.0
-        x, mask = pad_batch(arrays)
-        _, video = model(x, mask)
         weights = targets / targets.sum(1, keepdim=True)
-        loss = -(weights * torch.log_softmax(video, 1)).sum(1).mean()
+        loss = torch.zeros(())
+        for name, model in models.items():
+            xb, mask = pad_batch(arrays[name])
+            _, video = model(xb, mask)
+            loss = loss - (weights * torch.log_softmax(video, 1)).sum(1).mean()
         optim.zero_grad()
         loss.backward()
         optim.step()
         sched.step()
     train_seconds = time.perf_counter() - started
-    model.eval()
+    models.eval()
     dets = []
     with torch.no_grad():
-        for r in store.iter_videos(test_subset, dtype=np.float32):
-            x = torch.from_numpy(np.concatenate([r.features[s] for s in streams], 1))[None]
-            cas, video = model(x, torch.ones(1, x.shape[1], dtype=torch.bool))
-            cas, video = cas[0].numpy(), video[0].numpy()
+        for r in store.iter_videos(eval_subset or test_subset, dtype=np.float32):
+            if eval_videos is not None and r.video_id not in eval_videos:
+                continue
+            outs = {}
+            for name, x in inputs(r.features).items():
+                xb = torch.from_numpy(x)[None]
+                cas, video = models[name](xb, torch.ones(1, xb.shape[1], dtype=torch.bool))
+                outs[name] = (cas[0].numpy(), video[0].numpy())
+            if late:
+                w = localize.rgb_weight
+                cas = fuse(outs["rgb"][0], outs["flow"][0], w)
+                video = fuse(outs["rgb"][1], outs["flow"][1], w)
+            else:
+                cas, video = outs["early"]
             for seg in localize_video(cas, np.full(len(cas), 1.0 / len(cas)), video, r.grid,
                                       r.duration, localize):
                 dets.append(Detection(r.video_id, classes[seg.label], seg.score, seg.start,
                                       seg.end))
     from acl_dist.pipeline import _guess_tiou
 
-    gt = load_ground_truth(store_path, test_subset)
+    gt = load_ground_truth(store_path, eval_subset or test_subset, videos=eval_videos)
     res = evaluate_detections(gt, dets, tiou_thresholds=parse_tiou(tiou or _guess_tiou(store)))
     out = res.as_dict()
     out["train_seconds"] = round(train_seconds, 1)
@@ -103,8 +139,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--max-len", type=int, default=256)
+    ap.add_argument("--fusion", choices=["early", "late"], default="early")
     args = ap.parse_args()
-    out = train_and_evaluate(args.store, args.steps, args.batch, args.max_len)
+    out = train_and_evaluate(args.store, args.steps, args.batch, args.max_len,
+                             fusion=args.fusion)
     k = out["tiou"].index(0.5)
     print(f"top-k MIL: mAP@0.5 {out['map'][k]:.2f}  avg {out['average']:.2f}  "
           f"(trained {out['train_seconds']} s)")

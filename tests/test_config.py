@@ -30,6 +30,8 @@ def test_paper_preset_is_the_paper_schedule():
     assert (cfg.train.steps, cfg.train.batch_size, cfg.train.lr) == (30005, 32, 1e-3)
     assert cfg.cluster.descriptor == "attention" and cfg.loss.cls_reduction == "sum"
     assert cfg.train.max_len == 0 and cfg.rounds == 4  # 0: whole videos
+    assert cfg.model.fusion == "late" and cfg.model.global_context   # the paper's network
+    assert load_config().model.fusion == "early"                     # acl-dist's default
 
 
 def test_layering_file_then_flags_then_overrides(tmp_path):

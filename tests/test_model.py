@@ -12,18 +12,23 @@ from acl_dist.model import CoAttentionNet, masked_softmax, pad_batch
 CFG = ModelConfig(base_dim=16, branch_dim=4, global_dim=8, nonlocal_dim=4, dropout=0.5)
 
 
-def make_net(agnostic_global=False, seed=0):
+def make_net(agnostic_global=False, seed=0, global_context=True):
+    """The paper's network (non-local global branch) unless ``global_context=False``."""
     torch.manual_seed(seed)
-    net = CoAttentionNet(6, 3, ModelConfig(**{**CFG.__dict__, "agnostic_global": agnostic_global}))
+    net = CoAttentionNet(6, 3, ModelConfig(**{**CFG.__dict__, "agnostic_global": agnostic_global,
+                                              "global_context": global_context}))
     # Non-zero output projection so the non-local block actually mixes time steps.
-    for nl in [net.nonlocal_block] + ([net.agnostic_nonlocal] if agnostic_global else []):
+    blocks = ([net.nonlocal_block] if global_context else []) + (
+        [net.agnostic_nonlocal] if agnostic_global else [])
+    for nl in blocks:
         torch.nn.init.normal_(nl.out.weight, std=0.3)
     return net.eval()
 
 
-@pytest.mark.parametrize("agnostic_global", [False, True])
-def test_padded_batch_equals_videos_alone(agnostic_global):
-    net = make_net(agnostic_global)
+@pytest.mark.parametrize("agnostic_global,global_context",
+                         [(False, True), (True, True), (False, False)])
+def test_padded_batch_equals_videos_alone(agnostic_global, global_context):
+    net = make_net(agnostic_global, global_context=global_context)
     rng = np.random.default_rng(0)
     videos = [rng.standard_normal((t, 6)).astype(np.float32) for t in (7, 1, 12, 3)]
     x, mask = pad_batch(videos)
@@ -43,6 +48,21 @@ def test_padded_batch_equals_videos_alone(agnostic_global):
         # padding is zero everywhere and carries no attention
         assert out.attention[i, t:].abs().sum() == 0 and out.cas[i, t:].abs().sum() == 0
     torch.testing.assert_close(out.attention.sum(1), torch.ones(4))
+
+
+def test_without_global_context_class_logits_see_only_a_local_window():
+    rng = np.random.default_rng(2)
+    x = torch.from_numpy(rng.standard_normal((1, 12, 6)).astype(np.float32))
+    far = x.clone()
+    far[0, 10] += 5.0              # beyond snippet 0's receptive field (base k3 + d3 k3: 4)
+    mask = torch.ones(1, 12, dtype=torch.bool)
+    torch.manual_seed(0)
+    local = CoAttentionNet(6, 3, ModelConfig(**{**CFG.__dict__, "global_context": False}))
+    local.eval()
+    assert not hasattr(local, "nonlocal_block")   # no parameter DDP would find unused
+    torch.testing.assert_close(local(x, mask).cas[0, 0], local(far, mask).cas[0, 0])
+    net = make_net()               # the paper's: the non-local block mixes the whole video
+    assert not torch.allclose(net(x, mask).cas[0, 0], net(far, mask).cas[0, 0])
 
 
 def test_padding_values_do_not_leak():

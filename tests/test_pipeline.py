@@ -108,7 +108,8 @@ def test_tensorboard_events_per_round(unsupervised_run):
     run, _, _ = unsupervised_run
     for r in (0, 1):
         scalars = read_scalars(run / "tensorboard" / f"round_{r}")
-        assert {f"round_{r}/rgb/cls", f"round_{r}/flow/sep", f"round_{r}/rgb/trip",
+        # one early-fused network (model.fusion's default); late fusion logs rgb/ and flow/
+        assert {f"round_{r}/early/cls", f"round_{r}/early/sep", f"round_{r}/early/trip",
                 f"round_{r}/train/lr", f"round_{r}/train/videos_per_s"} <= set(scalars)
         assert [step for step, _ in scalars[f"round_{r}/train/loss"]] == [3, 6]
         assert all(v > 0 for _, v in scalars[f"round_{r}/train/loss"])

@@ -1,0 +1,176 @@
+"""Weak-mode ablation: which parts of ACL earn their place against top-k MIL.
+
+Trains, in one process and without Ray (the same :func:`acl_dist.train.fit` loop Ray Train
+runs, the same post-processing), the top-k MIL baseline of ``bench/mil_baseline.py`` and
+weak ACL under a list of config variants, all with the same steps, batch and crops, and
+scores each on a **validation split** held out from the training videos (the seeded split
+of ``acl_dist.pipeline.holdout_split``). Choices of defaults are made here, never on the
+test subset; ``--test`` then trains the named variants on every training video and scores
+them on the test subset, for the record.
+
+    python bench/weak_ablation.py [--store bench_runs/store] [--variants default,no_sep_trip]
+        [--seeds 0,1,2] [--test default]
+
+The store defaults to the default synthetic THUMOS-like benchmark (made if missing, the
+one bench/acl_benchmark.py uses).
+
+Prints a table (mAP@0.5 and average over the store's tIoUs, mean over seeds) and writes
+``weak_ablation.json`` beside the store (or ``--out``). Each variant takes ~1-2 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from mil_baseline import train_and_evaluate  # noqa: E402
+
+from acl_dist.config import RunConfig, load_config  # noqa: E402
+from acl_dist.evaluate import (Detection, evaluate_detections, load_ground_truth,  # noqa: E402
+                               parse_tiou)
+from acl_dist.localize import localize_video  # noqa: E402
+from acl_dist.pipeline import holdout_split, resolve_config  # noqa: E402
+from acl_dist.store import FeatureStore  # noqa: E402
+from acl_dist.synth import SynthConfig, synthesize  # noqa: E402
+from acl_dist.train import VideoItem, fit, load_models, make_checkpoint, predict  # noqa: E402
+
+# name -> dotted overrides on top of the weak defaults (early fusion, no non-local block)
+VARIANTS: dict[str, list[str]] = {
+    "default": [],
+    "paper_network": ["model.fusion=late", "model.global_context=true"],
+    "late": ["model.fusion=late"],
+    "nonlocal": ["model.global_context=true"],
+    "no_sep_trip": ["loss.lambda_sep=0", "loss.lambda_trip=0"],
+    "paper_network_no_sep_trip": ["model.fusion=late", "model.global_context=true",
+                                  "loss.lambda_sep=0", "loss.lambda_trip=0"],
+    "no_topk": ["loss.lambda_topk=0"],
+    "dil11": ["model.dilations=[1,1]"],
+    "sep_agnostic": ["loss.sep_attention=agnostic"],
+    "cas_attention": ["localize.signal=cas_attention"],
+    "dropout02": ["model.dropout=0.2"],
+}
+
+
+def weak_config(store: FeatureStore, overrides: list[str], seed: int) -> RunConfig:
+    cfg = load_config(None, overrides + [f"train.seed={seed}", f"seed={seed}"], mode="weak")
+    return resolve_config(cfg, store, cpus=os.cpu_count())
+
+
+def score(store_path: str, store: FeatureStore, cfg: RunConfig, ckpt: dict, subset: str,
+          videos: set[str] | None) -> dict:
+    """Localise ``videos`` of ``subset`` (all when None) with a checkpoint; mAP dict."""
+    model = load_models(ckpt)
+    classes = store.classes
+    records = [r for r in store.iter_videos(subset, dtype=np.float32)
+               if videos is None or r.video_id in videos]
+    preds = predict(model, [(r.video_id, r.features) for r in records])
+    dets = []
+    for r, p in zip(records, preds):
+        cas, att, logits = p.fused(cfg.localize.rgb_weight)
+        for seg in localize_video(cas, att, logits, r.grid, r.duration, cfg.localize):
+            dets.append(Detection(r.video_id, classes[seg.label], seg.score, seg.start, seg.end))
+    gt = load_ground_truth(store_path, subset, videos=videos)
+    return evaluate_detections(gt, dets, tiou_thresholds=parse_tiou(cfg.tiou)).as_dict()
+
+
+def train_weak(store: FeatureStore, cfg: RunConfig, exclude: set[str]) -> dict:
+    index = {c: i for i, c in enumerate(store.classes)}
+    items = [VideoItem(r.video_id, r.features, [index[lb] for lb in r.labels])
+             for r in store.iter_videos(cfg.train_subset, dtype=np.float32)
+             if r.labels and r.video_id not in exclude]
+    in_dims = dict(store.streams)
+    result = fit(items, cfg, len(store.classes), in_dims)
+    return make_checkpoint(result.state_dict, cfg, len(store.classes), in_dims,
+                           list(store.classes), 0)
+
+
+def at(res: dict, tiou: float = 0.5) -> float:
+    return res["map"][res["tiou"].index(tiou)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--store", default=os.path.join("bench_runs", "store"))
+    ap.add_argument("--variants", default="default,paper_network,no_sep_trip",
+                    help=f"comma list of {sorted(VARIANTS)} (or 'all')")
+    ap.add_argument("--seeds", default="0", help="comma list of training seeds")
+    ap.add_argument("--val-fraction", type=float, default=0.2)
+    ap.add_argument("--no-mil", action="store_true", help="skip the top-k MIL baseline")
+    ap.add_argument("--test", default="",
+                    help="comma list of variants to also train on all training videos and "
+                         "score on the test subset (with the MIL baseline)")
+    ap.add_argument("--out", default=None,
+                    help="results JSON (default: weak_ablation.json beside the store)")
+    args = ap.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    if not os.path.exists(os.path.join(args.store, "manifest.json")):
+        synthesize(SynthConfig(), args.store, quiet=True)
+    store = FeatureStore.open(args.store)
+    names = sorted(VARIANTS) if args.variants == "all" else args.variants.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    base = weak_config(store, [], 0)
+    train_ids = {m.video_id for m in store.metadata(base.train_subset)}
+    held = holdout_split(train_ids, args.val_fraction, seed=0)
+    print(f"{len(train_ids) - len(held)} training videos, {len(held)} held out; "
+          f"{base.train.steps} steps of {base.train.batch_size} videos, crops "
+          f"{base.train.max_len}", flush=True)
+    results: dict[str, list[dict]] = {}
+    for fusion in () if args.no_mil else ("early", "late"):
+        name = "top-k MIL" + (" (late fusion)" if fusion == "late" else "")
+        for seed in seeds:
+            t0 = time.perf_counter()
+            res = train_and_evaluate(args.store, base.train.steps, base.train.batch_size,
+                                     base.train.max_len or 10**9, seed=seed,
+                                     localize=base.localize, exclude=held, eval_videos=held,
+                                     eval_subset=base.train_subset, fusion=fusion)
+            res["seconds"] = round(time.perf_counter() - t0, 1)
+            results.setdefault(name, []).append(res)
+            print(f"{name} seed {seed}: {at(res):.2f} / {res['average']:.2f}", flush=True)
+    for name in names:
+        for seed in seeds:
+            cfg = weak_config(store, VARIANTS[name], seed)
+            t0 = time.perf_counter()
+            ckpt = train_weak(store, cfg, held)
+            res = score(args.store, store, cfg, ckpt, cfg.train_subset, held)
+            res["seconds"] = round(time.perf_counter() - t0, 1)
+            results.setdefault(name, []).append(res)
+            print(f"{name} seed {seed}: {at(res):.2f} / {res['average']:.2f} "
+                  f"({res['seconds']:.0f} s)", flush=True)
+    test: dict[str, dict] = {}
+    if args.test:
+        test["top-k MIL"] = train_and_evaluate(
+            args.store, base.train.steps, base.train.batch_size, base.train.max_len or 10**9,
+            localize=base.localize)
+        for name in args.test.split(","):
+            cfg = weak_config(store, VARIANTS[name], 0)
+            test[name] = score(args.store, store, cfg, train_weak(store, cfg, set()),
+                               cfg.test_subset, None)
+    print(f"\nvalidation split ({len(held)} held-out training videos), mean over seeds "
+          f"{seeds}")
+    print(f"{'variant':32s} {'mAP@0.5':>8s} {'avg':>7s} {'per seed avg':>24s}")
+    for name, runs in results.items():
+        m50 = float(np.mean([at(r) for r in runs]))
+        avg = float(np.mean([r["average"] for r in runs]))
+        per = " ".join(f"{r['average']:.2f}" for r in runs)
+        print(f"{name:32s} {m50:8.2f} {avg:7.2f} {per:>24s}")
+    if test:
+        print("\ntest subset (trained on all training videos, seed 0)")
+        for name, res in test.items():
+            print(f"{name:32s} {at(res):8.2f} {res['average']:7.2f}")
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.store)),
+                                   "weak_ablation.json")
+    with open(out, "w") as fh:
+        json.dump({"validation": results, "test": test, "held_out": len(held)}, fh, indent=1)
+    print(f"\nresults: {out}")
+
+
+if __name__ == "__main__":
+    main()
