@@ -1,4 +1,5 @@
-"""The temporal co-attention network of one stream (METHOD.md §4-5). No Ray, no DDP.
+"""The temporal co-attention network (METHOD.md §4-5) of one stream, or of the streams'
+concatenated features (``model.fusion=early``, the default). No Ray, no DDP.
 
 Works on padded batches of whole videos: ``x`` is ``(B, T, D)`` with a boolean ``mask``
 ``(B, T)`` marking real snippets. Every layer re-zeroes padded positions, so a padded
@@ -89,8 +90,9 @@ class ModelOutput:
 
 
 class CoAttentionNet(nn.Module):
-    """Input dropout -> base conv -> FAB (local branches + non-local global branch) ->
-    class-specific head O; a second local block -> class-agnostic attention S; p = S^T O.
+    """Input dropout -> base conv -> FAB (local branches + global branch: k1 conv, then the
+    non-local block when ``cfg.global_context``) -> class-specific head O; a second local
+    block -> class-agnostic attention S; p = S^T O.
 
     Args:
         in_dim: D, the feature dim of the stream.

@@ -9,7 +9,8 @@ per round on this 2-core machine):
 3. the plain top-k MIL localiser of bench/mil_baseline.py with the same steps and batch;
 4. with --paper-descriptor, unsupervised ACL again with the paper's X^T S descriptor.
 
-Prints a table and writes bench_results.json under --out. About 15-25 minutes on 2 cores.
+Prints a table and writes bench_results.json under --out. About 8 minutes on 2 cores (15 with
+--paper-descriptor).
 
     python bench/acl_benchmark.py [--out bench_runs] [--paper-descriptor] [--weak-only]
 """
