@@ -25,14 +25,16 @@ from .errors import ConfigError
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The co-attention network (METHOD.md §4). Widths follow the authors' code; two
-    defaults differ from the paper (``global_context``, ``fusion``; ``--config paper``
-    restores both): see docs/method.md for the measurements behind them.
+    """The co-attention network (METHOD.md §4). Widths follow the authors' code; three
+    defaults differ from the paper (``global_context``, ``fusion``, ``dilations``;
+    ``--config paper`` restores them): see docs/method.md for the measurements behind them.
 
     Attributes:
         base_dim: width of the base temporal conv (kernel 3) after input dropout.
-        branch_dim: width of each of the four local branches (k3 d1, k3 d2, k3 d3, k1).
-        dilations: the dilated pyramid's two rates.
+        branch_dim: width of each of the four local branches (k3 d1, the two pyramid k3s, k1).
+        dilations: the dilated pyramid's two rates (the paper: 2 and 3). The default (1, 1)
+            makes the pyramid two more plain k3 convs: a shorter reach per snippet localised
+            better (+2.4 avg mAP in weak mode over three validation splits).
         global_dim: width of the global (non-local) branch after its kernel-1 conv.
         nonlocal_dim: inner width of the embedded-Gaussian non-local block.
         dropout: channel-wise input dropout (the same channels at every time step).
@@ -51,7 +53,7 @@ class ModelConfig:
 
     base_dim: int = 256
     branch_dim: int = 32
-    dilations: tuple[int, int] = (2, 3)
+    dilations: tuple[int, int] = (1, 1)
     global_dim: int = 128
     nonlocal_dim: int = 64
     dropout: float = 0.5

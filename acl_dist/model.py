@@ -30,8 +30,8 @@ def masked_softmax(logits: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> t
 
 
 class LocalBlock(nn.Module):
-    """Four parallel temporal convs (k3 d1, k3 d2, k3 d3 -- the plain branch and the
-    dilated pyramid -- and k1), each ReLU'd, concatenated: ``(B, Cin, T) -> (B, 4*w, T)``."""
+    """Four parallel temporal convs (k3 d1, the pyramid's k3 at ``dilations`` -- the paper's
+    d2 and d3 -- and k1), each ReLU'd, concatenated: ``(B, Cin, T) -> (B, 4*w, T)``."""
 
     def __init__(self, in_dim: int, branch_dim: int, dilations: tuple[int, int]):
         super().__init__()

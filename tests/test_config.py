@@ -13,7 +13,7 @@ from acl_dist.errors import ConfigError
 def test_defaults_and_round_trip():
     cfg = RunConfig()
     assert cfg.loss.lambda_sep == 1.0 and cfg.loss.lambda_trip == 1.0  # both on by default
-    assert cfg.train.videos_per_cluster == 2 and cfg.model.dilations == (2, 3)
+    assert cfg.train.videos_per_cluster == 2 and cfg.model.dilations == (1, 1)
     again = from_dict(RunConfig, yaml.safe_load(to_yaml(cfg)))
     assert again == cfg
 
@@ -31,6 +31,7 @@ def test_paper_preset_is_the_paper_schedule():
     assert cfg.cluster.descriptor == "attention" and cfg.loss.cls_reduction == "sum"
     assert cfg.train.max_len == 0 and cfg.rounds == 4  # 0: whole videos
     assert cfg.model.fusion == "late" and cfg.model.global_context   # the paper's network
+    assert cfg.model.dilations == (2, 3)
     assert load_config().model.fusion == "early"                     # acl-dist's default
 
 

@@ -54,7 +54,7 @@ def test_without_global_context_class_logits_see_only_a_local_window():
     rng = np.random.default_rng(2)
     x = torch.from_numpy(rng.standard_normal((1, 12, 6)).astype(np.float32))
     far = x.clone()
-    far[0, 10] += 5.0              # beyond snippet 0's receptive field (base k3 + d3 k3: 4)
+    far[0, 10] += 5.0              # beyond snippet 0's reach (base k3 + at most d3 k3: 4)
     mask = torch.ones(1, 12, dtype=torch.bool)
     torch.manual_seed(0)
     local = CoAttentionNet(6, 3, ModelConfig(**{**CFG.__dict__, "global_context": False}))
