@@ -65,3 +65,14 @@ def test_fit_predict_and_checkpoint_round_trip(fusion):
             np.testing.assert_allclose(cas, 2 / 3 * p.cas["rgb"] + 1 / 3 * p.cas["flow"],
                                        rtol=1e-6, atol=1e-6)
         assert att.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_checkpoint_from_before_the_fusion_option_loads_as_the_papers_network():
+    cfg = load_config("tiny", ["model.fusion=late", "model.global_context=true",
+                               "train.steps=2", "train.batch_size=4", "train.max_len=0"])
+    result = fit(_items(4), cfg, 2, DIMS)
+    ckpt = make_checkpoint(result.state_dict, cfg, 2, DIMS, ["a", "b"], 0)
+    for key in ("fusion", "global_context"):    # as written by earlier versions
+        del ckpt["model_config"][key]
+    model = load_models(ckpt)
+    assert list(model.nets) == ["rgb", "flow"] and hasattr(model.nets["rgb"], "nonlocal_block")
