@@ -1,7 +1,8 @@
 """From class activation sequences and attention to scored segments (METHOD.md §10,
 FORMATS.md §4). Pure numpy.
 
-Per video, after late fusion of the RGB and flow models:
+Per video, on the fused outputs (the early-fused network's, or the stream networks'
+averaged with ``rgb_weight`` under ``model.fusion=late``):
 
 1. class gate: keep classes whose softmax video score exceeds ``class_threshold`` (the top
    class always);

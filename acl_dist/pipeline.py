@@ -12,7 +12,7 @@ Run directory (local or ``s3://``)::
     RUN/state.json           finished steps with their seconds; written after each step
     RUN/round_<r>/descriptors.parquet   (r = 0, unsupervised) uniform descriptors
     RUN/round_<r>/clusters.json         pseudo-labels, clustering stats, class mapping
-    RUN/round_<r>/model.pt              the round's two stream models
+    RUN/round_<r>/model.pt              the round's network(s) (one, or one per stream)
     RUN/round_<r>/outputs.parquet       attention pass: descriptors, test CAS/attention/dets
     RUN/round_<r>/eval.json             this round's test mAP (diagnostic, never selection)
     RUN/round_<r>/val.json              this round's validation mAP (what Tune selects on)

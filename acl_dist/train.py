@@ -1,10 +1,11 @@
-"""Training and inference of the two stream models (one round of localisation).
+"""Training and inference of the co-attention network(s) (one round of localisation).
 
 :func:`fit` is the per-worker loop. It is plain PyTorch: Ray Train calls it from
 :func:`acl_dist.distributed.train_loop_per_worker` with the worker's data shard, a DDP
-wrapper and a reporting hook; tests and the GPU check call it directly. The RGB and flow
-models are independent networks (trained "separately", METHOD.md §10) that share the batch
-and one Adam (Adam's state is per parameter, so this equals two optimisers).
+wrapper and a reporting hook; tests and the GPU check call it directly. By default one
+network takes the streams' concatenated features (``model.fusion=early``); under the paper's
+``late`` fusion the RGB and flow networks are independent (trained "separately", METHOD.md
+§10) and share the batch and one Adam (Adam's state is per parameter: two optimisers).
 """
 
 from __future__ import annotations
