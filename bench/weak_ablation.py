@@ -98,6 +98,41 @@ def at(res: dict, tiou: float = 0.5) -> float:
     return res["map"][res["tiou"].index(tiou)]
 
 
+MIL_FUSION = {"top-k MIL": "early", "top-k MIL (late fusion)": "late"}
+
+
+def run_one(store_path: str, store: FeatureStore, base: RunConfig, name: str, seed: int,
+            held: set[str] | None) -> dict:
+    """Train ``name`` (a variant or a MIL baseline) with ``seed`` on the training videos less
+    ``held`` and score it on ``held``; with ``held`` None, on every training video, scored
+    on the test subset. mAP dict plus ``seconds``."""
+    t0 = time.perf_counter()
+    if name in MIL_FUSION:
+        where = {} if held is None else {"exclude": held, "eval_videos": held,
+                                         "eval_subset": base.train_subset}
+        res = train_and_evaluate(store_path, base.train.steps, base.train.batch_size,
+                                 base.train.max_len or 10**9, seed=seed,
+                                 localize=base.localize, fusion=MIL_FUSION[name], **where)
+    else:
+        cfg = weak_config(store, VARIANTS[name], seed)
+        ckpt = train_weak(store, cfg, held or set())
+        subset = cfg.test_subset if held is None else cfg.train_subset
+        res = score(store_path, store, cfg, ckpt, subset, held)
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    return res
+
+
+def print_table(title: str, results: dict[str, list[dict]]) -> None:
+    """mAP@0.5 and average (mean over seeds) per model, and each seed's average."""
+    print(f"\n{title}")
+    print(f"{'variant':32s} {'mAP@0.5':>8s} {'avg':>7s} {'per seed avg':>24s}")
+    for name, runs in results.items():
+        m50 = float(np.mean([at(r) for r in runs]))
+        avg = float(np.mean([r["average"] for r in runs]))
+        per = " ".join(f"{r['average']:.2f}" for r in runs)
+        print(f"{name:32s} {m50:8.2f} {avg:7.2f} {per:>24s}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", default=os.path.join("bench_runs", "store"))
@@ -130,56 +165,23 @@ def main() -> None:
           f"{base.train.steps} steps of {base.train.batch_size} videos, crops "
           f"{base.train.max_len}", flush=True)
     results: dict[str, list[dict]] = {}
-    for fusion in () if args.no_mil else ("early", "late"):
-        name = "top-k MIL" + (" (late fusion)" if fusion == "late" else "")
+    for name in ([] if args.no_mil else list(MIL_FUSION)) + names:
         for seed in seeds:
-            t0 = time.perf_counter()
-            res = train_and_evaluate(args.store, base.train.steps, base.train.batch_size,
-                                     base.train.max_len or 10**9, seed=seed,
-                                     localize=base.localize, exclude=splits[seed],
-                                     eval_videos=splits[seed],
-                                     eval_subset=base.train_subset, fusion=fusion)
-            res["seconds"] = round(time.perf_counter() - t0, 1)
-            results.setdefault(name, []).append(res)
-            print(f"{name} seed {seed}: {at(res):.2f} / {res['average']:.2f}", flush=True)
-    for name in names:
-        for seed in seeds:
-            cfg = weak_config(store, VARIANTS[name], seed)
-            t0 = time.perf_counter()
-            ckpt = train_weak(store, cfg, splits[seed])
-            res = score(args.store, store, cfg, ckpt, cfg.train_subset, splits[seed])
-            res["seconds"] = round(time.perf_counter() - t0, 1)
+            res = run_one(args.store, store, base, name, seed, splits[seed])
             results.setdefault(name, []).append(res)
             print(f"{name} seed {seed}: {at(res):.2f} / {res['average']:.2f} "
                   f"({res['seconds']:.0f} s)", flush=True)
     test: dict[str, list[dict]] = {}
     for name in ([] if not args.test else ["top-k MIL", *args.test.split(",")]):
         for seed in seeds:
-            if name == "top-k MIL":
-                res = train_and_evaluate(args.store, base.train.steps, base.train.batch_size,
-                                         base.train.max_len or 10**9, seed=seed,
-                                         localize=base.localize)
-            else:
-                cfg = weak_config(store, VARIANTS[name], seed)
-                res = score(args.store, store, cfg, train_weak(store, cfg, set()),
-                            cfg.test_subset, None)
+            res = run_one(args.store, store, base, name, seed, None)
             test.setdefault(name, []).append(res)
             print(f"test: {name} seed {seed}: {at(res):.2f} / {res['average']:.2f}", flush=True)
-    print(f"\nvalidation splits (~{len(held)} held-out training videos each), mean over seeds "
-          f"{seeds}")
-    print(f"{'variant':32s} {'mAP@0.5':>8s} {'avg':>7s} {'per seed avg':>24s}")
-    for name, runs in results.items():
-        m50 = float(np.mean([at(r) for r in runs]))
-        avg = float(np.mean([r["average"] for r in runs]))
-        per = " ".join(f"{r['average']:.2f}" for r in runs)
-        print(f"{name:32s} {m50:8.2f} {avg:7.2f} {per:>24s}")
+    print_table(f"validation splits (~{len(held)} held-out training videos each), mean over "
+                f"seeds {seeds}", results)
     if test:
-        print(f"\ntest subset (trained on every training video), mean over seeds {seeds}")
-        for name, runs in test.items():
-            m50 = float(np.mean([at(r) for r in runs]))
-            avg = float(np.mean([r["average"] for r in runs]))
-            per = " ".join(f"{r['average']:.2f}" for r in runs)
-            print(f"{name:32s} {m50:8.2f} {avg:7.2f} {per:>24s}")
+        print_table(f"test subset (trained on every training video), mean over seeds {seeds}",
+                    test)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.store)),
                                    "weak_ablation.json")
     with open(out, "w") as fh:
