@@ -31,13 +31,16 @@ def masked_softmax(logits: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> t
 
 class LocalBlock(nn.Module):
     """Four parallel temporal convs (k3 d1, the pyramid's k3 at ``dilations`` -- the paper's
-    d2 and d3 -- and k1), each ReLU'd, concatenated: ``(B, Cin, T) -> (B, 4*w, T)``."""
+    d2 and d3 -- and k1), each ReLU'd, concatenated: ``(B, Cin, T) -> (B, 4*w, T)``.
+    ``kernel`` replaces the three k3s' kernel (1: every branch sees one snippet)."""
 
-    def __init__(self, in_dim: int, branch_dim: int, dilations: tuple[int, int]):
+    def __init__(self, in_dim: int, branch_dim: int, dilations: tuple[int, int],
+                 kernel: int = 3):
         super().__init__()
         self.branches = nn.ModuleList(
-            [nn.Conv1d(in_dim, branch_dim, 3, padding=1)]
-            + [nn.Conv1d(in_dim, branch_dim, 3, padding=d, dilation=d) for d in dilations]
+            [nn.Conv1d(in_dim, branch_dim, kernel, padding=kernel // 2)]
+            + [nn.Conv1d(in_dim, branch_dim, kernel, padding=d * (kernel // 2), dilation=d)
+               for d in dilations]
             + [nn.Conv1d(in_dim, branch_dim, 1)])
 
     def forward(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -104,15 +107,17 @@ class CoAttentionNet(nn.Module):
         super().__init__()
         self.in_dim, self.num_classes, self.cfg = in_dim, num_classes, cfg
         self.dropout = nn.Dropout1d(cfg.dropout)
-        self.base = nn.Conv1d(in_dim, cfg.base_dim, 3, padding=1)
+        self.base = nn.Conv1d(in_dim, cfg.base_dim, cfg.base_kernel,
+                              padding=cfg.base_kernel // 2)
         local_dim = 4 * cfg.branch_dim
-        self.local = LocalBlock(cfg.base_dim, cfg.branch_dim, cfg.dilations)
+        self.local = LocalBlock(cfg.base_dim, cfg.branch_dim, cfg.dilations, cfg.local_kernel)
         self.global_in = nn.Conv1d(cfg.base_dim, cfg.global_dim, 1)
         if cfg.global_context:  # no unused parameters without it (DDP would refuse them)
             self.nonlocal_block = NonLocal(cfg.global_dim, cfg.nonlocal_dim)
         self.fused_dim = cfg.global_dim + local_dim
         self.head = nn.Conv1d(self.fused_dim, num_classes, 1)
-        self.agnostic_local = LocalBlock(cfg.base_dim, cfg.branch_dim, cfg.dilations)
+        self.agnostic_local = LocalBlock(cfg.base_dim, cfg.branch_dim, cfg.dilations,
+                                         cfg.local_kernel)
         agnostic_dim = local_dim
         if cfg.agnostic_global:
             self.agnostic_global_in = nn.Conv1d(cfg.base_dim, cfg.global_dim, 1)

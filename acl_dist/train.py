@@ -255,9 +255,11 @@ def make_checkpoint(state_dict: dict[str, torch.Tensor], cfg: RunConfig, num_cla
 
 def load_models(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> StreamModels:
     """Rebuild :class:`StreamModels` from :func:`make_checkpoint` output (eval mode)."""
-    # checkpoints written before ``fusion`` and ``global_context`` existed hold the paper's
-    # network (two stream networks, non-local block); their dilations are stored
-    stored = {"fusion": "late", "global_context": True, **ckpt["model_config"]}
+    # checkpoints written before ``fusion``, ``global_context`` and the kernels existed
+    # hold the paper's network (two stream networks, non-local block, k3 convs); their
+    # dilations are stored
+    stored = {"fusion": "late", "global_context": True, "base_kernel": 3, "local_kernel": 3,
+              **ckpt["model_config"]}
     model = StreamModels(ckpt["in_dims"], ckpt["num_classes"], from_dict(ModelConfig, stored))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval()

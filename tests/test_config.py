@@ -32,7 +32,16 @@ def test_paper_preset_is_the_paper_schedule():
     assert cfg.train.max_len == 0 and cfg.rounds == 4  # 0: whole videos
     assert cfg.model.fusion == "late" and cfg.model.global_context   # the paper's network
     assert cfg.model.dilations == (2, 3)
-    assert load_config().model.fusion == "early"                     # acl-dist's default
+    assert cfg.model.base_kernel == 3 and cfg.model.local_kernel == 3
+    default = load_config().model                                    # acl-dist's defaults
+    assert default.fusion == "early" and (default.base_kernel, default.local_kernel) == (1, 1)
+
+
+@pytest.mark.parametrize("key", ["base_kernel", "local_kernel"])
+@pytest.mark.parametrize("kernel", ["0", "2"])
+def test_an_even_or_empty_kernel_is_refused(key, kernel):
+    with pytest.raises(ConfigError, match=f"model.{key}"):
+        load_config(None, [f"model.{key}={kernel}"])
 
 
 def test_layering_file_then_flags_then_overrides(tmp_path):

@@ -50,18 +50,31 @@ def test_padded_batch_equals_videos_alone(agnostic_global, global_context):
     torch.testing.assert_close(out.attention.sum(1), torch.ones(4))
 
 
-def test_without_global_context_class_logits_see_only_a_local_window():
+@pytest.mark.parametrize("base_kernel,local_kernel,reach", [(1, 3, 1), (3, 3, 2), (1, 1, 0)])
+def test_without_global_context_class_logits_see_only_a_local_window(base_kernel, local_kernel,
+                                                                     reach):
+    """Snippet 0's class logits depend on snippets 0..reach: base conv (k1 or k3) plus the
+    FAB's branches (k3 or k1) at dilations (1, 1)."""
     rng = np.random.default_rng(2)
     x = torch.from_numpy(rng.standard_normal((1, 12, 6)).astype(np.float32))
-    far = x.clone()
-    far[0, 10] += 5.0              # beyond snippet 0's reach (base k3 + at most d3 k3: 4)
     mask = torch.ones(1, 12, dtype=torch.bool)
     torch.manual_seed(0)
-    local = CoAttentionNet(6, 3, ModelConfig(**{**CFG.__dict__, "global_context": False}))
-    local.eval()
+    local = CoAttentionNet(6, 3, ModelConfig(**{**CFG.__dict__, "global_context": False,
+                                                "base_kernel": base_kernel,
+                                                "local_kernel": local_kernel,
+                                                "dilations": (1, 1)})).eval()
     assert not hasattr(local, "nonlocal_block")   # no parameter DDP would find unused
-    torch.testing.assert_close(local(x, mask).cas[0, 0], local(far, mask).cas[0, 0])
+
+    def cas0_after_changing(t: int) -> torch.Tensor:
+        moved = x.clone()
+        moved[0, t] += 5.0
+        return local(moved, mask).cas[0, 0]
+
+    torch.testing.assert_close(local(x, mask).cas[0, 0], cas0_after_changing(reach + 1))
+    assert not torch.allclose(local(x, mask).cas[0, 0], cas0_after_changing(reach))
     net = make_net()               # the paper's: the non-local block mixes the whole video
+    far = x.clone()
+    far[0, 10] += 5.0
     assert not torch.allclose(net(x, mask).cas[0, 0], net(far, mask).cas[0, 0])
 
 

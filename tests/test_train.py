@@ -69,10 +69,13 @@ def test_fit_predict_and_checkpoint_round_trip(fusion):
 
 def test_a_checkpoint_from_before_the_fusion_option_loads_as_the_papers_network():
     cfg = load_config("tiny", ["model.fusion=late", "model.global_context=true",
-                               "train.steps=2", "train.batch_size=4", "train.max_len=0"])
+                               "model.base_kernel=3", "model.local_kernel=3", "train.steps=2",
+                               "train.batch_size=4", "train.max_len=0"])
     result = fit(_items(4), cfg, 2, DIMS)
     ckpt = make_checkpoint(result.state_dict, cfg, 2, DIMS, ["a", "b"], 0)
-    for key in ("fusion", "global_context"):    # as written by earlier versions
+    for key in ("fusion", "global_context", "base_kernel", "local_kernel"):   # as written before
         del ckpt["model_config"][key]
     model = load_models(ckpt)
     assert list(model.nets) == ["rgb", "flow"] and hasattr(model.nets["rgb"], "nonlocal_block")
+    assert model.nets["rgb"].base.kernel_size == (3,)
+    assert model.nets["rgb"].local.branches[0].kernel_size == (3,)
