@@ -88,15 +88,15 @@ def main() -> None:
               f"({metrics['wall_seconds']:.0f} s)", flush=True)
     weak_cfg = load_config(os.path.join(args.out, "weak", "config.yaml"))
     steps = weak_cfg.train
-    for name, kernel in (("top-k MIL", 3), ("top-k MIL (kernel 1)", 1)):
+    mils = {"top-k MIL": 3, "top-k MIL (kernel 1)": 1}     # name -> kernel of its conv
+    for name, kernel in mils.items():
         results[name] = train_and_evaluate(store, steps=steps.steps, batch=steps.batch_size,
                                            max_len=steps.max_len or 10**9,
                                            localize=weak_cfg.localize, kernel=kernel)
 
     weak = results["weak"]
     print(f"\n{'method':38s} {'mAP@0.5':>8s} {'avg 0.1:0.7':>12s} {'/ weak @0.5':>12s}")
-    rows = [("ACL weak", weak), ("top-k MIL (weak)", results["top-k MIL"]),
-            ("top-k MIL, kernel 1 (weak)", results["top-k MIL (kernel 1)"])]
+    rows = [("ACL weak", weak)] + [(f"{name} (weak)", results[name]) for name in mils]
     for name in results:
         if name.startswith("unsupervised"):
             rows.append((f"ACL {name} (hungarian)", results[name]))

@@ -111,7 +111,7 @@ def train_and_evaluate(store_path: str, steps: int = 400, batch: int = 16, max_l
         sched.step()
     train_seconds = time.perf_counter() - started
     models.eval()
-    dets = []
+    outputs = []
     with torch.no_grad():
         for r in store.iter_videos(eval_subset or test_subset, dtype=np.float32):
             if eval_videos is not None and r.video_id not in eval_videos:
@@ -127,19 +127,27 @@ def train_and_evaluate(store_path: str, steps: int = 400, batch: int = 16, max_l
                 video = fuse(outs["rgb"][1], outs["flow"][1], w)
             else:
                 cas, video = outs["early"]
-            for seg in localize_video(cas, np.full(len(cas), 1.0 / len(cas)), video, r.grid,
-                                      r.duration, localize):
-                dets.append(Detection(r.video_id, classes[seg.label], seg.score, seg.start,
-                                      seg.end))
+            outputs.append((r, cas, np.full(len(cas), 1.0 / len(cas)), video))
     from acl_dist.pipeline import _guess_tiou
 
-    gt = load_ground_truth(store_path, eval_subset or test_subset, videos=eval_videos)
+    res = localise_and_score(store_path, eval_subset or test_subset, eval_videos, outputs,
+                             classes, localize, parse_tiou(tiou or _guess_tiou(store)))
+    res["train_seconds"] = round(train_seconds, 1)
+    return res
+
+
+def localise_and_score(store_path: str, subset: str, videos: set[str] | None,
+                       outputs: list[tuple], classes: list[str], localize: LocalizeConfig,
+                       tiou: list[float]) -> dict:
+    """mAP dict of per-video ``(record, cas (T, C), attention (T,), video logits (C,))``
+    localised with ``localize`` and scored on ``videos`` of ``subset`` (all when None)."""
+    dets = [Detection(r.video_id, classes[seg.label], seg.score, seg.start, seg.end)
+            for r, cas, att, video in outputs
+            for seg in localize_video(cas, att, video, r.grid, r.duration, localize)]
+    gt = load_ground_truth(store_path, subset, videos=videos)
     # a held-out fold may lack a class: its detections then have no ground truth to match
-    res = evaluate_detections(gt, dets, tiou_thresholds=parse_tiou(tiou or _guess_tiou(store)),
-                              unknown_labels="error" if eval_videos is None else "ignore")
-    out = res.as_dict()
-    out["train_seconds"] = round(train_seconds, 1)
-    return out
+    return evaluate_detections(gt, dets, tiou_thresholds=tiou,
+                               unknown_labels="error" if videos is None else "ignore").as_dict()
 
 
 def main() -> None:

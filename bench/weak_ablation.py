@@ -36,12 +36,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from mil_baseline import train_and_evaluate  # noqa: E402
+from mil_baseline import localise_and_score, train_and_evaluate  # noqa: E402
 
 from acl_dist.config import RunConfig, load_config  # noqa: E402
-from acl_dist.evaluate import (Detection, evaluate_detections, load_ground_truth,  # noqa: E402
-                               parse_tiou)
-from acl_dist.localize import localize_video  # noqa: E402
+from acl_dist.evaluate import parse_tiou  # noqa: E402
 from acl_dist.pipeline import holdout_split, resolve_config  # noqa: E402
 from acl_dist.store import FeatureStore  # noqa: E402
 from acl_dist.synth import SynthConfig, synthesize  # noqa: E402
@@ -80,19 +78,12 @@ def score(store_path: str, store: FeatureStore, cfg: RunConfig, ckpt: dict, subs
           videos: set[str] | None) -> dict:
     """Localise ``videos`` of ``subset`` (all when None) with a checkpoint; mAP dict."""
     model = load_models(ckpt)
-    classes = store.classes
     records = [r for r in store.iter_videos(subset, dtype=np.float32)
                if videos is None or r.video_id in videos]
     preds = predict(model, [(r.video_id, r.features) for r in records])
-    dets = []
-    for r, p in zip(records, preds):
-        cas, att, logits = p.fused(cfg.localize.rgb_weight)
-        for seg in localize_video(cas, att, logits, r.grid, r.duration, cfg.localize):
-            dets.append(Detection(r.video_id, classes[seg.label], seg.score, seg.start, seg.end))
-    gt = load_ground_truth(store_path, subset, videos=videos)
-    # a held-out fold may lack a class: its detections then have no ground truth to match
-    return evaluate_detections(gt, dets, tiou_thresholds=parse_tiou(cfg.tiou),
-                               unknown_labels="error" if videos is None else "ignore").as_dict()
+    outputs = [(r, *p.fused(cfg.localize.rgb_weight)) for r, p in zip(records, preds)]
+    return localise_and_score(store_path, subset, videos, outputs, list(store.classes),
+                              cfg.localize, parse_tiou(cfg.tiou))
 
 
 def train_weak(store: FeatureStore, cfg: RunConfig, exclude: set[str]) -> dict:
