@@ -16,7 +16,6 @@ know nothing of Ray; this module wires them to it.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -33,6 +32,8 @@ import pyarrow.parquet as pq
 from . import fsutil
 from .cluster import contrast_descriptor, run_clustering, video_descriptor
 from .config import LocalizeConfig, RunConfig, from_dict, to_dict
+from .artifacts import ArtifactError, load_checkpoint
+from .errors import find_cause
 from .progress import log
 from .store import FeatureStore, feature_views
 from .timegrid import SnippetGrid
@@ -92,6 +93,18 @@ def _dashboard_installed() -> bool:
     except ImportError:  # another Ray layout: let Ray decide
         return True
     return get_dashboard_dependency_error() is None
+
+
+def cluster_capacity(quiet: bool = False) -> tuple[int, float]:
+    """(CPUs to size a run by, GPUs) of the Ray cluster, starting a local instance when
+    none is running. On a cluster its CPUs; locally the machine's cores (the local instance
+    reports inflated logical CPUs, see :func:`init_ray`)."""
+    import ray
+
+    init_ray(quiet=quiet)
+    cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 2))
+    physical = cpus if os.environ.get("RAY_ADDRESS") else (os.cpu_count() or 2)
+    return physical, cluster_gpus()
 
 
 def cluster_gpus() -> float:
@@ -160,9 +173,7 @@ class AttentionPass:
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        with fsutil.open_read(checkpoint_path) as fh:
-            ckpt = torch.load(io.BytesIO(fh.read()), map_location="cpu", weights_only=False)
-        self.model = load_models(ckpt, self.device)
+        self.model = load_models(load_checkpoint(checkpoint_path), self.device)
         self.streams, self.dtype = streams, dtype
         self.detect_subsets = set(detect_subsets)
         self.detect_ids = set(detect_ids)
@@ -471,9 +482,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     start = None
     resume = ray.train.get_checkpoint()
     if resume is not None:
+        from .artifacts import load_train_state
+
         with resume.as_directory() as d:
-            start = torch.load(os.path.join(d, "train_state.pt"), map_location="cpu",
-                               weights_only=False)
+            start = load_train_state(os.path.join(d, "train_state.pt"))
         if rank == 0:
             sys.stdout.write(f"  round {config['round']}: training restarted, resuming from "
                              f"the checkpoint of step {start['step']}\n")
@@ -520,7 +532,6 @@ def run_training(store: FeatureStore, subset: str, cfg: RunConfig, labels: dict[
                  max_failures: int = 0, quiet: bool = False,
                  tensorboard_dir: str | None = None) -> dict[str, Any]:
     """One round's training on Ray Train; returns the final checkpoint dict."""
-    import torch
     from ray.train import FailureConfig, LoggingConfig, RunConfig as TrainRunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -545,8 +556,21 @@ def run_training(store: FeatureStore, subset: str, cfg: RunConfig, labels: dict[
                                   failure_config=FailureConfig(max_failures=max_failures),
                                   # our own progress line replaces Train's per-report INFO
                                   logging_config=LoggingConfig(log_level="WARNING")))
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as err:  # Train V1 and V2 wrap worker errors differently
+        artifact = _artifact_error(err)
+        if artifact is not None:  # a refused or unreadable checkpoint: one line naming it
+            raise artifact from None
+        raise
     if result.checkpoint is None:
         raise RuntimeError(f"training of round {round_index} produced no checkpoint")
     with result.checkpoint.as_directory() as d:
-        return torch.load(os.path.join(d, "model.pt"), map_location="cpu", weights_only=False)
+        return load_checkpoint(os.path.join(d, "model.pt"))
+
+
+def _artifact_error(err: BaseException) -> ArtifactError | None:
+    """The :class:`ArtifactError` behind a Ray Train failure (a worker's, possibly wrapped
+    in a RayTaskError), if that is what failed."""
+    found = find_cause(err, ArtifactError)
+    return found if isinstance(found, ArtifactError) else None

@@ -25,3 +25,39 @@ class StoreError(AclDistError):
 
 class ConfigError(AclDistError):
     """A bad option, config key or argument combination."""
+
+
+class ArtifactError(AclDistError):
+    """A run artifact (checkpoint, step output) that is missing, unreadable or refused.
+
+    ``str(err)`` names the file. ``refused`` is True when the file was readable but held
+    something acl-dist never loads (pickled Python objects other than tensors and plain
+    data): such a file is reported, never skipped or silently replaced.
+    """
+
+    def __init__(self, path: str, problem: str, refused: bool = False):
+        self.path = path
+        self.problem = problem
+        self.refused = refused
+        super().__init__(f"{path}: {problem}")
+
+
+def find_cause(err: BaseException, types: type | tuple[type, ...]) -> BaseException | None:
+    """The first exception of ``types`` behind ``err``: itself, its ``__cause__`` /
+    ``__context__``, a Ray task error's ``cause``, or a Ray Train worker group's
+    ``worker_failures`` (how errors of remote workers reach the driver)."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [err]
+    while todo:
+        e = todo.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, types):
+            return e
+        todo += [x for x in (getattr(e, "cause", None), e.__cause__, e.__context__)
+                 if isinstance(x, BaseException)]
+        failures = getattr(e, "worker_failures", None)
+        if isinstance(failures, dict):
+            todo += [x for x in failures.values() if isinstance(x, BaseException)]
+    return None

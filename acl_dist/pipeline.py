@@ -30,7 +30,6 @@ is marked done, so ``--resume`` reruns exactly the first unfinished step and wha
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -42,14 +41,14 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from . import fsutil
+from .artifacts import (CONFIG, RUN_INFO, ArtifactError, RunDir, check_artifact,
+                        label_names, load_checkpoint, save_checkpoint, verify_train_storage)
 from .config import RunConfig, load_config, to_dict, to_yaml, with_updates
 from .errors import ConfigError
 from .evaluate import (Detection, cluster_class_mapping, cluster_name, detections_to_json,
                        evaluate_detections, load_ground_truth, map_detections, parse_tiou)
 from .progress import log
 from .store import FeatureStore
-
-STATE = "state.json"
 
 
 # --------------------------------------------------------------------------- validation split
@@ -106,10 +105,9 @@ def resolve_config(cfg: RunConfig, store: FeatureStore, cpus: int | None = None,
                           "subset; validate on a third subset or use val_fraction")
     if cfg.val_subset and cfg.val_fraction:
         raise ConfigError("set val_subset or val_fraction, not both")
-    if not 0.0 <= cfg.val_fraction <= 0.5:
-        raise ConfigError(f"val_fraction must be in [0, 0.5], got {cfg.val_fraction}")
     n_train = store.num_videos(train)
-    num_classes = cfg.num_classes or len(store.classes)
+    # None means "size it"; 0 and negatives never get here (RunConfig refuses them)
+    num_classes = cfg.num_classes if cfg.num_classes is not None else len(store.classes)
     if cfg.mode == "weak" and num_classes != len(store.classes):
         raise ConfigError(f"weak mode trains on the store's {len(store.classes)} classes; "
                           f"--num-classes {num_classes} does not match")
@@ -118,13 +116,16 @@ def resolve_config(cfg: RunConfig, store: FeatureStore, cpus: int | None = None,
     tc = cfg.train
     cpus = cpus or os.cpu_count() or 2
     use_gpu = tc.use_gpu if tc.use_gpu is not None else gpus > 0
-    workers = tc.workers or (max(1, int(gpus)) if use_gpu else max(1, cpus // 4))
-    batch = tc.batch_size or int(min(32, max(8, 2 ** round(math.log2(max(n_train, 1) / 12)))))
-    steps = tc.steps or int(min(30005, max(150, 2 * n_train)))
+    workers = tc.workers if tc.workers is not None else (
+        max(1, int(gpus)) if use_gpu else max(1, cpus // 4))
+    batch = tc.batch_size if tc.batch_size is not None else int(
+        min(32, max(8, 2 ** round(math.log2(max(n_train, 1) / 12)))))
+    steps = tc.steps if tc.steps is not None else int(min(30005, max(150, 2 * n_train)))
     max_len = tc.max_len if tc.max_len is not None else (0 if use_gpu else 256)
-    cpw = tc.cpus_per_worker or (1.0 if use_gpu else max(0.5, min(1.0, (cpus - 1) / workers)))
+    cpw = tc.cpus_per_worker if tc.cpus_per_worker is not None else (
+        1.0 if use_gpu else max(0.5, min(1.0, (cpus - 1) / workers)))
     rounds = 1 if cfg.mode == "weak" else cfg.rounds
-    tiou = cfg.tiou or _guess_tiou(store)
+    tiou = cfg.tiou if cfg.tiou is not None else _guess_tiou(store)
     return with_updates(cfg, num_classes=num_classes, train_subset=train, test_subset=test,
                         rounds=rounds, tiou=tiou,
                         train={"workers": workers, "use_gpu": use_gpu, "batch_size": batch,
@@ -139,42 +140,6 @@ def _guess_tiou(store: FeatureStore) -> str:
         return "thumos"
     meta = next(store.iter_videos(streams=[], batch_rows=1), None)
     return "thumos" if meta is not None and meta.video_id.startswith("video_") else "anet"
-
-
-# --------------------------------------------------------------------------- run state
-
-
-@dataclass
-class RunDir:
-    """Paths and step bookkeeping of a run directory."""
-
-    root: str
-
-    def path(self, *parts: str) -> str:
-        return fsutil.join(self.root, *parts)
-
-    def round(self, r: int, name: str) -> str:
-        return self.path(f"round_{r}", name)
-
-    def state(self) -> dict[str, Any]:
-        p = self.path(STATE)
-        return fsutil.read_json(p) if fsutil.exists(p) else {"steps": {}}
-
-    def done(self, step: str) -> bool:
-        return step in self.state()["steps"]
-
-    def mark(self, step: str, seconds: float, **info: Any) -> None:
-        state = self.state()
-        state["steps"][step] = {"seconds": round(seconds, 2), **info}
-        fsutil.write_json_atomic(self.path(STATE), state)
-
-
-def _save_torch(path: str, obj: Any) -> None:
-    import torch
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    fsutil.write_bytes_atomic(path, buf.getvalue())
 
 
 # --------------------------------------------------------------------------- the rounds
@@ -233,15 +198,13 @@ class Run:
         self.truth = [m.primary_label for m in self.train_meta]
         self.has_truth = all(t is not None for t in self.truth)
         if cfg.mode == "weak":
-            self.label_names = list(self.store.classes)
-            index = {c: i for i, c in enumerate(self.label_names)}
+            index = {c: i for i, c in enumerate(self.store.classes)}
             self.weak_labels = {m.video_id: [index[lb] for lb in m.labels if lb in index]
                                 for m in self.train_meta}
             if not any(self.weak_labels.values()):
                 raise ConfigError(f"weak mode needs video labels; subset {cfg.train_subset!r} "
                                   "of the store has none")
-        else:
-            self.label_names = [cluster_name(k) for k in range(cfg.num_classes)]
+        self.label_names = label_names(cfg.mode, cfg.num_classes, self.store.classes)
         self.timings: dict[str, float] = {}
 
     # -- helpers --------------------------------------------------------------
@@ -332,13 +295,16 @@ class Run:
 
         cfg = with_updates(self.cfg, train={"seed": self.cfg.train.seed + 1000 * r})
         storage = self._absolute(self.dir.path("ray_train"))
+        # an interrupted round restarts from its latest Ray Train checkpoint: check them
+        # here, so a refused or corrupt file is one line naming it, not a worker traceback
+        verify_train_storage(storage, f"round_{r}")
         ckpt = run_training(self.store, self.cfg.train_subset, cfg, self._labels(r),
                             self.cfg.num_classes, self.label_names, r, storage,
                             f"round_{r}", torch_threads=self._torch_threads(),
                             max_failures=self.max_failures, quiet=self.quiet,
                             tensorboard_dir=self._absolute(self.dir.path("tensorboard",
                                                                          f"round_{r}")))
-        _save_torch(self.dir.round(r, "model.pt"), ckpt)
+        save_checkpoint(self.dir.round(r, "model.pt"), ckpt)
         last = ckpt["history"][-1] if ckpt.get("history") else {}
         return {"steps": self.cfg.train.steps, "final_loss": last.get("loss")}
 
@@ -351,6 +317,7 @@ class Run:
             ([cfg.val_subset] if cfg.val_subset else [])
         held_out = sorted(self.val_ids) if not cfg.val_subset else []
         subsets = detect + ([cfg.train_subset] if describe or held_out else [])
+        load_checkpoint(self.dir.round(r, "model.pt"))  # refused/unreadable: one line, here
         ds = map_attention(self.store, subsets, self.dir.round(r, "model.pt"),
                            detect, cfg.localize, describe, detect_ids=held_out,
                            descriptor=self.cfg.cluster.descriptor,
@@ -503,9 +470,61 @@ class Run:
                "store": self.store_path}
         return out
 
-    def execute(self) -> dict[str, Any]:
+    # -- resume -----------------------------------------------------------------
+
+    def step_names(self) -> list[str]:
+        """Every step of the run, in order (the ledger's keys)."""
+        names = ["round_0.descriptors", "round_0.cluster"] if self.cfg.mode == "unsupervised" \
+            else []
+        for r in range(self.cfg.rounds):
+            names += [f"round_{r}.train", f"round_{r}.attention", f"round_{r}.evaluate"]
+            if self.cfg.mode == "unsupervised":
+                names.append(f"round_{r + 1}.cluster")
+        return names + ["finish"]
+
+    def artifacts_of(self, step: str) -> list[str]:
+        """The files a finished ``step`` wrote (what a later step or the report reads)."""
+        if step == "finish":
+            return [self.dir.path("metrics.json")] + (
+                [self.dir.path("detections.json")] if self.with_test else [])
+        tag, kind = step.split(".")
+        r = int(tag.split("_")[1])
+        if kind == "evaluate":
+            return ([self.dir.round(r, "val.json")] if self.val_ids else []) + \
+                ([self.dir.round(r, "eval.json")] if self.with_test else [])
+        return [self.dir.round(r, {"descriptors": "descriptors.parquet",
+                                   "cluster": "clusters.json", "train": "model.pt",
+                                   "attention": "outputs.parquet"}[kind])]
+
+    def verify_finished_steps(self) -> None:
+        """Before trusting the ledger: read back each finished step's artifacts. The first
+        step whose artifact is missing or unreadable is rerun, with every finished step after
+        it (they were computed from it); a refused file (pickled objects) stops the run."""
+        done = self.dir.state()["steps"]
+        names = self.step_names()
+        for i, name in enumerate(names):
+            if name not in done:
+                continue
+            for path in self.artifacts_of(name):
+                try:
+                    check_artifact(path)
+                except ArtifactError as err:
+                    if err.refused:
+                        raise
+                    rerun = [n for n in names[i:] if n in done]
+                    log(f"--resume: {err}; rerunning {name}"
+                        + (f" and the {len(rerun) - 1} finished step(s) after it"
+                           if len(rerun) > 1 else ""), self.quiet)
+                    self.dir.forget(rerun)
+                    return
+
+    # -- the schedule -------------------------------------------------------------
+
+    def execute(self, resume: bool = False) -> dict[str, Any]:
         from .distributed import init_ray
 
+        if resume:
+            self.verify_finished_steps()
         init_ray(quiet=self.quiet)
         unsup = self.cfg.mode == "unsupervised"
         if unsup:
@@ -526,37 +545,66 @@ class Run:
         return fsutil.read_json(self.dir.path("metrics.json"))
 
 
-def prepare_run(store: str, out: str, cfg: RunConfig, resume: bool = False) -> RunConfig:
-    """Resolve and save the config of a new run, or load the saved one to resume."""
-    cfg_path = fsutil.join(out, "config.yaml")
+def load_run_config(out: str, store: str | None = None) -> tuple[str, RunConfig, dict]:
+    """(store, config, ``run.json``) of the run in ``out``, for ``--resume``; ``store``,
+    when given, must be the one the run was started on."""
+    info_path, cfg_path = fsutil.join(out, RUN_INFO), fsutil.join(out, CONFIG)
+    if not (fsutil.exists(info_path) and fsutil.exists(cfg_path)):
+        raise ConfigError(f"--resume: {out} is not a run directory (no {RUN_INFO} and "
+                          f"{CONFIG})")
+    saved = fsutil.read_json(info_path)
+    if not isinstance(saved, dict) or not isinstance(saved.get("store"), str):
+        raise ConfigError(f"--resume: {info_path} does not name the run's store")
+    if store is not None and saved["store"] != store:
+        raise ConfigError(f"--resume: {out} was run on {saved['store']}, not {store}")
+    return saved["store"], load_config(cfg_path), saved
+
+
+def new_run(store: str, out: str, cfg: RunConfig, **run_kwargs: Any) -> Run:
+    """Resolve a new run's config against the store and the cluster, check it (by building
+    the :class:`Run`), and only then save it into ``out``: a run refused here leaves no
+    ``config.yaml`` behind to block the corrected rerun. A directory whose run never
+    finished a step is started afresh."""
+    rundir = RunDir(out)
+    if rundir.is_run():
+        if rundir.has_finished_steps():
+            raise ConfigError(f"{out} already holds a run; use --resume to continue it or "
+                              "choose another --out")
+        log(f"{out} holds a run that finished no step: starting it afresh",
+            run_kwargs.get("quiet", False))
+    fs = FeatureStore.open(store)
+    # Every check that needs no cluster (subsets, C against the videos, the validation
+    # split, the store's metadata) runs before Ray starts: the plan is checked on this
+    # machine's sizing first, then sized to the cluster. Only the training sizes (workers,
+    # GPUs, crop, CPUs per worker) can differ, and Run derives nothing from them.
+    run = Run(store, out, resolve_config(cfg, fs, cpus=os.cpu_count() or 2, gpus=0.0),
+              **run_kwargs)
+    from .distributed import cluster_capacity
+
+    cpus, gpus = cluster_capacity(quiet=run_kwargs.get("quiet", False))
+    run.cfg = cfg = resolve_config(cfg, fs, cpus=cpus, gpus=gpus)
+    fsutil.write_bytes_atomic(fsutil.join(out, CONFIG), to_yaml(cfg).encode())
+    fsutil.write_json_atomic(fsutil.join(out, RUN_INFO), {
+        "store": store, "config": to_dict(cfg),
+        "label_map_given": bool(run_kwargs.get("label_map_given"))})
+    return run
+
+
+def run_acl(store: str | None, out: str, cfg: RunConfig | None, resume: bool = False,
+            quiet: bool = False, label_map_given: bool = False,
+            max_failures: int = 0) -> dict[str, Any]:
+    """Run (or resume) ACL on ``store`` into ``out``; returns ``metrics.json``'s content.
+    With ``resume`` the saved config is used (``cfg`` must be None) and ``store`` may be
+    None (the run's own)."""
+    kwargs = {"quiet": quiet, "label_map_given": label_map_given, "max_failures": max_failures}
     if resume:
-        if not fsutil.exists(cfg_path):
-            raise ConfigError(f"--resume: {out} has no config.yaml (not a run directory)")
-        saved = fsutil.read_json(fsutil.join(out, "run.json"))
-        if saved["store"] != store:
-            raise ConfigError(f"--resume: {out} was run on {saved['store']}, not {store}")
-        return load_config(cfg_path)
-    if fsutil.exists(fsutil.join(out, STATE)) or fsutil.exists(cfg_path):
-        raise ConfigError(f"{out} already holds a run; use --resume to continue it or "
-                          "choose another --out")
-    from .distributed import cluster_gpus, init_ray
-
-    init_ray()
-    import ray
-
-    cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 2))
-    # On a cluster size by its CPUs; locally by the machine's (Ray's are inflated, see init_ray).
-    physical = cpus if os.environ.get("RAY_ADDRESS") else (os.cpu_count() or 2)
-    cfg = resolve_config(cfg, FeatureStore.open(store), cpus=physical, gpus=cluster_gpus())
-    fsutil.write_bytes_atomic(cfg_path, to_yaml(cfg).encode())
-    fsutil.write_json_atomic(fsutil.join(out, "run.json"), {"store": store,
-                                                            "config": to_dict(cfg)})
-    return cfg
-
-
-def run_acl(store: str, out: str, cfg: RunConfig, resume: bool = False, quiet: bool = False,
-            label_map_given: bool = False, max_failures: int = 0) -> dict[str, Any]:
-    """Run (or resume) ACL on ``store`` into ``out``; returns ``metrics.json``'s content."""
-    cfg = prepare_run(store, out, cfg, resume)
-    return Run(store, out, cfg, quiet=quiet, label_map_given=label_map_given,
-               max_failures=max_failures).execute()
+        if cfg is not None:
+            raise ConfigError("--resume continues a run with its saved config; it takes no "
+                              "new config")
+        store, saved, info = load_run_config(out, store)
+        # detections.json is named as the run was started (--label-map or not)
+        kwargs["label_map_given"] = bool(info.get("label_map_given", label_map_given))
+        return Run(store, out, saved, **kwargs).execute(resume=True)
+    if store is None or cfg is None:
+        raise ConfigError("a new run needs a store and a config")
+    return new_run(store, out, cfg, **kwargs).execute()

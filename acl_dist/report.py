@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from . import fsutil
+from .artifacts import check_json, label_names as run_label_names
+from .errors import ArtifactError
 from .config import load_config
 from .evaluate import cluster_class_mapping, cluster_name, contingency
 from .store import FeatureStore
@@ -154,10 +156,15 @@ def plot_video_strip(video: str, duration: float, seconds_per_snippet: float,
 
 
 def _read_outputs(path: str, videos: set[str]) -> dict[str, dict[str, Any]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    with fsutil.open_read(path) as fh:
-        table = pq.read_table(fh)
+    try:
+        with fsutil.open_read(path) as fh:
+            table = pq.read_table(fh)
+    except (OSError, pa.ArrowException) as exc:
+        raise ArtifactError(path, f"unreadable Parquet file ({exc}); rerun the step with "
+                                  "acl-dist run --resume") from None
     out = {}
     cols = table.column_names
     for i, vid in enumerate(table.column("video_id").to_pylist()):
@@ -170,7 +177,11 @@ def _read_outputs(path: str, videos: set[str]) -> dict[str, dict[str, Any]]:
 
 def build_report(run: str, sample: int = 6, seed: int = 0) -> str:
     """Write ``RUN/report.html`` (and ``RUN/report_files/*.png``); returns the HTML path."""
-    metrics = fsutil.read_json(fsutil.join(run, "metrics.json"))
+    metrics_path = fsutil.join(run, "metrics.json")
+    if not fsutil.exists(metrics_path):
+        raise ArtifactError(metrics_path, "missing: not a finished run (a run in progress "
+                                          "or interrupted: acl-dist run --resume RUN)")
+    metrics = check_json(metrics_path, "rounds")
     cfg = load_config(fsutil.join(run, "config.yaml"))
     store = FeatureStore.open(metrics["store"])
     images: dict[str, bytes] = {}
@@ -244,7 +255,7 @@ def build_report(run: str, sample: int = 6, seed: int = 0) -> str:
     chosen = sorted(rng.choice(annotated, size=min(sample, len(annotated)), replace=False)
                     ) if annotated else []
     outputs = _read_outputs(fsutil.join(run, f"round_{last}", "outputs.parquet"), set(chosen))
-    label_names = _label_names(run, last)
+    label_names = run_label_names(cfg.mode, cfg.num_classes, store.classes)
     if cfg.mode == "unsupervised" and fsutil.exists(clusters_path):
         maps = fsutil.read_json(clusters_path).get("mapping", {}).get(cfg.label_map, {})
         label_names = [f"{n} -> {maps[n][0][0]}" if maps.get(n) else n for n in label_names]
@@ -289,14 +300,6 @@ def build_report(run: str, sample: int = 6, seed: int = 0) -> str:
     path = fsutil.join(run, REPORT)
     fsutil.write_bytes_atomic(path, page.encode("utf-8"))
     return path
-
-
-def _label_names(run: str, r: int) -> list[str]:
-    import torch
-
-    with fsutil.open_read(fsutil.join(run, f"round_{r}", "model.pt")) as fh:
-        ckpt = torch.load(io.BytesIO(fh.read()), map_location="cpu", weights_only=False)
-    return list(ckpt["label_names"])
 
 
 PAGE = """<!doctype html>

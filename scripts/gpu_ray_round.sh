@@ -25,7 +25,7 @@ run = sys.argv[1]
 state = json.load(open(f"{run}/state.json"))["steps"]
 clusters = json.load(open(f"{run}/round_1/clusters.json"))
 import torch
-ckpt = torch.load(f"{run}/round_1/model.pt", weights_only=False)
+ckpt = torch.load(f"{run}/round_1/model.pt", weights_only=True)
 print("resolved: use_gpu", ckpt["run_config"]["train"]["use_gpu"],
       "workers", ckpt["run_config"]["train"]["workers"],
       "| clustering backend", clusters["backend"], clusters["graph"])

@@ -218,7 +218,7 @@ def test_two_node_job_matches_single_node_run(cluster, tiny_store, unsupervised_
     assert two["tiou"] == single["tiou"] and two["average"] is not None
     import torch
 
-    ckpt = torch.load(out / "round_1" / "model.pt", weights_only=False)
+    ckpt = torch.load(out / "round_1" / "model.pt", weights_only=True)
     assert ckpt["run_config"]["train"]["placement_strategy"] == "STRICT_SPREAD"
     assert ckpt["run_config"]["train"]["workers"] == 2
 

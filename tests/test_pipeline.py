@@ -40,7 +40,7 @@ def test_two_rounds_unsupervised_with_two_workers(unsupervised_run):
     mapped = load_detections(str(run / "detections_hungarian.json"))
     assert all(not d.label.startswith("cluster_") for d in mapped)
     # two workers: each trained on its own shard, and the shards cover the training set
-    ckpt = torch.load(run / "round_1" / "model.pt", weights_only=False)
+    ckpt = torch.load(run / "round_1" / "model.pt", weights_only=True)
     assert ckpt["run_config"]["train"]["workers"] == 2 and ckpt["num_classes"] == 4
     assert ckpt["model_config"]["base_dim"] == 32  # the config travels with the weights
     assert len(ckpt["history"]) == 2  # steps 3 and 6 of the tiny preset
