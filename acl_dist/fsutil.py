@@ -5,9 +5,11 @@ Endpoint and credentials for S3 come only from the standard AWS environment and 
 
 Atomicity: a local output directory is built under a hidden temporary sibling and renamed
 into place, so an interrupted writer leaves nothing at the destination. Object stores have
-no directory rename; there the writer puts its files under the final prefix and writes its
-commit marker (a store's ``manifest.json``) last, as one PUT, and removes the prefix when it
-fails. Readers treat a prefix without its marker as absent.
+no directory rename; there the writer puts its files under the final prefix (under a fresh
+``v-<id>/`` sub-prefix when it replaces an existing store, so no old file is touched) and
+writes its commit marker (a store's ``manifest.json``, which lists the files) last, as one
+PUT; on failure it removes only its own objects. Readers treat a prefix without its marker
+as absent. ``--overwrite`` replaces only what acl-dist wrote (a store, a run).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import os
 import posixpath
 import shutil
 import uuid
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import fsspec
 
@@ -120,33 +122,114 @@ def remove_tree(path: str) -> None:
         fs.rm(p, recursive=True)
 
 
+def listing(path: str, limit: int = 3) -> tuple[int, list[str]]:
+    """(number of entries, the first ``limit`` names) directly under a directory or prefix;
+    (0, []) when it does not exist."""
+    fs, p = get_fs(path)
+    if is_remote(path):
+        fs.invalidate_cache(p)   # s3fs caches listings: another process may have written
+    try:
+        names = sorted(posixpath.basename(d["name"].rstrip("/"))
+                       + ("/" if d["type"] == "directory" else "")
+                       for d in fs.ls(p, detail=True))
+    except (FileNotFoundError, NotADirectoryError):
+        return 0, []
+    except Exception as exc:
+        raise StoreError(f"cannot list {path}: {exc}") from exc
+    return len(names), names[:limit]
+
+
+def describe_contents(path: str) -> str:
+    """``"holds a.csv, notes/, x.txt (5 entries)"``: what a directory or prefix holds."""
+    n, first = listing(path)
+    more = f" ({n} entries)" if n > len(first) else ""
+    return f"holds {', '.join(first)}{more}" if n else "is empty"
+
+
+class OutputDir:
+    """Where an atomic writer puts its files (see :func:`atomic_output_dir`).
+
+    Attributes:
+        final: the destination.
+        workdir: the directory or prefix to write into (locally a hidden temporary sibling
+            of ``final``; on S3 ``final`` itself).
+        data_prefix: prefix (relative to ``workdir``) for every file other than the commit
+            marker: ``""``, or on S3 when replacing an existing store a fresh
+            ``v-<id>/`` that no old file uses, so the old store stays whole until the new
+            marker replaces the old one.
+    """
+
+    def __init__(self, final: str, workdir: str, data_prefix: str = ""):
+        self.final, self.workdir, self.data_prefix = final, workdir, data_prefix
+
+    def path(self, rel: str) -> str:
+        """Path of a data file (under ``data_prefix``)."""
+        return join(self.workdir, self.data_prefix + rel)
+
+
+def check_output_dir(final: str, overwrite: bool = False,
+                     replaceable: Callable[[str], str | None] | None = None) -> bool:
+    """Refuse an output that exists (and is not an empty directory) unless ``overwrite``,
+    and with ``overwrite`` one that ``replaceable`` says is not ours. Returns whether
+    something will be replaced. Cheap: writers call it before any work."""
+    if not exists(final):
+        return False
+    n_existing, _ = listing(final, 0)
+    if _is_dir(final) and not n_existing:
+        return False
+    if not overwrite:
+        raise StoreError(f"{final} already exists (pass --overwrite to replace it)")
+    why = replaceable(final) if replaceable is not None and _is_dir(final) else \
+        ("a file, not a directory" if not _is_dir(final) else None)
+    if why:
+        raise StoreError(f"--overwrite refused: {final} is {why}"
+                         f"{' and ' + describe_contents(final) if _is_dir(final) else ''}; "
+                         "acl-dist only replaces what it wrote (remove it yourself or "
+                         "choose another output)")
+    return True
+
+
 @contextlib.contextmanager
-def atomic_output_dir(final: str, overwrite: bool = False) -> Iterator[str]:
-    """Yield a directory to write into; it appears at ``final`` only if the block succeeds.
+def atomic_output_dir(final: str, overwrite: bool = False,
+                      replaceable: Callable[[str], str | None] | None = None,
+                      marker: str | None = None) -> Iterator[OutputDir]:
+    """Yield an :class:`OutputDir` to write into; the result appears at ``final`` only if
+    the block succeeds, and an existing ``final`` survives any failure.
+
+    ``final`` must not exist (or be an empty directory) unless ``overwrite``; then
+    ``replaceable(final)`` must return None (it returns what ``final`` is otherwise, e.g.
+    "not an acl-dist store"), so ``--overwrite`` never deletes a directory of anything else.
 
     Local: a hidden sibling ``.NAME.tmp-XXXX`` renamed onto ``final`` at the end (the old
-    directory, with ``overwrite``, is moved aside first and deleted after). Remote: the
-    final prefix itself; on failure it is removed. The caller writes its commit marker last.
+    directory is moved aside first and deleted after). S3 (no rename): the writer puts its
+    data files under a fresh ``data_prefix`` and writes its commit ``marker`` (one PUT)
+    last; after the block every object of the old generation is deleted. On failure only
+    this attempt's objects are removed.
     """
-    if exists(final):
-        if not overwrite:
-            raise StoreError(f"{final} already exists (pass --overwrite to replace it)")
+    replacing = check_output_dir(final, overwrite, replaceable)
     if is_remote(final):
-        if overwrite:
-            remove_tree(final)
-        try:
-            yield final
-        except BaseException:
-            remove_tree(final)
-            raise
+        yield from _atomic_remote(final, replacing, marker)
         return
+    shown = final
     final = os.path.abspath(final)
     parent = os.path.dirname(final)
-    os.makedirs(parent, exist_ok=True)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise StoreError(f"cannot create {shown}: a part of its path is a file, not a "
+                         "directory") from None
     tmp = os.path.join(parent, f".{os.path.basename(final)}.tmp-{uuid.uuid4().hex[:8]}")
     os.makedirs(tmp)
     try:
-        yield tmp
+        try:
+            yield OutputDir(final, tmp)
+        except OSError as exc:
+            # name the destination, not the hidden temporary directory
+            name = str(exc.filename or "")
+            if exc.errno is not None and name.startswith(tmp):
+                raise OSError(exc.errno, exc.strerror,
+                              os.path.join(shown, os.path.relpath(name, tmp))) from None
+            raise
         if os.path.exists(final):
             old = tmp + ".old"
             os.rename(final, old)
@@ -157,3 +240,32 @@ def atomic_output_dir(final: str, overwrite: bool = False) -> Iterator[str]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _is_dir(path: str) -> bool:
+    if is_remote(path):
+        return True   # a prefix
+    return os.path.isdir(path)
+
+
+def _atomic_remote(final: str, replacing: bool, marker: str | None) -> Iterator[OutputDir]:
+    fs, root = get_fs(final)
+    prefix = f"v-{uuid.uuid4().hex[:12]}/" if replacing else ""
+    out = OutputDir(final, final, prefix)
+    try:
+        yield out
+    except BaseException:
+        # only this attempt's objects: the old store (if any) is untouched
+        remove_tree(join(final, prefix) if prefix else final)
+        raise
+    if not replacing:
+        return
+    # committed (the new marker is in place): drop the old generation's objects
+    fs.invalidate_cache(root)
+    keep_marker = f"{root.rstrip('/')}/{marker}" if marker else None
+    new_data = f"{root.rstrip('/')}/{prefix}"
+    for obj in fs.find(root):
+        if obj == keep_marker or obj.startswith(new_data):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm(obj)

@@ -6,6 +6,9 @@ Layout of a store at ``STORE`` (a local directory or an ``s3://`` prefix)::
     STORE/gt.json                       # every video's annotation, ActivityNet JSON
     STORE/shards/<subset>/part-00000.parquet ...
 
+(An S3 store replaced by ``--overwrite`` keeps its files under ``STORE/v-<id>/``: the
+manifest lists every file's path, ``gt`` and ``files`` included, relative to ``STORE``.)
+
 One Parquet row per video (see :data:`ROW_FIELDS`). Each feature stream is one
 ``large_binary`` cell per video holding the row-major ``(T, D)`` array in the store's dtype
 (little-endian); D and the dtype are in the manifest and in the field's Parquet metadata,
@@ -195,7 +198,7 @@ class _SubsetShards:
             return
         w = self.writer
         if self.pq_writer is None:
-            rel = f"shards/{self.subset}/part-{self.index:05d}.parquet"
+            rel = f"{w.output.data_prefix}shards/{self.subset}/part-{self.index:05d}.parquet"
             path = fsutil.join(w.workdir, rel)
             fs, p = fsutil.get_fs(path)
             fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
@@ -274,13 +277,24 @@ class StoreWriter:
         self._annotations: list[VideoAnnotation] = []
         self._seen: set[str] = set()
         self._stats: dict[str, dict[str, int]] = {}
+        self.files: dict[str, str] = {}
         self._ctx = None
+        self.output: fsutil.OutputDir | None = None
         self.workdir = ""
 
     def __enter__(self) -> "StoreWriter":
-        self._ctx = fsutil.atomic_output_dir(self.out, overwrite=self.overwrite)
-        self.workdir = self._ctx.__enter__()
+        self._ctx = fsutil.atomic_output_dir(self.out, overwrite=self.overwrite,
+                                             replaceable=not_a_store, marker=MANIFEST)
+        self.output = self._ctx.__enter__()
+        self.workdir = self.output.workdir
         return self
+
+    def add_file(self, name: str, data: bytes) -> None:
+        """Write a side file (e.g. ``synth_report.json``) into the store; it is listed in
+        the manifest under ``files`` (its place depends on the store's generation)."""
+        rel = self.output.data_prefix + name
+        fsutil.write_bytes_atomic(fsutil.join(self.workdir, rel), data)
+        self.files[name] = rel
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
@@ -355,7 +369,8 @@ class StoreWriter:
             raise StoreError("no videos to write (all skipped or none found)")
         for shards in self._subsets.values():
             shards.close()
-        fsutil.write_json_atomic(fsutil.join(self.workdir, GT_FILE),
+        gt_rel = self.output.data_prefix + GT_FILE
+        fsutil.write_json_atomic(fsutil.join(self.workdir, gt_rel),
                                  to_activitynet_json(self._annotations))
         manifest = {
             "format": FORMAT_NAME,
@@ -369,12 +384,29 @@ class StoreWriter:
             "classes": self.classes,
             "subsets": self._stats,
             "shards": self.shards,
+            "gt": gt_rel,
+            "files": self.files,
             "source": self.source,
             "skipped": self.skipped,
             "notes": self.notes,
         }
         # The manifest is the commit marker: written last.
         fsutil.write_json_atomic(fsutil.join(self.workdir, MANIFEST), manifest)
+
+
+def not_a_store(path: str) -> str | None:
+    """None when ``path`` holds an acl-dist store (so ``--overwrite`` may replace it);
+    otherwise what it is, for the refusal message."""
+    mpath = fsutil.join(path, MANIFEST)
+    if not fsutil.exists(mpath):
+        return f"not an acl-dist store (no {MANIFEST})"
+    try:
+        manifest = fsutil.read_json(mpath)
+    except StoreError:
+        return f"not an acl-dist store (unreadable {MANIFEST})"
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        return f"not an acl-dist store ({MANIFEST} of another format)"
+    return None
 
 
 def _open_shard(url: str):
@@ -473,4 +505,4 @@ class FeatureStore:
 
     def ground_truth(self) -> dict:
         """The store's ActivityNet-format annotation JSON (``STORE/gt.json``)."""
-        return fsutil.read_json(fsutil.join(self.path, GT_FILE))
+        return fsutil.read_json(fsutil.join(self.path, self.manifest.get("gt", GT_FILE)))

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from acl_dist import cli
-from acl_dist.errors import ConfigError, DataError
+from acl_dist.errors import ConfigError, DataError, StoreError
 from acl_dist.ingest import ingest
 from acl_dist.ingest.layouts import load_array
 from acl_dist.store import FeatureStore
@@ -823,12 +823,18 @@ def test_existing_output_needs_overwrite(tmp_path, out):
     root = write_npy_split(tmp_path / "basnet", videos)
     out.mkdir(parents=True)
     (out / "keep.txt").write_text("old")
-    with pytest.raises(ConfigError, match="already exists.*--overwrite"):
+    with pytest.raises(StoreError, match="already exists.*--overwrite"):
         ingest("npy-split", str(root), str(out), quiet=True)
     assert (out / "keep.txt").read_text() == "old"
 
-    ingest("npy-split", str(root), str(out), overwrite=True, quiet=True)
-    assert not (out / "keep.txt").exists()
+    # --overwrite replaces only a store: a directory of anything else is refused, kept
+    with pytest.raises(StoreError, match="--overwrite refused.*not an acl-dist store.*keep.txt"):
+        ingest("npy-split", str(root), str(out), overwrite=True, quiet=True)
+    assert (out / "keep.txt").read_text() == "old"
+
+    (out / "keep.txt").unlink()
+    ingest("npy-split", str(root), str(out), quiet=True)   # an empty directory is free
+    ingest("npy-split", str(root), str(out), overwrite=True, quiet=True)  # a store: replaced
     _, recs = read_store(out)
     assert len(recs) == 5
     assert sorted(p.name for p in out.parent.iterdir()) == ["store"]  # no .old / .tmp left

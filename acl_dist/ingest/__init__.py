@@ -14,7 +14,7 @@ from typing import Any
 from .. import fsutil
 from ..errors import ConfigError, DataError
 from ..progress import progress
-from ..store import FeatureStore, StoreWriter
+from ..store import FeatureStore, StoreWriter, not_a_store
 from ..timegrid import SnippetGrid
 from .layouts import LAYOUTS, Layout
 from .validate import Checks, RawVideo, build_record
@@ -63,8 +63,9 @@ def ingest(layout: str, root: str, out: str, *, gt: str | None = None,
     import time
 
     started = time.perf_counter()
-    if not overwrite and fsutil.exists(out):
-        raise ConfigError(f"{out} already exists (pass --overwrite to replace it)")
+    # before reading any input: an existing output needs --overwrite, and is replaced
+    # only when it is a store
+    fsutil.check_output_dir(out, overwrite, not_a_store)
     grid = SnippetGrid(fps, snippet_frames)
     src = make_layout(layout, root, gt=gt, gt_info=gt_info, classes_file=classes_file,
                       allow_pickle=allow_pickle, grid=grid, feature_stride=feature_stride)
