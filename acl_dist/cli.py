@@ -11,7 +11,44 @@ import sys
 from typing import Callable, Sequence
 
 from . import __version__
-from .errors import AclDistError
+from .errors import AclDistError, find_cause
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error convention: one line naming the option, exit 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind: type, low: float | None = None, low_open: bool = False,
+            high: float | None = None) -> Callable[[str], float]:
+    """An argparse type: ``kind`` (int or float) within ``[low, high]`` (``low_open``:
+    strictly above ``low``). Zero is a value, never "unset": a count that must be
+    positive refuses it here, before any work starts."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        if kind is float and value != value:  # NaN
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+        if low is not None and (value <= low if low_open else value < low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low:g}, "
+                                             f"got {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high:g}, got {text}")
+        return value
+
+    return parse
+
+
+POSITIVE_INT = _number(int, 1)
+NON_NEGATIVE_INT = _number(int, 0)
+POSITIVE_FLOAT = _number(float, 0, low_open=True)
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write the synthetic benchmark (real timelines) as a store",
@@ -19,13 +56,16 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
                                    "ActivityNet-1.2 timelines, written as a feature store.")
     p.add_argument("--preset", choices=["thumos14", "anet12", "anet13"], default="thumos14")
     p.add_argument("--out", required=True, help="store directory or s3:// prefix")
-    p.add_argument("--classes", type=int, help="keep the N most frequent classes")
-    p.add_argument("--videos", type=int, help="at most N training videos (test scaled alike)")
-    p.add_argument("--dim", type=int, default=128, help="feature dim per stream (default 128)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--difficulty", type=float, default=1.0,
+    p.add_argument("--classes", type=_number(int, 2), help="keep the N most frequent classes")
+    p.add_argument("--videos", type=POSITIVE_INT,
+                   help="at most N training videos (test scaled alike)")
+    p.add_argument("--dim", type=POSITIVE_INT, default=128,
+                   help="feature dim per stream (default 128)")
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
+    p.add_argument("--difficulty", type=POSITIVE_FLOAT, default=1.0,
                    help="scales scene, nuisance and noise against the action signal")
-    p.add_argument("--scenes", type=int, help="shared background scenes (default classes//5)")
+    p.add_argument("--scenes", type=POSITIVE_INT,
+                   help="shared background scenes (default classes//5)")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
     p.add_argument("--npy-layout", metavar="DIR",
                    help="also write the per-video npy-split layout here (for ingest)")
@@ -79,13 +119,16 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-bad", action="store_true",
                    help="skip bad videos / drop bad segments, recording them in the manifest")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
-    p.add_argument("--fps", type=float, default=25.0, help="fps of the feature grid (25)")
-    p.add_argument("--snippet-frames", type=int, default=16, help="frames per snippet (16)")
-    p.add_argument("--feature-stride", type=int,
+    p.add_argument("--fps", type=POSITIVE_FLOAT, default=25.0,
+                   help="fps of the feature grid (25)")
+    p.add_argument("--snippet-frames", type=POSITIVE_INT, default=16,
+                   help="frames per snippet (16)")
+    p.add_argument("--feature-stride", type=POSITIVE_INT,
                    help="cmcs-npz: frames between stored vectors (subsampled to a snippet)")
-    p.add_argument("--max-trim", type=int, default=0,
+    p.add_argument("--max-trim", type=NON_NEGATIVE_INT, default=0,
                    help="tolerate RGB/flow length differences up to N snippets (trimmed)")
-    p.add_argument("--shard-mb", type=float, default=128.0, help="MB of features per shard")
+    p.add_argument("--shard-mb", type=POSITIVE_FLOAT, default=128.0,
+                   help="MB of features per shard")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_ingest)
@@ -157,11 +200,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         out = result.as_dict()
         print(json.dumps({"tiou": out["tiou"], "map": out["map"], "average": out["average"],
-                          "per_class": out["per_class"]}))
+                          "per_class": out["per_class"],
+                          "outside_videos": result.outside_videos}))
     else:
         print(f"subset {args.subset}: {len(gt.videos)} videos, "
               f"{sum(gt.count(c) for c in gt.classes)} instances")
         print(result.table())
+    if result.outside_videos:
+        print(f"note: {result.outside_videos} detection(s) on videos not in subset "
+              f"{args.subset!r} were counted as false positives (as the official code does)",
+              file=sys.stderr)
     return 0
 
 
@@ -184,9 +232,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                         "(metrics use it too; default for metrics: hungarian)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
                    help="continue a run at its first unfinished step (RUN or --out)")
-    p.add_argument("--max-failures", type=int, default=0,
+    p.add_argument("--max-failures", type=_number(int, -1), default=0,
                    help="Ray Train worker failures tolerated per round (restored from the "
-                        "last checkpoint)")
+                        "last checkpoint; -1: no limit)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_run)
 
@@ -203,7 +251,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     # libtorch_cpu.so").
     import torch  # noqa: F401
 
-    from . import fsutil
     from .config import load_config
     from .errors import ConfigError
     from .pipeline import run_acl
@@ -213,7 +260,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("--out is required (or --resume RUN)")
     store = args.store
     if args.resume:
-        store = store or fsutil.read_json(fsutil.join(out, "run.json"))["store"]
+        changes = [flag for flag, value in (
+            ("--config", args.config), ("--set", args.overrides), ("--mode", args.mode),
+            ("--num-classes", args.num_classes), ("--train-subset", args.train_subset),
+            ("--test-subset", args.test_subset), ("--rounds", args.rounds),
+            ("--label-map", args.label_map)) if value]
+        if changes:
+            raise ConfigError(f"--resume continues the run as it was configured; "
+                              f"{', '.join(changes)} would change it (start a new run with "
+                              "another --out instead)")
         cfg = None
     else:
         if not store or not args.mode:
@@ -274,9 +329,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .pipeline import run_acl
     from .synth import SynthConfig, synthesize
 
+    from .artifacts import RunDir
+    from .errors import ConfigError
+
     started = time.perf_counter()
     store = os.path.join(args.out, "store")
     run = os.path.join(args.out, "run")
+    # the demo replaces its own earlier run, never a directory of anything else
+    if os.path.exists(run) and (not os.path.isdir(run) or (
+            os.listdir(run) and not RunDir(run).is_run())):
+        raise ConfigError(f"{run} exists and is not an acl-dist run; choose another --out")
     print(f"[1/2] synthetic THUMOS-like benchmark -> {store}", flush=True)
     summary = synthesize(SynthConfig(), store, overwrite=True, quiet=args.quiet)
     print(round0_table(summary["round0"]), flush=True)
@@ -301,8 +363,9 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
                                    "round, cluster x class confusion, per-cluster purity, and "
                                    "time-aligned strips of sampled test videos.")
     p.add_argument("run", help="run directory (local or s3://)")
-    p.add_argument("--videos", type=int, default=6, help="test videos to draw (default 6)")
-    p.add_argument("--seed", type=int, default=0, help="which videos are sampled")
+    p.add_argument("--videos", type=NON_NEGATIVE_INT, default=6,
+                   help="test videos to draw (default 6)")
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="which videos are sampled")
     p.set_defaults(func=cmd_report)
 
 
@@ -377,13 +440,20 @@ def cmd_tune(args: argparse.Namespace) -> int:
         summary = run_tune(args.store, out, cfg, load_space(args.space), settings,
                            quiet=args.quiet)
     print(trials_table(summary))
+    if summary["interrupted"]:
+        print(f"\nexperiment directory: {out}  (trials.csv, summary.json, report.html; "
+              f"continue it with: acl-dist tune --resume {out})")
+        return 130
+    if summary["best"] is None:
+        raise AclDistError(f"no trial reported a result (see {out}/trials.csv for their "
+                           "errors); no best_config.yaml was written")
     print(f"\nexperiment directory: {out}  (trials.csv, summary.json, best_config.yaml, "
           "report.html)")
-    return 130 if summary["interrupted"] else 0
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="acl-dist",
         description="Unsupervised temporal action localisation (ACL, CVPR 2020) on Ray.")
     parser.add_argument("--version", action="version", version=f"acl-dist {__version__}")
@@ -407,11 +477,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(func(args) or 0)
     except AclDistError as err:
-        print(f"acl-dist {args.command}: error: {err}", file=sys.stderr)
+        print(f"acl-dist {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a full or read-only disk, a path through a file, ...
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        print(f"acl-dist {args.command}: error: {where}{err.strerror or err}",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"acl-dist {args.command}: interrupted", file=sys.stderr)
+        print(f"acl-dist {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
+    except Exception as err:
+        # A failure in a Ray task, actor or training worker reaches the driver wrapped in
+        # Ray's exception types, its text a remote traceback. Ours and the disk's are told
+        # in one line; anything else stays a traceback (a bug to report).
+        if not type(err).__module__.startswith("ray"):
+            raise
+        cause = find_cause(err, (AclDistError, OSError))
+        if isinstance(cause, AclDistError):
+            print(f"acl-dist {args.command}: error: {_one_line(cause)}", file=sys.stderr)
+            return 1
+        if isinstance(cause, OSError):
+            where = f"{cause.filename}: " if getattr(cause, "filename", None) else ""
+            print(f"acl-dist {args.command}: error: {where}{cause.strerror or cause}",
+                  file=sys.stderr)
+            return 1
+        raise
+
+
+def _one_line(err: BaseException) -> str:
+    """An error's message without a remote traceback: an AclDistError raised in a Ray
+    task or worker arrives wrapped (its text then holds the remote stack)."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, AclDistError):
+        err = cause
+    text = str(err)
+    return text.split("\n")[0] if "Traceback" in text else text
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """How to continue an interrupted command, when it can be continued."""
+    if args.command in ("run", "tune"):
+        out = args.resume if isinstance(args.resume, str) else args.out
+        if out:
+            return f"; continue it with: acl-dist {args.command} --resume {out}"
+    if args.command in ("ingest", "synth"):
+        return f"; nothing was written to {args.out}"
+    return ""
 
 
 if __name__ == "__main__":

@@ -23,6 +23,33 @@ import yaml
 from .errors import ConfigError
 
 
+# --------------------------------------------------------------------------- range checks
+# Zero is never "unset" (None is): a count of 0 or a negative weight is refused when the
+# config is built, naming the key, before any work starts.
+
+
+def _check_range(section: str, obj: Any, key: str, low: float | None = None,
+                 high: float | None = None, low_open: bool = False,
+                 high_open: bool = False) -> None:
+    """Raise :class:`ConfigError` naming ``section.key`` unless ``low <= value <= high``
+    (``<``/``>`` for open bounds); None passes (it means "sized" or "off")."""
+    value = getattr(obj, key)
+    if value is None:
+        return
+    ok = (low is None or (value > low if low_open else value >= low)) and \
+        (high is None or (value < high if high_open else value <= high))
+    if not ok:
+        lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+        hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+        want = " and ".join(x for x in (lo, hi) if x)
+        raise ConfigError(f"{section}{key}: must be {want}, got {value!r}")
+
+
+def check_ranges(section: str, obj: Any, rules: dict[str, tuple]) -> None:
+    for key, rule in rules.items():
+        _check_range(section, obj, key, *rule)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The co-attention network (METHOD.md §4). Widths follow the authors' code; five
@@ -73,6 +100,10 @@ class ModelConfig:
     fusion: Literal["late", "early"] = "early"
 
     def __post_init__(self) -> None:
+        check_ranges("model.", self, {"base_dim": (1,), "branch_dim": (1,), "global_dim": (1,),
+                                    "nonlocal_dim": (1,), "dropout": (0, 1, False, True)})
+        if any(d < 1 for d in self.dilations):
+            raise ConfigError(f"model.dilations: must be >= 1, got {list(self.dilations)}")
         for key in ("base_kernel", "local_kernel"):
             kernel = getattr(self, key)
             if kernel < 1 or kernel % 2 == 0:
@@ -113,6 +144,11 @@ class LossConfig:
     trip_reduction: Literal["mean", "sum"] = "mean"
     sep_attention: Literal["class", "agnostic", "both"] = "class"
     lambda_topk: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_ranges("loss.", self, {"lambda_sep": (0,), "lambda_trip": (0,), "lambda_topk": (0,),
+                                   "tau1": (0,), "tau2": (0,), "margin": (0,),
+                                   "neg_cap": (0, None, True)})
 
 
 @dataclass(frozen=True)
@@ -158,6 +194,14 @@ class TrainConfig:
     checkpoint_every: int = 0
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        check_ranges("train.", self, {
+            "steps": (1,), "batch_size": (1,), "clusters_per_batch": (0,),
+            "videos_per_cluster": (1,), "lr": (0, None, True), "weight_decay": (0,),
+            "lr_decay_at": (0, 1), "lr_decay": (0, None, True), "max_len": (0,),
+            "workers": (1,), "cpus_per_worker": (0, None, True), "log_every": (1,),
+            "checkpoint_every": (0,), "seed": (0,)})
+
 
 @dataclass(frozen=True)
 class ClusterConfig:
@@ -190,6 +234,10 @@ class ClusterConfig:
     n_neighbors: int = 100
     dense_max_videos: int = 20_000
 
+    def __post_init__(self) -> None:
+        check_ranges("cluster.", self, {"sigma": (0, None, True), "n_init": (1,), "seed": (0,),
+                                      "n_neighbors": (1,), "dense_max_videos": (1,)})
+
 
 @dataclass(frozen=True)
 class LocalizeConfig:
@@ -221,6 +269,14 @@ class LocalizeConfig:
     gamma: float = 0.25
     nms_iou: float = 0.65
     max_per_video: int = 200
+
+    def __post_init__(self) -> None:
+        check_ranges("localize.", self, {
+            "rgb_weight": (0, 1), "class_threshold": (0, 1), "upsample": (1,),
+            "outer_ratio": (0,), "gamma": (0,), "nms_iou": (0, 1, True), "max_per_video": (1,)})
+        if not self.thresholds or any(t <= 0 for t in self.thresholds):
+            raise ConfigError(f"localize.thresholds: need at least one threshold, each > 0, "
+                              f"got {list(self.thresholds)}")
 
 
 @dataclass(frozen=True)
@@ -259,6 +315,18 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     localize: LocalizeConfig = field(default_factory=LocalizeConfig)
+
+    def __post_init__(self) -> None:
+        check_ranges("", self, {"num_classes": (2 if self.mode == "unsupervised" else 1,),
+                              "rounds": (1,), "val_fraction": (0, 0.5), "seed": (0,)})
+        if self.tiou is not None:
+            from .errors import DataError
+            from .evaluate import parse_tiou
+
+            try:
+                parse_tiou(self.tiou)
+            except DataError as err:
+                raise ConfigError(f"tiou: {err}") from None
 
 
 # --------------------------------------------------------------------------- conversion

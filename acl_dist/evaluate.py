@@ -58,11 +58,17 @@ class Detection(NamedTuple):
 def load_detections(source: str | Mapping[str, Any]) -> list[Detection]:
     """Detections from an ActivityNet result JSON (path or loaded dict), in file order."""
     data = fsutil.read_json(source) if isinstance(source, str) else source
+    name = source if isinstance(source, str) else "detections"
     if not isinstance(data, Mapping) or "results" not in data:
-        raise DataError(None, f"{source if isinstance(source, str) else 'detections'}: "
-                              "not an ActivityNet result file (no 'results' key)")
+        raise DataError(None, f"{name}: not an ActivityNet result file (no 'results' key)")
+    if not isinstance(data["results"], Mapping):
+        raise DataError(None, f"{name}: 'results' must be an object mapping video ids to "
+                              f"lists of detections, got {type(data['results']).__name__}")
     out = []
     for video, items in data["results"].items():
+        if not isinstance(items, list):
+            raise DataError(video, f"{name}: expected a list of detections, got "
+                                   f"{type(items).__name__}")
         for item in items:
             try:
                 start, end = (float(x) for x in item["segment"])
@@ -72,6 +78,8 @@ def load_detections(source: str | Mapping[str, Any]) -> list[Detection]:
                                        f"segment [start, end] ({exc})") from None
             if not (np.isfinite(det.score) and np.isfinite(start) and np.isfinite(end)):
                 raise DataError(video, f"detection with a non-finite value: {item!r}")
+            if start > end:
+                raise DataError(video, f"detection with start > end: {item!r}")
             out.append(det)
     return out
 
@@ -240,6 +248,7 @@ class DetectionResult:
     tiou: np.ndarray
     classes: list[str]
     ap: np.ndarray
+    outside_videos: int = 0     # detections on videos without ground truth (false positives)
 
     @property
     def map(self) -> np.ndarray:
@@ -305,11 +314,15 @@ def evaluate_detections(ground_truth: GroundTruth | str | Mapping[str, Any],
         detections = load_detections(detections)
     keep = set(videos) if videos is not None else None
     by_class: dict[str, list[Detection]] = {c: [] for c in ground_truth.classes}
+    outside = 0
     for det in detections:
         if keep is not None and det.video not in keep:
             continue
         if ambiguous and overlaps_any(det.start, det.end, ambiguous.get(det.video, ())):
             continue
+        # as the official code: a detection on a video outside the subset's ground truth
+        # is kept, and can only be a false positive
+        outside += det.video not in ground_truth.videos
         bucket = by_class.get(det.label)
         if bucket is None:
             if unknown_labels == "ignore":
@@ -326,7 +339,7 @@ def evaluate_detections(ground_truth: GroundTruth | str | Mapping[str, Any],
             ground_truth.segments[label], [d.video for d in dets],
             np.array([[d.start, d.end] for d in dets], dtype=np.float64).reshape(-1, 2),
             np.array([d.score for d in dets], dtype=np.float64), thresholds)
-    return DetectionResult(thresholds, list(ground_truth.classes), ap)
+    return DetectionResult(thresholds, list(ground_truth.classes), ap, outside)
 
 
 # --------------------------------------------------------------------------- THUMOS

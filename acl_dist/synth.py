@@ -24,6 +24,7 @@ the gap co-attention has to close.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -90,6 +91,16 @@ class SynthConfig:
     temporal_rho: float = 0.9
     seed: int = 0
     dtype: str = "float16"
+
+    def __post_init__(self) -> None:
+        from .config import check_ranges
+
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown preset {self.preset!r}; choose one of {PRESETS}")
+        check_ranges("", self, {"classes": (2,), "videos": (1,), "dim": (1,),
+                                "difficulty": (0, None, True), "scenes": (1,),
+                                "home_prob": (0, 1), "temporal_rho": (0, 1, False, True),
+                                "seed": (0,)})
 
 
 @dataclass
@@ -320,7 +331,7 @@ def synthesize(cfg: SynthConfig, out: str, npy_layout: str | None = None,
             coverage = _coverage(timeline, grid)
             summary["action_coverage"] = coverage
             summary["seconds"] = round(time.perf_counter() - started, 2)
-            fsutil.write_json_atomic(fsutil.join(writer.workdir, "synth_report.json"), summary)
+            writer.add_file("synth_report.json", (json.dumps(summary, indent=1) + "\n").encode())
         if npy_writer:
             npy_writer.finish(timeline)
     except BaseException:
@@ -340,14 +351,26 @@ def _coverage(timeline: Timeline, grid: SnippetGrid) -> float:
     return float(covered / max(total, 1))
 
 
+def _not_npy_layout(path: str) -> str | None:
+    """None when ``path`` looks like an npy-split layout this command wrote (``features/``,
+    ``gt.json``, ``split_*.txt`` only), else what it is (``--overwrite`` refuses it)."""
+    import os
+
+    names = set(os.listdir(path)) if os.path.isdir(path) else {"?"}
+    extra = {n for n in names if n not in ("features", "gt.json")
+             and not (n.startswith("split_") and n.endswith(".txt"))}
+    return "not an npy-split layout written by acl-dist" if extra else None
+
+
 class _NpyLayoutWriter:
     """Writes the BaSNet/UM/CoLA ``npy-split`` layout (float32), atomically (local only)."""
 
     def __init__(self, root: str, overwrite: bool):
         if fsutil.is_remote(root):
             raise ConfigError("--npy-layout must be a local directory")
-        self._ctx = fsutil.atomic_output_dir(root, overwrite=overwrite)
-        self.dir = self._ctx.__enter__()
+        self._ctx = fsutil.atomic_output_dir(root, overwrite=overwrite,
+                                             replaceable=_not_npy_layout)
+        self.dir = self._ctx.__enter__().workdir
         self.anns: list[VideoAnnotation] = []
 
     def add(self, rec: VideoRecord) -> None:

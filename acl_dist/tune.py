@@ -49,6 +49,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler
 
 from . import fsutil
 from .config import (
+    check_ranges,
     RunConfig,
     from_dict,
     merge,
@@ -93,6 +94,12 @@ class TuneSettings:
     reduction_factor: int = 2
     val_fraction: float = 0.2
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        # the same rule as the run config: 0 is a value, not "unset"; refused up front
+        check_ranges("", self, {"num_samples": (1,), "max_concurrent": (1,), "grace_period": (1,),
+                              "reduction_factor": (2,), "val_fraction": (0, 0.5, True),
+                              "seed": (0,)})
 
 
 # --------------------------------------------------------------------------- search space
@@ -261,8 +268,10 @@ def tune_trial(config: dict[str, Any], *, store: str, root: str, base: dict[str,
                 json.dump({"round": metrics["round"]}, fh)
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(d))
 
+    # resume=True: a restored trial checks its finished steps' files before trusting them
+    # (a fresh trial has none)
     Run(store, out, cfg, quiet=True, with_test=False, torch_threads=torch_threads,
-        attention_actors=attention_actors, on_round=on_round).execute()
+        attention_actors=attention_actors, on_round=on_round).execute(resume=True)
 
 
 # --------------------------------------------------------------------------- the search
