@@ -531,6 +531,16 @@ def case_run_out_under_a_file(w, monkeypatch):
     return _run(w, w.tmp / "afile" / "run"), lambda w: None
 
 
+def case_run_disk_full(w, monkeypatch):
+    out = w.tmp / "r"
+    _local_capacity(monkeypatch)
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+    monkeypatch.setattr(fsutil, "write_bytes_atomic", full)
+    return _run(w, out), _no_run(out)
+
+
 def case_run_existing_run_needs_resume(w):
     run = w.make_run()
     state = (run / "state.json").read_text()
@@ -857,6 +867,7 @@ CASES = [
     (case_run_empty_validation_split_leaves_no_config, 1, r"validation split is empty", False),
     (case_run_no_mode, 1, r"--store and --mode are required", False),
     (case_run_out_under_a_file, 1, r"afile/run.*Not a directory", False),
+    (case_run_disk_full, 1, r"r/config\.yaml: No space left on device$", False),
     (case_run_existing_run_needs_resume, 1, r"already holds a run; use --resume", True),
     (case_run_started_but_no_step_finished_is_rerun, 1, r"reached the steps", False),
     (case_run_training_worker_disk_full, 1,
@@ -1006,11 +1017,13 @@ def test_resume_reruns_a_step_whose_model_was_deleted(world, capsys):
 
 @pytest.mark.ray
 def test_report_never_opens_a_checkpoint(world, capsys):
-    """The report reads results, not weights: a planted model.pt cannot run through it."""
+    """The report reads results, not weights: a planted model.pt cannot run through it, and
+    a truncated one does not stop it."""
     run = world.make_run()
     marker = world.tmp / "PWNED"
-    for r in (0, 1):
-        plant(run / f"round_{r}" / "model.pt", marker)
+    plant(run / "round_1" / "model.pt", marker)
+    truncated = run / "round_0" / "model.pt"
+    truncated.write_bytes(truncated.read_bytes()[:500])
     code, out, err = cli(capsys, ["report", run])
     assert code == 0, err
     assert not marker.exists() and (run / "report.html").exists()
