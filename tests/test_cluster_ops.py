@@ -139,11 +139,21 @@ def cluster(s3_endpoint, tmp_path_factory):
     c = Cluster(env, _free_port(), _free_port())
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=2", "--object-store-memory=300000000",
               "--disable-usage-stats"]
+
+    def own_ports() -> list[str]:
+        # Each node's agents on free ports: with Ray's defaults (the dashboard agent on
+        # 52365, ...) a node started after the test session's local Ray instance found its
+        # ports taken, and the head's job agent never came up ("No available agent").
+        return [f"--dashboard-agent-listen-port={_free_port()}",
+                f"--dashboard-agent-grpc-port={_free_port()}",
+                f"--runtime-env-agent-port={_free_port()}",
+                f"--metrics-export-port={_free_port()}"]
     try:
         c.procs.append(_start(["--head", f"--port={c.gcs.split(':')[1]}",
                                "--dashboard-host=127.0.0.1",
-                               f"--dashboard-port={c.dashboard.rsplit(':', 1)[1]}", *common],
-                              env, logs / "head.log"))
+                               f"--dashboard-port={c.dashboard.rsplit(':', 1)[1]}",
+                               f"--ray-client-server-port={_free_port()}", *own_ports(),
+                               *common], env, logs / "head.log"))
         deadline = time.time() + 90
         while c.cli("job", "list", "--address", c.dashboard, check=False).returncode != 0:
             if time.time() > deadline or c.procs[0].poll() is not None:
@@ -154,7 +164,8 @@ def cluster(s3_endpoint, tmp_path_factory):
         # runtime-env agent re-extracts each job's working_dir over the one the driver runs
         # in (the driver's cwd vanishes; acl-dist tune copes, see run_tune). A separate
         # --temp-dir for the node left the head's job agent unavailable for minutes.
-        c.procs.append(_start([f"--address={c.gcs}", *common], env, logs / "node.log"))
+        c.procs.append(_start([f"--address={c.gcs}", *own_ports(), *common], env,
+                              logs / "node.log"))
         deadline = time.time() + 90
         while len(re.findall(r"^\s*1 node_", c.cli("status", "--address", c.gcs).stdout,
                              re.MULTILINE)) < 2:
