@@ -1,5 +1,19 @@
-"""Run-directory artifacts that are loaded back: checkpoints, Ray Train states, the step
-ledger, and the checks ``--resume`` makes before trusting a finished step.
+"""The one reader and writer of every file of a run directory (and of Ray Train's
+checkpoint directories): config and run info, the step ledger, clusters, round outputs,
+checkpoints, per-round evaluations, detections and metrics; and the checks ``--resume``
+makes before trusting a finished step. Other modules go through :class:`RunDir`; a test
+checks that no other module names these files.
+
+Run directory (local or ``s3://``)::
+
+    RUN/config.yaml, RUN/run.json       the resolved config; the store and how the run began
+    RUN/state.json                      finished steps with their seconds (the ledger)
+    RUN/round_<r>/descriptors.parquet   (r = 0, unsupervised) uniform descriptors
+    RUN/round_<r>/clusters.json         pseudo-labels, clustering stats, class mappings
+    RUN/round_<r>/model.pt              the round's checkpoint
+    RUN/round_<r>/outputs.parquet       attention pass: descriptors, test CAS/attention/dets
+    RUN/round_<r>/eval.json, val.json   the round's test / validation mAP
+    RUN/detections.json, RUN/detections_<mapping>.json, RUN/metrics.json
 
 Safety rule: nothing in a run directory, a store or a checkpoint is ever unpickled.
 Checkpoints hold tensors and plain data only (dicts, lists, strings, numbers; the config
@@ -15,6 +29,8 @@ Imports neither Ray nor torch at module level (torch is imported by the loaders)
 from __future__ import annotations
 
 import io
+import json
+import os
 import pickle
 import warnings
 from dataclasses import dataclass
@@ -26,6 +42,10 @@ from .errors import ArtifactError, StoreError
 STATE = "state.json"
 RUN_INFO = "run.json"
 CONFIG = "config.yaml"
+METRICS = "metrics.json"
+MODEL = "model.pt"                 # in round_<r>/ and in Ray Train's final checkpoint
+TRAIN_STATE = "train_state.pt"     # in every Ray Train checkpoint
+EVAL_FILES = {"test": "eval.json", "val": "val.json"}
 
 #: Files whose presence marks a directory as an acl-dist run (``--overwrite``, demo).
 RUN_MARKERS = (RUN_INFO, CONFIG, STATE)
@@ -137,6 +157,22 @@ def verify_train_storage(storage: str, name: str) -> int:
     return len(files)
 
 
+def save_train_checkpoint(directory: str, state: dict[str, Any],
+                          final: dict[str, Any] | None = None) -> None:
+    """Fill a local directory that Ray Train turns into a checkpoint: the training state
+    (model, optimiser, scheduler, step) and, at the round's end, the final checkpoint."""
+    save_checkpoint(os.path.join(directory, TRAIN_STATE), state)
+    if final is not None:
+        save_checkpoint(os.path.join(directory, MODEL), final)
+
+
+def load_train_checkpoint(directory: str, final: bool = False) -> dict[str, Any]:
+    """The training state of a Ray Train checkpoint directory, or its final checkpoint."""
+    if final:
+        return load_checkpoint(os.path.join(directory, MODEL))
+    return load_train_state(os.path.join(directory, TRAIN_STATE))
+
+
 # --------------------------------------------------------------------------- other readers
 
 
@@ -166,6 +202,49 @@ def check_json(path: str, key: str | None = None) -> Any:
         raise ArtifactError(path, f"unreadable: expected a JSON object"
                                   f"{f' with {key!r}' if key else ''}")
     return data
+
+
+def _read_parquet(path: str, columns: list[str] | None):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        with fsutil.open_read(path) as fh:
+            return pq.read_table(fh, columns=columns)
+    except StoreError as exc:
+        raise ArtifactError(path, _problem(exc, path)) from None
+    except (OSError, pa.ArrowException) as exc:
+        raise ArtifactError(path, f"unreadable Parquet file ({exc}); rerun the step with "
+                                  "acl-dist run --resume") from None
+
+
+def outputs_schema(streams: Iterable[str]):
+    """The schema of a round's ``outputs.parquet`` (and of round 0's descriptors, which
+    fill only ``video_id`` and ``descriptor``): per video the next round's ``descriptor``
+    (float32 bytes, empty for detected rows), the fused ``cas`` ``(T, C)`` float16 bytes,
+    ``video_logits`` ``(C,)`` float32, ``detections`` JSON ``[[label, score, start, end]]``
+    and ``attention_<stream>`` ``(T,)`` float16 per stream."""
+    import pyarrow as pa
+
+    return pa.schema([("video_id", pa.string()), ("subset", pa.string()),
+                      ("descriptor", pa.binary()), ("cas", pa.binary()),
+                      ("video_logits", pa.binary()), ("detections", pa.string()),
+                      *[(f"attention_{s}", pa.binary()) for s in streams]])
+
+
+def read_descriptors(path: str) -> tuple[list[str], Any]:
+    """(video ids, ``(N, F)`` descriptors) of the rows of a step's output file that have
+    one (training videos)."""
+    import numpy as np
+
+    table = _read_parquet(path, ["video_id", "descriptor"])
+    ids, rows = [], []
+    for vid, blob in zip(table.column("video_id").to_pylist(),
+                         table.column("descriptor").to_pylist()):
+        if blob:
+            ids.append(vid)
+            rows.append(np.frombuffer(blob, dtype=np.float32))
+    return ids, np.stack(rows) if rows else np.zeros((0, 0), np.float32)
 
 
 def check_artifact(path: str) -> None:
@@ -215,6 +294,165 @@ class RunDir:
         for step in steps:
             state["steps"].pop(step, None)
         fsutil.write_json_atomic(self.path(STATE), state)
+
+    # -- config and run info --------------------------------------------------------
+
+    def write_config(self, cfg: Any, info: dict[str, Any]) -> None:
+        """``config.yaml`` (the resolved config) and ``run.json`` (``info``: the store and
+        how the run began, with the config as a dict)."""
+        from .config import to_dict, to_yaml
+
+        fsutil.write_bytes_atomic(self.path(CONFIG), to_yaml(cfg).encode())
+        fsutil.write_json_atomic(self.path(RUN_INFO), {**info, "config": to_dict(cfg)})
+
+    def read_config(self) -> Any:
+        from .config import load_config
+
+        return load_config(self.path(CONFIG))
+
+    def read_info(self) -> dict[str, Any]:
+        return check_json(self.path(RUN_INFO), "store")
+
+    def has_config(self) -> bool:
+        return fsutil.exists(self.path(CONFIG))
+
+    # -- step outputs ---------------------------------------------------------------
+
+    def descriptors_path(self) -> str:
+        """Round 0's uniform descriptors (unsupervised runs)."""
+        return self.round(0, "descriptors.parquet")
+
+    def outputs_path(self, r: int) -> str:
+        return self.round(r, "outputs.parquet")
+
+    def model_path(self, r: int) -> str:
+        return self.round(r, MODEL)
+
+    def clusters_path(self, r: int) -> str:
+        return self.round(r, "clusters.json")
+
+    def eval_path(self, r: int, split: str) -> str:
+        return self.round(r, EVAL_FILES[split])
+
+    def metrics_path(self) -> str:
+        return self.path(METRICS)
+
+    def detections_path(self, mapping: str | None = None) -> str:
+        """``detections.json``, or ``detections_<mapping>.json`` (labels mapped to classes)."""
+        return self.path(f"detections_{mapping}.json" if mapping else "detections.json")
+
+    def save_model(self, r: int, ckpt: dict[str, Any]) -> None:
+        save_checkpoint(self.model_path(r), ckpt)
+
+    def load_model(self, r: int) -> dict[str, Any]:
+        return load_checkpoint(self.model_path(r))
+
+    def write_clusters(self, r: int, clusters: dict[str, Any]) -> None:
+        fsutil.write_json_atomic(self.clusters_path(r), clusters)
+
+    def read_clusters(self, r: int) -> dict[str, Any] | None:
+        """Round ``r``'s clustering (``labels``: video -> cluster, ``scores``, ``sizes``,
+        ``mapping``, ...), or None when that clustering has not run."""
+        path = self.clusters_path(r)
+        return check_json(path, "labels") if fsutil.exists(path) else None
+
+    def write_eval(self, r: int, split: str, result: dict[str, Any]) -> None:
+        fsutil.write_json_atomic(self.eval_path(r, split), result)
+
+    def read_eval(self, r: int, split: str) -> dict[str, Any] | None:
+        """Round ``r``'s ``test`` or ``val`` evaluation, or None when not written."""
+        path = self.eval_path(r, split)
+        return check_json(path) if fsutil.exists(path) else None
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        fsutil.write_json_atomic(self.metrics_path(), metrics)
+
+    def read_metrics(self) -> dict[str, Any]:
+        path = self.metrics_path()
+        if not fsutil.exists(path):
+            raise ArtifactError(path, "missing: not a finished run (a run in progress or "
+                                      "interrupted: acl-dist run --resume RUN)")
+        return check_json(path, "rounds")
+
+    def write_detections(self, results: dict[str, Any], mapping: str | None = None) -> None:
+        fsutil.write_json_atomic(self.detections_path(mapping), results)
+
+    def read_detections(self, mapping: str | None = None) -> dict[str, Any] | None:
+        """The run's ActivityNet result JSON (mapped by ``mapping`` when that file exists,
+        else the plain one), or None when the run wrote none."""
+        for path in ([self.detections_path(mapping)] if mapping else []) + \
+                [self.detections_path()]:
+            if fsutil.exists(path):
+                return check_json(path, "results")
+        return None
+
+    def read_descriptors(self, r: int) -> tuple[list[str], Any]:
+        """(video ids, ``(N, F)`` float32 descriptors) that round ``r`` clusters: round 0's
+        uniform ones, else those of round ``r - 1``'s attention pass."""
+        return read_descriptors(self.descriptors_path() if r == 0 else
+                                self.outputs_path(r - 1))
+
+    def read_raw_detections(self, r: int) -> list[tuple[str, str, list]]:
+        """Round ``r``'s detections as (video, subset, [(label index, score, start s,
+        end s), ...]) for every row of its outputs (empty lists for described rows)."""
+        table = _read_parquet(self.outputs_path(r), ["video_id", "subset", "detections"])
+        return [(v, s, json.loads(d)) for v, s, d in zip(
+            *(table.column(c).to_pylist() for c in ("video_id", "subset", "detections")))]
+
+    def read_output_rows(self, r: int, videos: set[str]) -> dict[str, dict[str, Any]]:
+        """Every column of round ``r``'s outputs for the rows of ``videos``."""
+        table = _read_parquet(self.outputs_path(r), None)
+        out = {}
+        cols = table.column_names
+        for i, vid in enumerate(table.column("video_id").to_pylist()):
+            if vid in videos:
+                out[vid] = {c: table.column(c)[i].as_py() for c in cols}
+        return out
+
+    # -- resume -------------------------------------------------------------------------
+
+    def step_artifacts(self, step: str, val: bool, test: bool) -> list[str]:
+        """The files a finished ``step`` wrote (``val``/``test``: whether the run scores a
+        validation split / the test subset)."""
+        if step == "finish":
+            return [self.metrics_path()] + ([self.detections_path()] if test else [])
+        tag, kind = step.split(".")
+        r = int(tag.split("_")[1])
+        if kind == "evaluate":
+            return ([self.eval_path(r, "val")] if val else []) + \
+                ([self.eval_path(r, "test")] if test else [])
+        if kind == "descriptors":
+            return [self.descriptors_path()]
+        return [{"cluster": self.clusters_path, "train": self.model_path,
+                 "attention": self.outputs_path}[kind](r)]
+
+    def verify_steps(self, names: list[str], val: bool, test: bool,
+                     quiet: bool = False) -> list[str]:
+        """Before ``--resume`` trusts the ledger: read back each finished step's files (in
+        the schedule's order ``names``). The first step with a file missing or unreadable
+        is unmarked with every finished step after it (they were computed from it), and
+        returned; a refused file (pickled objects) raises."""
+        from .progress import log
+
+        done = self.state()["steps"]
+        for i, name in enumerate(names):
+            if name not in done:
+                continue
+            for path in self.step_artifacts(name, val, test):
+                try:
+                    check_artifact(path)
+                except ArtifactError as err:
+                    if err.refused:
+                        raise
+                    rerun = [n for n in names[i:] if n in done]
+                    log(f"--resume: {err}; rerunning {name}"
+                        + (f" and the {len(rerun) - 1} finished step(s) after it"
+                           if len(rerun) > 1 else ""), quiet)
+                    self.forget(rerun)
+                    return rerun
+        return []
+
+    # -- what a directory is ----------------------------------------------------------
 
     def is_run(self) -> bool:
         """Whether the directory holds (the start of) an acl-dist run."""

@@ -11,7 +11,10 @@ import sys
 from typing import Callable, Sequence
 
 from . import __version__
+from .config import RunConfig, TuneSettings, choices
 from .errors import AclDistError, find_cause
+from .store import DTYPES
+from .synth import PRESETS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,7 +57,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write the synthetic benchmark (real timelines) as a store",
                        description="Synthetic two-stream features on the real THUMOS14 or "
                                    "ActivityNet-1.2 timelines, written as a feature store.")
-    p.add_argument("--preset", choices=["thumos14", "anet12", "anet13"], default="thumos14")
+    p.add_argument("--preset", choices=list(PRESETS), default="thumos14")
     p.add_argument("--out", required=True, help="store directory or s3:// prefix")
     p.add_argument("--classes", type=_number(int, 2), help="keep the N most frequent classes")
     p.add_argument("--videos", type=POSITIVE_INT,
@@ -66,7 +69,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
                    help="scales scene, nuisance and noise against the action signal")
     p.add_argument("--scenes", type=POSITIVE_INT,
                    help="shared background scenes (default classes//5)")
-    p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float16")
     p.add_argument("--npy-layout", metavar="DIR",
                    help="also write the per-video npy-split layout here (for ingest)")
     p.add_argument("--no-report", action="store_true",
@@ -118,7 +121,7 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
                    help="let numpy unpickle object arrays (wtalc layout; trusted files only)")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip bad videos / drop bad segments, recording them in the manifest")
-    p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float16")
     p.add_argument("--fps", type=POSITIVE_FLOAT, default=25.0,
                    help="fps of the feature grid (25)")
     p.add_argument("--snippet-frames", type=POSITIVE_INT, default=16,
@@ -219,7 +222,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                                    "then detections and metrics in the run directory.")
     p.add_argument("--store", help="feature store (local or s3://)")
     p.add_argument("--out", help="run directory (local or s3://)")
-    p.add_argument("--mode", choices=["unsupervised", "weak"])
+    p.add_argument("--mode", choices=choices(RunConfig, "mode"))
     p.add_argument("--num-classes", type=int, help="C: clusters (unsupervised) or classes")
     p.add_argument("--train-subset")
     p.add_argument("--test-subset")
@@ -227,7 +230,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML file or preset name (" + ", ".join(_presets()) + ")")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted override, e.g. --set train.lr=3e-4 (repeatable)")
-    p.add_argument("--label-map", choices=["hungarian", "majority", "soft"],
+    p.add_argument("--label-map", choices=choices(RunConfig, "label_map"),
                    help="name detections.json's labels by this cluster->class mapping "
                         "(metrics use it too; default for metrics: hungarian)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
@@ -385,7 +388,7 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
                                    "DIR/report.html.")
     p.add_argument("--store", help="feature store (local or s3://)")
     p.add_argument("--out", help="experiment directory (local or s3://)")
-    p.add_argument("--mode", choices=["unsupervised", "weak"], default="unsupervised")
+    p.add_argument("--mode", choices=choices(RunConfig, "mode"), default="unsupervised")
     p.add_argument("--num-classes", type=int, help="C: clusters (unsupervised) or classes")
     p.add_argument("--rounds", type=int, help="rounds per trial (ASHA's max_t)")
     p.add_argument("--config", help="base YAML file or preset name (" + ", ".join(_presets())
@@ -394,11 +397,11 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
                    help="dotted override of the base config (repeatable)")
     p.add_argument("--space", help="search space YAML (default: Z, K, lambda_sep, lambda_trip; "
                                    "see acl_dist/configs/search/default.yaml)")
-    p.add_argument("--search", choices=["random", "grid", "optuna", "hyperopt"],
+    p.add_argument("--search", choices=choices(TuneSettings, "search"),
                    default="random")
     p.add_argument("--num-samples", type=int, default=8,
                    help="trials (with --search grid: repeats of the grid)")
-    p.add_argument("--objective", choices=["val_map", "silhouette", "stability"],
+    p.add_argument("--objective", choices=choices(TuneSettings, "objective"),
                    default="val_map", help="val_map: validation mAP; silhouette / stability: "
                                            "label-free (default val_map)")
     p.add_argument("--max-concurrent", type=int,
@@ -420,7 +423,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     from .config import load_config
     from .errors import ConfigError
-    from .tune import TuneSettings, load_space, run_tune, trials_table
+    from .tune import run_tune
+    from .tune_results import trials_table
+    from .tune_space import load_space
 
     out = args.resume if isinstance(args.resume, str) else args.out
     if not out:

@@ -7,7 +7,7 @@ values of the wrong type are errors that name the key. The resolved config is sa
 every run directory and in every checkpoint, so a result always says how it was made.
 
 Values left ``None`` (``train.steps``, ``train.batch_size``, ``train.workers``, ...) are
-sized to the store by :func:`acl_dist.pipeline.resolve_config` before a run starts.
+sized to the store by :func:`acl_dist.plan.resolve_config` before a run starts.
 """
 
 from __future__ import annotations
@@ -174,7 +174,8 @@ class TrainConfig:
             per node).
         log_every: steps between metric reports.
         checkpoint_every: steps between mid-round checkpoints (0: only the final one).
-        seed: seed of initialisation, sampling and cropping.
+        seed: offset of this part's seed: training of round r is seeded with
+            ``seed (run) + train.seed + 1000 r`` (initialisation, sampling, cropping).
     """
 
     steps: int | None = None
@@ -216,7 +217,8 @@ class ClusterConfig:
             throughout (its scene). Round 0 is uniform pooling either way.
         sigma: Gaussian bandwidth; None = mean pairwise distance (the authors' code).
         n_init: k-means restarts.
-        seed: random state of the eigensolver and k-means.
+        seed: offset of this part's seed: the eigensolver and k-means get
+            ``seed (run) + cluster.seed``.
         graph: affinity graph: ``dense`` (the full N x N Gaussian affinity, the authors'),
             ``knn`` (each video's ``n_neighbors`` nearest, sparse: no N x N matrix), or
             ``auto`` (dense up to ``dense_max_videos``, kNN above).
@@ -297,7 +299,8 @@ class RunConfig:
         val_fraction: without ``val_subset``, hold out this fraction of the training videos
             as the validation split, by a seeded hash of each video id (``crc32("seed:id")``,
             stable across machines and store layouts); 0 = no validation split.
-        seed: base seed (also seeds the held-out split).
+        seed: the run's base seed: every random choice derives from it (the held-out split
+            directly; training and clustering add their own ``seed`` offsets).
     """
 
     mode: Literal["unsupervised", "weak"] = "unsupervised"
@@ -327,6 +330,40 @@ class RunConfig:
                 parse_tiou(self.tiou)
             except DataError as err:
                 raise ConfigError(f"tiou: {err}") from None
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """How the search runs (stored in ``EXP/tune.json``).
+
+    Attributes:
+        search: ``random`` (Tune's variant generator), ``grid`` (every combination),
+            ``optuna`` (TPE) or ``hyperopt`` (TPE; needs ``pip install hyperopt``).
+        num_samples: trials to draw (grid: repeats of the full grid).
+        objective: what trials are ranked and stopped by (module doc); higher is better.
+        max_concurrent: trials at a time; None = as many as the cluster holds (never more).
+        grace_period: rounds every trial runs before ASHA may stop it.
+        reduction_factor: ASHA keeps the top 1/reduction_factor at each rung.
+        val_fraction: training videos held out for validation when the store has no
+            ``val_subset`` and the config sets no ``val_fraction``.
+        seed: seed of the searcher (trials share the run config's seed, so they differ
+            only by the searched keys).
+    """
+
+    search: Literal["random", "grid", "optuna", "hyperopt"] = "random"
+    num_samples: int = 8
+    objective: Literal["val_map", "silhouette", "stability"] = "val_map"
+    max_concurrent: int | None = None
+    grace_period: int = 1
+    reduction_factor: int = 2
+    val_fraction: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        # the same rule as the run config: 0 is a value, not "unset"; refused up front
+        check_ranges("", self, {"num_samples": (1,), "max_concurrent": (1,), "grace_period": (1,),
+                              "reduction_factor": (2,), "val_fraction": (0, 0.5, True),
+                              "seed": (0,)})
 
 
 # --------------------------------------------------------------------------- conversion
@@ -485,6 +522,16 @@ def load_config(config: str | None = None, overrides: list[str] | tuple[str, ...
     return from_dict(RunConfig, data)
 
 
+def choices(cls: type, name: str) -> list[str]:
+    """The allowed values of a ``Literal`` field of config dataclass ``cls``: the one source
+    of every choice set (the CLI's ``choices=``, module constants)."""
+    hint = typing.get_type_hints(cls)[name]
+    values = typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
+    if not values:
+        raise TypeError(f"{cls.__name__}.{name} is not a Literal field")
+    return list(values)
+
+
 def with_updates(cfg: Any, **changes: Any) -> Any:
     """``dataclasses.replace`` that also accepts nested dicts for sub-configs."""
     resolved = {}
@@ -497,4 +544,4 @@ def with_updates(cfg: Any, **changes: Any) -> Any:
 
 __all__ = ["ModelConfig", "LossConfig", "TrainConfig", "ClusterConfig", "LocalizeConfig",
            "RunConfig", "load_config", "from_dict", "to_dict", "to_yaml", "parse_override",
-           "preset_names", "with_updates"]
+           "preset_names", "with_updates", "choices", "check_ranges", "TuneSettings"]

@@ -34,12 +34,13 @@ import numpy as np
 
 from . import fsutil
 from .annotations import load_ambiguous, load_video_list
+from .config import RunConfig, choices
 from .errors import DataError
 
 ANET_TIOU = np.linspace(0.5, 0.95, 10)
 THUMOS_TIOU = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
 TIOU_PRESETS = {"anet": ANET_TIOU, "activitynet": ANET_TIOU, "thumos": THUMOS_TIOU}
-MAPPING_MODES = ("hungarian", "majority", "soft")
+MAPPING_MODES = tuple(choices(RunConfig, "label_map"))   # hungarian, majority, soft
 
 
 class Detection(NamedTuple):

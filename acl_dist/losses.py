@@ -8,10 +8,13 @@ the batch's random-fill videos belong to none and only enter L_cls.
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import torch
 import torch.nn.functional as F
 
-from .model import masked_softmax
+from .config import LossConfig
+from .model import ModelOutput, masked_softmax
 
 
 def cosine_distance(u: torch.Tensor, w: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -175,3 +178,43 @@ def triplet_loss(pooled: torch.Tensor, groups: torch.Tensor, group_class: torch.
     per_anchor = torch.where(has, F.relu(d_pos - d_neg + margin), 0.0)
     total = per_anchor.sum()
     return total if reduction == "sum" else total / has.sum().clamp(min=1)
+
+
+def total_loss(outputs: Mapping[str, ModelOutput], batch: Mapping[str, torch.Tensor],
+               lc: LossConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L = sum over the stream networks of L_cls + lambda_sep L_sep + lambda_trip L_trip
+    (+ lambda_topk L_topk), and each term per network (detached, for logging).
+
+    Args:
+        outputs: network name -> :class:`~acl_dist.model.ModelOutput` of a ``(B, T)`` batch.
+        batch: ``mask`` ``(B, T)`` bool, ``targets`` ``(B, C)`` multi-hot, ``groups``
+            ``(Z, K)`` row indices of each drawn cluster's videos (-1 padded),
+            ``group_class`` ``(Z,)`` the clusters' ids (what
+            :func:`acl_dist.train.batch_tensors` builds).
+        lc: the loss weights and margins.
+    Returns:
+        (total, {"<net>/cls", "<net>/sep", "<net>/trip"[, "<net>/topk"], "loss"}).
+    """
+    mask, targets = batch["mask"], batch["targets"]
+    groups, group_class = batch["groups"], batch["group_class"]
+    total = torch.zeros((), device=mask.device)
+    terms: dict[str, torch.Tensor] = {}
+    for s, out in outputs.items():
+        l_cls = classification_loss(out.video_logits, targets, lc.cls_reduction)
+        l_sep = total.new_zeros(())
+        if lc.sep_attention in ("class", "both"):
+            a = class_attention(out.cas, mask, group_classes(groups, group_class, mask.shape[0]))
+            l_sep = l_sep + separation_loss(out.fused, a, mask, groups, lc.tau1, lc.tau2)
+        if lc.sep_attention in ("agnostic", "both"):
+            l_sep = l_sep + separation_loss(out.fused, out.attention, mask, groups, lc.tau1,
+                                            lc.tau2)
+        l_trip = triplet_loss(attention_pooled(out.embedding, out.attention), groups,
+                              group_class, lc.margin, lc.neg_cap, lc.trip_reduction)
+        total = total + l_cls + lc.lambda_sep * l_sep + lc.lambda_trip * l_trip
+        if lc.lambda_topk:
+            l_topk = classification_loss(topk_pooled(out.cas, mask), targets, lc.cls_reduction)
+            total = total + lc.lambda_topk * l_topk
+            terms[f"{s}/topk"] = l_topk
+        terms.update({f"{s}/cls": l_cls, f"{s}/sep": l_sep, f"{s}/trip": l_trip})
+    terms["loss"] = total
+    return total, {name: t.detach() for name, t in terms.items()}

@@ -167,3 +167,32 @@ def pad_batch(arrays: list, max_len: int | None = None, dtype: torch.dtype = tor
         out[i, :n] = torch.as_tensor(a[:n]).to(dev)
     mask = torch.arange(t_max)[None, :] < torch.tensor(lengths)[:, None]
     return out, mask.to(dev)
+
+
+EARLY = "early"   # the one network's name under ``model.fusion=early``
+
+
+class StreamModels(nn.Module):
+    """The stream networks behind one module (one DDP wrapper): one :class:`CoAttentionNet`
+    per stream (``fusion=late``, the paper), or one on the streams' features concatenated
+    in ``in_dims`` order (``fusion=early``), named :data:`EARLY`."""
+
+    def __init__(self, in_dims: dict[str, int], num_classes: int, cfg: ModelConfig):
+        super().__init__()
+        self.streams = list(in_dims)
+        self.early = cfg.fusion == "early" and len(in_dims) > 1
+        dims = {EARLY: sum(in_dims.values())} if self.early else in_dims
+        self.nets = nn.ModuleDict({s: CoAttentionNet(d, num_classes, cfg)
+                                   for s, d in dims.items()})
+
+    def forward(self, inputs: dict[str, torch.Tensor], mask: torch.Tensor
+                ) -> dict[str, ModelOutput]:
+        """``inputs``: stream -> ``(B, T, D_s)``. Returns network name -> outputs."""
+        if self.early:
+            return {EARLY: self.nets[EARLY](torch.cat([inputs[s] for s in self.streams], -1),
+                                            mask)}
+        return {s: net(inputs[s], mask) for s, net in self.nets.items()}
+
+    def per_stream(self, outputs: dict[str, ModelOutput]) -> dict[str, ModelOutput]:
+        """Outputs by stream: the early-fused network's stand for every stream."""
+        return {s: outputs[EARLY] for s in self.streams} if self.early else outputs

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 from typing import Any
 
 import numpy as np
 
 from . import fsutil
-from .artifacts import check_json, label_names as run_label_names
-from .errors import ArtifactError
-from .config import load_config
+from .artifacts import RunDir, label_names as run_label_names
+from .plots import figure_png, pyplot
 from .evaluate import cluster_class_mapping, cluster_name, contingency
 from .store import FeatureStore
 
@@ -29,30 +27,12 @@ REPORT = "report.html"
 FILES = "report_files"
 
 
-def _figure_png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_rounds(rounds: list[dict]) -> bytes | None:
     """NMI / ARI / purity per round (line plot)."""
     rows = [r for r in rounds if "nmi" in r]
     if not rows:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     xs = [r["round"] for r in rows]
     for key, style in (("nmi", "o-"), ("ari", "s--"), ("purity", "^:")):
@@ -64,7 +44,7 @@ def plot_rounds(rounds: list[dict]) -> bytes | None:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     ax.set_title("clustering of the training videos vs their classes")
-    return _figure_png(fig)
+    return figure_png(fig)
 
 
 def plot_confusion(cluster_ids: list[int], truth: list[str],
@@ -77,7 +57,7 @@ def plot_confusion(cluster_ids: list[int], truth: list[str],
         classes.index(mapped[clusters[i]]) if mapped.get(clusters[i]) in classes else 1e9,
         -m[i].max()))
     m = m[order]
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(0.32 * len(classes) + 2.5, 0.26 * len(clusters) + 1.5))
     ax.imshow(m, aspect="auto", cmap="Blues")
     ax.set_xticks(range(len(classes)))
@@ -95,11 +75,11 @@ def plot_confusion(cluster_ids: list[int], truth: list[str],
               "purity": float(m[j].max() / max(m[j].sum(), 1)),
               "majority": classes[int(m[j].argmax())], "mapped": mapped.get(clusters[i])}
              for j, i in enumerate(order)]
-    return _figure_png(fig), stats
+    return figure_png(fig), stats
 
 
 def plot_cluster_stats(stats: list[dict]) -> bytes:
-    plt = _plt()
+    plt = pyplot()
     fig, ax1 = plt.subplots(figsize=(max(5.0, 0.28 * len(stats) + 1), 3.0))
     xs = np.arange(len(stats))
     ax1.bar(xs, [s["size"] for s in stats], color="#9ecae1", label="size")
@@ -111,7 +91,7 @@ def plot_cluster_stats(stats: list[dict]) -> bytes:
     ax1.set_xticks(xs)
     ax1.set_xticklabels([s["cluster"] for s in stats], rotation=90, fontsize=7)
     ax1.set_title("cluster sizes (bars) and purity (dots)")
-    return _figure_png(fig)
+    return figure_png(fig)
 
 
 def plot_video_strip(video: str, duration: float, seconds_per_snippet: float,
@@ -119,7 +99,7 @@ def plot_video_strip(video: str, duration: float, seconds_per_snippet: float,
                      attention: dict[str, np.ndarray], cas: np.ndarray,
                      cas_labels: list[str]) -> bytes:
     """Ground truth, detections, class-agnostic attention and CAS over time for one video."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(4, 1, figsize=(9, 4.6), sharex=True,
                              gridspec_kw={"height_ratios": [0.6, 1.0, 1.0, 1.3]})
     t_axis = (np.arange(cas.shape[0]) + 0.5) * seconds_per_snippet
@@ -152,60 +132,34 @@ def plot_video_strip(video: str, duration: float, seconds_per_snippet: float,
     fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.99),
                ncol=min(6, max(1, len(labels))), fontsize=7, frameon=False)
     fig.suptitle(video, y=1.06, fontsize=9)
-    return _figure_png(fig)
+    return figure_png(fig)
 
 
-def _read_outputs(path: str, videos: set[str]) -> dict[str, dict[str, Any]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        with fsutil.open_read(path) as fh:
-            table = pq.read_table(fh)
-    except (OSError, pa.ArrowException) as exc:
-        raise ArtifactError(path, f"unreadable Parquet file ({exc}); rerun the step with "
-                                  "acl-dist run --resume") from None
-    out = {}
-    cols = table.column_names
-    for i, vid in enumerate(table.column("video_id").to_pylist()):
-        if vid not in videos:
-            continue
-        row = {c: table.column(c)[i].as_py() for c in cols}
-        out[vid] = row
-    return out
+Section = tuple[str, dict[str, bytes]]   # HTML, and the PNGs it names
 
 
-def build_report(run: str, sample: int = 6, seed: int = 0) -> str:
-    """Write ``RUN/report.html`` (and ``RUN/report_files/*.png``); returns the HTML path."""
-    metrics_path = fsutil.join(run, "metrics.json")
-    if not fsutil.exists(metrics_path):
-        raise ArtifactError(metrics_path, "missing: not a finished run (a run in progress "
-                                          "or interrupted: acl-dist run --resume RUN)")
-    metrics = check_json(metrics_path, "rounds")
-    cfg = load_config(fsutil.join(run, "config.yaml"))
-    store = FeatureStore.open(metrics["store"])
-    images: dict[str, bytes] = {}
-    sections: list[str] = []
-    last = cfg.rounds - 1
-
-    # 1. mAP table
-    if metrics.get("map"):
-        head = "".join(f"<th>{t:.2f}</th>" for t in metrics["tiou"])
-        vals = "".join(f"<td>{m:.2f}</td>" for m in metrics["map"])
-        mapping = metrics.get("label_map")
-        how = (f"clusters mapped to classes by <b>{mapping}</b> (training labels only)"
-               if mapping else "class labels (weak mode)")
-        per_class = "".join(
-            f"<tr><td>{html.escape(c)}</td>" + "".join(f"<td>{v:.1f}</td>" for v in aps) +
-            "</tr>" for c, aps in sorted(metrics.get("per_class", {}).items()))
-        sections.append(
-            f"<h2>Detection mAP on <code>{html.escape(metrics['test_subset'])}</code></h2>"
+def _map_section(metrics: dict[str, Any]) -> Section:
+    """The mAP table per tIoU (and per class), with the mapping that produced it."""
+    if not metrics.get("map"):
+        return "", {}
+    head = "".join(f"<th>{t:.2f}</th>" for t in metrics["tiou"])
+    vals = "".join(f"<td>{m:.2f}</td>" for m in metrics["map"])
+    mapping = metrics.get("label_map")
+    how = (f"clusters mapped to classes by <b>{mapping}</b> (training labels only)"
+           if mapping else "class labels (weak mode)")
+    per_class = "".join(
+        f"<tr><td>{html.escape(c)}</td>" + "".join(f"<td>{v:.1f}</td>" for v in aps) +
+        "</tr>" for c, aps in sorted(metrics.get("per_class", {}).items()))
+    return (f"<h2>Detection mAP on <code>{html.escape(metrics['test_subset'])}</code></h2>"
             f"<p>{metrics['mode']} run; {how}.</p>"
             f"<table class='num'><tr><th>tIoU</th>{head}<th>avg</th></tr>"
             f"<tr><th>mAP %</th>{vals}<td><b>{metrics['average']:.2f}</b></td></tr></table>"
             f"<details><summary>AP per class</summary><table class='num'><tr><th>class</th>"
-            f"{head}</tr>{per_class}</table></details>")
-    # 2. rounds
+            f"{head}</tr>{per_class}</table></details>"), {}
+
+
+def _rounds_section(metrics: dict[str, Any]) -> Section:
+    """Clustering quality, test mAP and seconds per round (table and plot)."""
     def cell(value: Any, fmt: str) -> str:
         return f"<td>{value:{fmt}}</td>" if isinstance(value, (int, float)) else "<td>-</td>"
 
@@ -214,83 +168,96 @@ def build_report(run: str, sample: int = 6, seed: int = 0) -> str:
         f"{cell(r.get('purity'), '.3f')}{cell(r.get('test_average'), '.2f')}"
         f"{cell(sum(r['seconds'].values()), '.1f')}</tr>" for r in metrics["rounds"])
     png = plot_rounds(metrics["rounds"])
-    if png:
-        images["rounds.png"] = png
-    sections.append(
-        "<h2>Rounds</h2><table class='num'><tr><th>round</th><th>NMI</th><th>ARI</th>"
-        f"<th>purity</th><th>test avg mAP</th><th>seconds</th></tr>{rows}</table>"
-        + ("<img src='rounds.png' alt='clustering per round'>" if png else ""))
-    # 3. confusion + cluster stats (unsupervised with training labels)
-    clusters_path = fsutil.join(run, f"round_{last}", "clusters.json")
-    if cfg.mode == "unsupervised" and fsutil.exists(clusters_path):
-        clusters = fsutil.read_json(clusters_path)
-        meta = [m for m in store.metadata(cfg.train_subset) if m.video_id in clusters["labels"]]
-        truth = [m.primary_label for m in meta]
-        if all(t is not None for t in truth):
-            ids = [clusters["labels"][m.video_id] for m in meta]
-            mapping = cluster_class_mapping(ids, truth, cfg.label_map)
-            conf, stats = plot_confusion(ids, truth, mapping)
-            images["confusion.png"] = conf
-            images["clusters.png"] = plot_cluster_stats(stats)
-            table = "".join(f"<tr><td>{s['cluster']}</td><td>{s['size']}</td>"
-                            f"<td>{s['purity']:.2f}</td><td>{html.escape(s['majority'])}</td>"
-                            f"<td>{html.escape(s['mapped'] or '-')}</td></tr>" for s in stats)
-            sections.append(
-                f"<h2>Clusters of round {last}</h2><p>Rows are clusters labelled with the class "
-                f"they map to ({cfg.label_map}); columns the training videos' classes.</p>"
-                "<img src='confusion.png' alt='cluster x class confusion'>"
-                "<img src='clusters.png' alt='cluster sizes and purity'>"
-                "<details><summary>per-cluster table</summary><table class='num'><tr>"
-                "<th>cluster</th><th>videos</th><th>purity</th><th>majority class</th>"
-                f"<th>mapped to</th></tr>{table}</table></details>")
-    # 4. video strips
+    return ("<h2>Rounds</h2><table class='num'><tr><th>round</th><th>NMI</th><th>ARI</th>"
+            f"<th>purity</th><th>test avg mAP</th><th>seconds</th></tr>{rows}</table>"
+            + ("<img src='rounds.png' alt='clustering per round'>" if png else ""),
+            {"rounds.png": png} if png else {})
+
+
+def _clusters_section(cfg: Any, store: FeatureStore, clusters: dict[str, Any] | None,
+                      r: int) -> Section:
+    """Round ``r``'s cluster x class confusion and per-cluster purity (unsupervised runs
+    whose training videos have labels)."""
+    if clusters is None:
+        return "", {}
+    meta = [m for m in store.metadata(cfg.train_subset) if m.video_id in clusters["labels"]]
+    truth = [m.primary_label for m in meta]
+    if not all(t is not None for t in truth):
+        return "", {}
+    ids = [clusters["labels"][m.video_id] for m in meta]
+    conf, stats = plot_confusion(ids, truth, cluster_class_mapping(ids, truth, cfg.label_map))
+    table = "".join(f"<tr><td>{s['cluster']}</td><td>{s['size']}</td>"
+                    f"<td>{s['purity']:.2f}</td><td>{html.escape(s['majority'])}</td>"
+                    f"<td>{html.escape(s['mapped'] or '-')}</td></tr>" for s in stats)
+    return (f"<h2>Clusters of round {r}</h2><p>Rows are clusters labelled with the class "
+            f"they map to ({cfg.label_map}); columns the training videos' classes.</p>"
+            "<img src='confusion.png' alt='cluster x class confusion'>"
+            "<img src='clusters.png' alt='cluster sizes and purity'>"
+            "<details><summary>per-cluster table</summary><table class='num'><tr>"
+            "<th>cluster</th><th>videos</th><th>purity</th><th>majority class</th>"
+            f"<th>mapped to</th></tr>{table}</table></details>",
+            {"confusion.png": conf, "clusters.png": plot_cluster_stats(stats)})
+
+
+def _strips_section(rundir: RunDir, cfg: Any, store: FeatureStore,
+                    clusters: dict[str, Any] | None, sample: int, seed: int) -> Section:
+    """Time-aligned strips of ``sample`` annotated test videos (drawn with ``seed``)."""
     gt = store.ground_truth()["database"]
     test_meta = {m.video_id: m for m in store.metadata(cfg.test_subset)}
-    dets_path = fsutil.join(run, f"detections_{cfg.label_map}.json")
-    if not fsutil.exists(dets_path):
-        dets_path = fsutil.join(run, "detections.json")
-    dets = fsutil.read_json(dets_path)["results"]
+    dets = (rundir.read_detections(cfg.label_map) or {"results": {}})["results"]
     annotated = sorted(v for v in test_meta if gt.get(v, {}).get("annotations"))
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(annotated, size=min(sample, len(annotated)), replace=False)
                     ) if annotated else []
-    outputs = _read_outputs(fsutil.join(run, f"round_{last}", "outputs.parquet"), set(chosen))
-    label_names = run_label_names(cfg.mode, cfg.num_classes, store.classes)
-    if cfg.mode == "unsupervised" and fsutil.exists(clusters_path):
-        maps = fsutil.read_json(clusters_path).get("mapping", {}).get(cfg.label_map, {})
-        label_names = [f"{n} -> {maps[n][0][0]}" if maps.get(n) else n for n in label_names]
-    strips = []
+    outputs = rundir.read_output_rows(cfg.rounds - 1, set(chosen))
+    names = run_label_names(cfg.mode, cfg.num_classes, store.classes)
+    if clusters is not None:
+        maps = clusters.get("mapping", {}).get(cfg.label_map, {})
+        names = [f"{n} -> {maps[n][0][0]}" if maps.get(n) else n for n in names]
+    strips, images = [], {}
     for vid in chosen:
-        m = test_meta[vid]
-        row = outputs.get(vid)
+        m, row = test_meta[vid], outputs.get(vid)
         if row is None or not row["cas"]:
             continue
-        t = m.num_snippets
-        cas = np.frombuffer(row["cas"], dtype=np.float16).astype(np.float32).reshape(t, -1)
+        cas = np.frombuffer(row["cas"], dtype=np.float16).astype(np.float32).reshape(
+            m.num_snippets, -1)
         att = {s: np.frombuffer(row[f"attention_{s}"], dtype=np.float16).astype(np.float32)
                for s in store.streams if row.get(f"attention_{s}")}
-        raw = [tuple(x) for x in json.loads(row["detections"])]
-        shown = sorted({int(x[0]) for x in raw[:5]})
+        shown = sorted({int(x[0]) for x in json.loads(row["detections"])[:5]})
         v_dets = [(d["label"], d["score"], d["segment"][0], d["segment"][1])
                   for d in dets.get(vid, [])]
         g = [(a["label"], float(a["segment"][0]), float(a["segment"][1]))
              for a in gt[vid]["annotations"]]
         name = f"video_{len(strips)}.png"
         images[name] = plot_video_strip(vid, m.duration, m.grid.seconds_per_snippet, g, v_dets,
-                                        att, cas[:, shown], [label_names[i] for i in shown])
+                                        att, cas[:, shown], [names[i] for i in shown])
         strips.append(f"<figure><img src='{name}' alt='{html.escape(vid)}'>"
                       f"<figcaption>{html.escape(vid)}</figcaption></figure>")
-    if strips:
-        sections.append(f"<h2>Test videos ({len(strips)} sampled)</h2><p>Top to bottom: ground "
-                        "truth; the video's highest-scoring detections (label colour, score); "
-                        "each stream's class-agnostic attention S (times T, so 1 = uniform); "
-                        "the fused CAS of the classes (clusters) the model detects most.</p>"
-                        + "".join(strips))
-    # write PNGs and the page
+    if not strips:
+        return "", {}
+    return (f"<h2>Test videos ({len(strips)} sampled)</h2><p>Top to bottom: ground "
+            "truth; the video's highest-scoring detections (label colour, score); "
+            "each stream's class-agnostic attention S (times T, so 1 = uniform); "
+            "the fused CAS of the classes (clusters) the model detects most.</p>"
+            + "".join(strips), images)
+
+
+def build_report(run: str, sample: int = 6, seed: int = 0) -> str:
+    """Write ``RUN/report.html`` (and ``RUN/report_files/*.png``); returns the HTML path."""
+    rundir = RunDir(run)
+    metrics = rundir.read_metrics()
+    cfg = rundir.read_config()
+    store = FeatureStore.open(metrics["store"])
+    last = cfg.rounds - 1
+    clusters = rundir.read_clusters(last) if cfg.mode == "unsupervised" else None
+    parts = [_map_section(metrics), _rounds_section(metrics),
+             _clusters_section(cfg, store, clusters, last),
+             _strips_section(rundir, cfg, store, clusters, sample, seed)]
+    images = {name: png for _, pngs in parts for name, png in pngs.items()}
     files_dir = fsutil.join(run, FILES)
     for name, data in images.items():
         fsutil.write_bytes_atomic(fsutil.join(files_dir, name), data)
-    body = "\n".join(sections)
+    body = "\n".join(section for section, _ in parts if section)
     for name, data in images.items():
         uri = "data:image/png;base64," + base64.b64encode(data).decode()
         body = body.replace(f"src='{name}'", f"src='{uri}'")

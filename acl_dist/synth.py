@@ -36,7 +36,7 @@ from scipy.signal import lfilter
 from . import fsutil
 from .annotations import Segment, VideoAnnotation, load_video_list, primary_label, \
     to_activitynet_json
-from .cluster import cluster_descriptors, video_descriptor
+from .clustering import cluster_descriptors, video_descriptor
 from .errors import ConfigError
 from .evaluate import clustering_scores
 from .progress import log, progress
@@ -120,7 +120,8 @@ def _data(*parts: str) -> str:
 
 
 def load_timeline(cfg: SynthConfig) -> Timeline:
-    """Select videos and classes of the preset according to ``cfg``."""
+    """Select videos and classes of the preset according to ``cfg``. Long because: one
+    branch per preset's annotation files, then the class and video selection."""
     if cfg.preset == "thumos14":
         path = _data("thumos14", "gt_acmnet.json.gz")
         gt = fsutil.read_json(path)["database"]

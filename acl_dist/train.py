@@ -1,7 +1,9 @@
-"""Training and inference of the co-attention network(s) (one round of localisation).
+"""Training of the co-attention network(s) (one round of localisation); the checkpoint
+they are saved in. The networks are :class:`acl_dist.model.StreamModels`, the loss is
+:func:`acl_dist.losses.total_loss`, inference is :mod:`acl_dist.infer`.
 
 :func:`fit` is the per-worker loop. It is plain PyTorch: Ray Train calls it from
-:func:`acl_dist.distributed.train_loop_per_worker` with the worker's data shard, a DDP
+:func:`acl_dist.ray_train.train_loop_per_worker` with the worker's data shard, a DDP
 wrapper and a reporting hook; tests and the GPU check call it directly. By default one
 network takes the streams' concatenated features (``model.fusion=early``); under the paper's
 ``late`` fusion the RGB and flow networks are independent (trained "separately", METHOD.md
@@ -19,14 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import ModelConfig, RunConfig, from_dict, to_dict
-from .localize import fuse
-from .losses import (attention_pooled, class_attention, classification_loss, group_classes,
-                     separation_loss, topk_pooled, triplet_loss)
-from .model import CoAttentionNet, ModelOutput, pad_batch
+from .config import RunConfig, to_dict
+from .losses import total_loss
+from .model import StreamModels, pad_batch
 from .sampling import Batch, ClusterBatcher, shuffled
-
-STREAMS = ("rgb", "flow")
 
 
 @dataclass
@@ -40,35 +38,6 @@ class VideoItem:
     @property
     def num_snippets(self) -> int:
         return int(next(iter(self.features.values())).shape[0])
-
-
-EARLY = "early"   # the one network's name under ``model.fusion=early``
-
-
-class StreamModels(nn.Module):
-    """The stream networks behind one module (one DDP wrapper): one :class:`CoAttentionNet`
-    per stream (``fusion=late``, the paper), or one on the streams' features concatenated
-    in ``in_dims`` order (``fusion=early``), named :data:`EARLY`."""
-
-    def __init__(self, in_dims: dict[str, int], num_classes: int, cfg: ModelConfig):
-        super().__init__()
-        self.streams = list(in_dims)
-        self.early = cfg.fusion == "early" and len(in_dims) > 1
-        dims = {EARLY: sum(in_dims.values())} if self.early else in_dims
-        self.nets = nn.ModuleDict({s: CoAttentionNet(d, num_classes, cfg)
-                                   for s, d in dims.items()})
-
-    def forward(self, inputs: dict[str, torch.Tensor], mask: torch.Tensor
-                ) -> dict[str, ModelOutput]:
-        """``inputs``: stream -> ``(B, T, D_s)``. Returns network name -> outputs."""
-        if self.early:
-            return {EARLY: self.nets[EARLY](torch.cat([inputs[s] for s in self.streams], -1),
-                                            mask)}
-        return {s: net(inputs[s], mask) for s, net in self.nets.items()}
-
-    def per_stream(self, outputs: dict[str, ModelOutput]) -> dict[str, ModelOutput]:
-        """Outputs by stream: the early-fused network's stand for every stream."""
-        return {s: outputs[EARLY] for s in self.streams} if self.early else outputs
 
 
 def crop_items(items: Sequence[VideoItem], max_len: int | None, rng: np.random.Generator
@@ -102,35 +71,6 @@ def batch_tensors(batch: Batch[VideoItem], num_classes: int, k: int, max_len: in
     group_class = torch.tensor(batch.group_labels, dtype=torch.long)
     return {"inputs": inputs, "mask": mask, "targets": targets.to(device),
             "groups": groups.to(device), "group_class": group_class.to(device)}
-
-
-def compute_losses(outputs: dict[str, ModelOutput], mask: torch.Tensor, targets: torch.Tensor,
-                   groups: torch.Tensor, group_class: torch.Tensor, cfg: RunConfig
-                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Total loss over the streams and each term (detached tensors, for logging: see
-    :func:`terms_to_floats`)."""
-    lc = cfg.loss
-    total = torch.zeros((), device=mask.device)
-    terms: dict[str, torch.Tensor] = {}
-    for s, out in outputs.items():
-        l_cls = classification_loss(out.video_logits, targets, lc.cls_reduction)
-        l_sep = total.new_zeros(())
-        if lc.sep_attention in ("class", "both"):
-            a = class_attention(out.cas, mask, group_classes(groups, group_class, mask.shape[0]))
-            l_sep = l_sep + separation_loss(out.fused, a, mask, groups, lc.tau1, lc.tau2)
-        if lc.sep_attention in ("agnostic", "both"):
-            l_sep = l_sep + separation_loss(out.fused, out.attention, mask, groups, lc.tau1,
-                                            lc.tau2)
-        l_trip = triplet_loss(attention_pooled(out.embedding, out.attention), groups,
-                              group_class, lc.margin, lc.neg_cap, lc.trip_reduction)
-        total = total + l_cls + lc.lambda_sep * l_sep + lc.lambda_trip * l_trip
-        if lc.lambda_topk:
-            l_topk = classification_loss(topk_pooled(out.cas, mask), targets, lc.cls_reduction)
-            total = total + lc.lambda_topk * l_topk
-            terms[f"{s}/topk"] = l_topk
-        terms.update({f"{s}/cls": l_cls, f"{s}/sep": l_sep, f"{s}/trip": l_trip})
-    terms["loss"] = total
-    return total, {name: t.detach() for name, t in terms.items()}
 
 
 def terms_to_floats(terms: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -170,6 +110,8 @@ def fit(items: Sequence[VideoItem], cfg: RunConfig, num_classes: int, in_dims: d
         report: Callable[[dict[str, float], int, dict[str, Any] | None], None] | None = None,
         start: dict[str, Any] | None = None) -> TrainResult:
     """Train the stream models for ``cfg.train.steps`` updates on this worker's ``items``.
+    Long because: the training loop reads best whole (resume, seeding, DDP wrap, logging
+    and checkpoint steps in one place, as nanoGPT's).
 
     Args:
         items: this worker's videos (a disjoint shard when ``world_size > 1``).
@@ -211,8 +153,7 @@ def fit(items: Sequence[VideoItem], cfg: RunConfig, num_classes: int, in_dims: d
         batch = next(stream)
         t = batch_tensors(batch, num_classes, tc.videos_per_cluster, tc.max_len, rng, device)
         outputs = model(t["inputs"], t["mask"])
-        loss, terms = compute_losses(outputs, t["mask"], t["targets"], t["groups"],
-                                     t["group_class"], cfg)
+        loss, terms = total_loss(outputs, t, cfg.loss)
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()
@@ -251,72 +192,3 @@ def make_checkpoint(state_dict: dict[str, torch.Tensor], cfg: RunConfig, num_cla
     return {"model": state_dict, "model_config": asdict(cfg.model), "run_config": to_dict(cfg),
             "num_classes": num_classes, "in_dims": dict(in_dims), "label_names": label_names,
             "round": round_index, "history": history or []}
-
-
-def load_models(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> StreamModels:
-    """Rebuild :class:`StreamModels` from :func:`make_checkpoint` output (eval mode)."""
-    # checkpoints written before ``fusion``, ``global_context`` and the kernels existed
-    # hold the paper's network (two stream networks, non-local block, k3 convs); their
-    # dilations are stored
-    stored = {"fusion": "late", "global_context": True, "base_kernel": 3, "local_kernel": 3,
-              **ckpt["model_config"]}
-    model = StreamModels(ckpt["in_dims"], ckpt["num_classes"], from_dict(ModelConfig, stored))
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval()
-
-
-# --------------------------------------------------------------------------- inference
-
-
-@dataclass
-class VideoPrediction:
-    """Per-stream model outputs of one whole video (numpy, float32).
-
-    ``cas[s]`` ``(T, C)``, ``attention[s]`` ``(T,)``, ``video_logits[s]`` ``(C,)``.
-    """
-
-    video_id: str
-    cas: dict[str, np.ndarray]
-    attention: dict[str, np.ndarray]
-    video_logits: dict[str, np.ndarray]
-
-    def fused(self, rgb_weight: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Late-fused (cas, attention, video_logits) with RGB weight ``rgb_weight``."""
-        if set(self.cas) == {"rgb", "flow"}:
-            return (fuse(self.cas["rgb"], self.cas["flow"], rgb_weight),
-                    fuse(self.attention["rgb"], self.attention["flow"], rgb_weight),
-                    fuse(self.video_logits["rgb"], self.video_logits["flow"], rgb_weight))
-        s = next(iter(self.cas))
-        return self.cas[s], self.attention[s], self.video_logits[s]
-
-
-@torch.no_grad()
-def predict(model: StreamModels, videos: Sequence[tuple[str, dict[str, np.ndarray]]],
-            device: str | torch.device = "cpu", max_batch_snippets: int = 65536,
-            max_batch_pairs: int = 2**24) -> list[VideoPrediction]:
-    """Run the models over whole videos in padded batches, sorted by length so batches have
-    little padding. A forward holds at most ``max_batch_snippets`` padded snippets and
-    ``max_batch_pairs`` snippet pairs (the non-local block is quadratic in T)."""
-    model.eval()
-    order = sorted(range(len(videos)), key=lambda i: -next(iter(videos[i][1].values())).shape[0])
-    results: list[VideoPrediction | None] = [None] * len(videos)
-    i = 0
-    while i < len(order):
-        longest = max(1, next(iter(videos[order[i]][1].values())).shape[0])
-        size = max(1, min(max_batch_snippets // longest, max_batch_pairs // longest ** 2))
-        chunk = order[i: i + size]
-        i += size
-        streams = list(videos[chunk[0]][1])
-        inputs, mask = {}, None
-        for s in streams:
-            inputs[s], mask = pad_batch([videos[j][1][s] for j in chunk], device=device)
-        outs = model.per_stream(model(inputs, mask))
-        lengths = mask.sum(1).cpu().numpy()
-        for row, j in enumerate(chunk):
-            t = int(lengths[row])
-            results[j] = VideoPrediction(
-                videos[j][0],
-                {s: outs[s].cas[row, :t].float().cpu().numpy() for s in streams},
-                {s: outs[s].attention[row, :t].float().cpu().numpy() for s in streams},
-                {s: outs[s].video_logits[row].float().cpu().numpy() for s in streams})
-    return results  # type: ignore[return-value]

@@ -29,9 +29,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from mil_baseline import train_and_evaluate  # noqa: E402
 
+from acl_dist.artifacts import RunDir  # noqa: E402
 from acl_dist.config import load_config  # noqa: E402
-from acl_dist.evaluate import (cluster_class_mapping, evaluate_detections,  # noqa: E402
-                               load_ground_truth, map_detections, parse_tiou)
+from acl_dist.evaluate import (evaluate_detections, load_ground_truth,  # noqa: E402
+                               map_detections, parse_tiou)
 from acl_dist.pipeline import Run, run_acl  # noqa: E402
 from acl_dist.synth import SynthConfig, synthesize  # noqa: E402
 
@@ -42,13 +43,11 @@ def at(metrics: dict, tiou: float) -> float:
 
 def remap(run_dir: str, store: str, mode: str) -> dict:
     """Final-round detections under another cluster -> class mapping."""
-    cfg = load_config(os.path.join(run_dir, "config.yaml"))
+    cfg = RunDir(run_dir).read_config()
     run = Run(store, run_dir, cfg, quiet=True)
     r = cfg.rounds - 1
-    raw = run._raw_detections(r)
-    clusters = json.load(open(os.path.join(run_dir, f"round_{r}", "clusters.json")))
-    ids = [m.video_id for m in run.train_meta]
-    mapping = cluster_class_mapping([clusters["labels"][v] for v in ids], run.truth, mode)
+    raw = run.results.raw_detections(r)
+    mapping = run.results.mapping(r, mode)
     gt = load_ground_truth(store, cfg.test_subset)
     res = evaluate_detections(gt, map_detections(raw, mapping),
                               tiou_thresholds=parse_tiou(cfg.tiou), unknown_labels="ignore")

@@ -16,7 +16,7 @@ import time
 import numpy as np
 from sklearn.metrics import normalized_mutual_info_score as nmi
 
-from acl_dist.cluster import cuml_available, gaussian_affinity, l2_normalize, spectral_clustering
+from acl_dist.clustering import cuml_available, gaussian_affinity, l2_normalize, spectral_clustering
 
 
 def planted(n: int, k: int, dim: int = 256, noise: float = 1.2, seed: int = 0):

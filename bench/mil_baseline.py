@@ -29,7 +29,7 @@ from acl_dist.evaluate import Detection, evaluate_detections, load_ground_truth,
 from acl_dist.localize import fuse, localize_video
 from acl_dist.losses import topk_pooled
 from acl_dist.model import pad_batch
-from acl_dist.pipeline import default_subsets
+from acl_dist.plan import default_subsets
 from acl_dist.store import FeatureStore
 
 
@@ -128,10 +128,10 @@ def train_and_evaluate(store_path: str, steps: int = 400, batch: int = 16, max_l
             else:
                 cas, video = outs["early"]
             outputs.append((r, cas, np.full(len(cas), 1.0 / len(cas)), video))
-    from acl_dist.pipeline import _guess_tiou
+    from acl_dist.plan import guess_tiou
 
     res = localise_and_score(store_path, eval_subset or test_subset, eval_videos, outputs,
-                             classes, localize, parse_tiou(tiou or _guess_tiou(store)))
+                             classes, localize, parse_tiou(tiou or guess_tiou(store)))
     res["train_seconds"] = round(train_seconds, 1)
     return res
 

@@ -19,7 +19,7 @@ import torch
 from acl_dist.config import ModelConfig
 from acl_dist.losses import classification_loss
 from acl_dist.model import pad_batch
-from acl_dist.train import StreamModels
+from acl_dist.model import StreamModels
 
 
 def main() -> None:

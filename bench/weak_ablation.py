@@ -5,7 +5,7 @@ runs, the same post-processing), the top-k MIL baselines of ``bench/mil_baseline
 (``--mil``: the k3 baseline, its k1 form, late fusion) and weak ACL under a list of config
 variants, all with the same steps, batch and crops, and scores each on videos held out from
 the **training** videos: seeded validation splits (seed s holds out
-``acl_dist.pipeline.holdout_split`` split s and trains with seed s) or, with ``--folds K``,
+``acl_dist.plan.holdout_split`` split s and trains with seed s) or, with ``--folds K``,
 K-fold cross-validation (every training video validated once; ~40-video splits are noisy,
 so prefer this). Choices of defaults are made here, never on the test subset; ``--test``
 then trains the named variants and the MIL baselines on every training video, with the
@@ -40,10 +40,11 @@ from mil_baseline import localise_and_score, train_and_evaluate  # noqa: E402
 
 from acl_dist.config import RunConfig, load_config  # noqa: E402
 from acl_dist.evaluate import parse_tiou  # noqa: E402
-from acl_dist.pipeline import holdout_split, resolve_config  # noqa: E402
+from acl_dist.plan import holdout_split, resolve_config  # noqa: E402
 from acl_dist.store import FeatureStore  # noqa: E402
 from acl_dist.synth import SynthConfig, synthesize  # noqa: E402
-from acl_dist.train import VideoItem, fit, load_models, make_checkpoint, predict  # noqa: E402
+from acl_dist.infer import load_models, predict  # noqa: E402
+from acl_dist.train import VideoItem, fit, make_checkpoint  # noqa: E402
 
 # name -> dotted overrides on top of the weak defaults (early fusion, every conv k1, no
 # non-local block)

@@ -28,13 +28,15 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from acl_dist.cluster import (gaussian_affinity, kmeans_torch, knn_affinity,  # noqa: E402
+from acl_dist.clustering import (gaussian_affinity, kmeans_torch, knn_affinity,  # noqa: E402
                               run_clustering, spectral_clustering,
                               spectral_embedding_sparse_torch)
 from dataclasses import replace  # noqa: E402
 
 from acl_dist.config import RunConfig, TrainConfig  # noqa: E402
-from acl_dist.train import StreamModels, VideoItem, compute_losses, fit  # noqa: E402
+from acl_dist.losses import total_loss  # noqa: E402
+from acl_dist.model import StreamModels  # noqa: E402
+from acl_dist.train import VideoItem, fit  # noqa: E402
 
 
 def _sync() -> None:
@@ -95,7 +97,8 @@ def train_step_table(device: torch.device, quick: bool) -> None:
                 with torch.autocast(device.type, dtype=torch.bfloat16,
                                     enabled=dtype_name == "bf16"):
                     out = model(inputs, mask)
-                    loss, _ = compute_losses(out, mask, targets, groups, group_class, cfg)
+                    loss, _ = total_loss(out, {"mask": mask, "targets": targets, "groups": groups,
+                                               "group_class": group_class}, cfg.loss)
                 optim.zero_grad(set_to_none=True)
                 loss.backward()
                 optim.step()

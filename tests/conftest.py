@@ -81,7 +81,7 @@ def tiny_store(tmp_path_factory):
 def ray_session():
     """One local Ray instance for the whole test session (RAY_NOTES.md §8): 4 logical CPUs
     on this 2-core machine so Ray Data keeps CPUs beside two training workers."""
-    from acl_dist.distributed import init_ray
+    from acl_dist.ray_start import init_ray
 
     import ray
 

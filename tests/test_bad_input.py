@@ -552,9 +552,9 @@ def case_run_existing_run_needs_resume(w):
 
 def _local_capacity(monkeypatch):
     """Size runs for this machine without starting Ray (the cases stop before training)."""
-    from acl_dist import distributed
+    from acl_dist import ray_start
 
-    monkeypatch.setattr(distributed, "cluster_capacity", lambda quiet=False: (2, 0.0))
+    monkeypatch.setattr(ray_start, "cluster_capacity", lambda quiet=False: (2, 0.0))
 
 
 def case_run_started_but_no_step_finished_is_rerun(w, monkeypatch):
@@ -936,7 +936,7 @@ def test_every_checkpoint_loader_refuses_a_planted_pickle(tmp_path):
     """The attention pass's actor, the Ray Train worker's restore and the run's final
     checkpoint all load through the weights-only loaders: a payload never runs."""
     from acl_dist.artifacts import load_checkpoint, load_train_state
-    from acl_dist.distributed import AttentionPass
+    from acl_dist.ray_data import AttentionPass
 
     marker = tmp_path / "PWNED"
     path = tmp_path / "model.pt"
@@ -958,7 +958,9 @@ def test_checkpoints_written_by_training_load_weights_only(tmp_path):
     MultiStepLR scheduler) loads with weights_only=True: nothing needs a pickle."""
     from acl_dist.artifacts import load_checkpoint, load_train_state, save_checkpoint
     from acl_dist.config import load_config
-    from acl_dist.train import StreamModels, load_models, make_checkpoint, training_state
+    from acl_dist.infer import load_models
+    from acl_dist.model import StreamModels
+    from acl_dist.train import make_checkpoint, training_state
 
     cfg = load_config("tiny")
     model = StreamModels({"rgb": 8, "flow": 8}, 3, cfg.model)

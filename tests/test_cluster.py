@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from acl_dist.cluster import (cluster_descriptors, gaussian_affinity, pairwise_distances,
+from acl_dist.clustering import (cluster_descriptors, gaussian_affinity, pairwise_distances,
                               pool_features, video_descriptor)
 from acl_dist.evaluate import clustering_scores
 
@@ -52,7 +52,7 @@ def planted(n_per=25, k=4, dim=12, seed=1):
 
 @pytest.mark.parametrize("backend", ["sklearn", "torch"])
 def test_backends_recover_planted_clusters(backend):
-    from acl_dist.cluster import run_clustering
+    from acl_dist.clustering import run_clustering
 
     x, truth = planted()
     out = run_clustering(x, 4, backend=backend, truth=[str(t) for t in truth])
@@ -66,7 +66,7 @@ def test_torch_embedding_equals_scikit_learn():
     import torch
     from sklearn.manifold import spectral_embedding
 
-    from acl_dist.cluster import gaussian_affinity, spectral_embedding_torch
+    from acl_dist.clustering import gaussian_affinity, spectral_embedding_torch
 
     x, _ = planted(n_per=15, k=3)
     w, _ = gaussian_affinity(x)
@@ -81,7 +81,7 @@ def test_torch_embedding_equals_scikit_learn():
 
 def test_cuml_backend_passes_the_precomputed_affinity(fake_cuml, monkeypatch):
     """cuML cannot be installed without a GPU: check the wiring with a stand-in module."""
-    from acl_dist import cluster
+    from acl_dist import clustering as cluster
 
     calls = fake_cuml
     w = np.eye(5) + 0.1
@@ -98,7 +98,7 @@ def test_cuml_backend_passes_the_precomputed_affinity(fake_cuml, monkeypatch):
 
 
 def test_contrast_descriptor_cancels_what_is_everywhere():
-    from acl_dist.cluster import contrast_descriptor
+    from acl_dist.clustering import contrast_descriptor
 
     scene = np.array([5.0, 5.0, 0.0])
     action = np.array([0.0, 0.0, 1.0])
@@ -114,7 +114,7 @@ def test_contrast_descriptor_cancels_what_is_everywhere():
 
 
 def test_run_clustering_stability():
-    from acl_dist.cluster import run_clustering
+    from acl_dist.clustering import run_clustering
 
     x, truth = planted()
     out = run_clustering(x, 4, backend="sklearn", previous=truth)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from acl_dist import cluster
-from acl_dist.cluster import (choose_graph, gaussian_affinity, knn_affinity, run_clustering,
+from acl_dist import clustering as cluster
+from acl_dist.clustering import (choose_graph, gaussian_affinity, knn_affinity, run_clustering,
                               spectral_embedding_sparse_torch, spectral_embedding_torch)
 
 
@@ -115,7 +115,7 @@ def test_cuml_backend_receives_the_sparse_affinity(fake_cuml):
 
 
 def test_torch_dense_affinity_equals_numpy():
-    from acl_dist.cluster import gaussian_affinity_torch
+    from acl_dist.clustering import gaussian_affinity_torch
 
     x, _ = planted(60, 3, dim=8, seed=6)
     w, sigma = gaussian_affinity_torch(x, device="cpu")

@@ -358,7 +358,7 @@ def test_tune_job_asha_interrupt_resume_on_s3_and_best_config(cluster, s3_endpoi
     assert stopped and all(r["rounds"] == 1 for r in stopped)
     import pyarrow.parquet as pq
 
-    from acl_dist.pipeline import holdout_split, resolve_config
+    from acl_dist.plan import holdout_split, resolve_config
     from acl_dist.store import FeatureStore
 
     train_ids = {m.video_id for m in FeatureStore.open(store).metadata("validation")}

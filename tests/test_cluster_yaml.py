@@ -32,7 +32,7 @@ def test_no_secrets_and_private_dashboard():
 
 def test_resources_fit_what_the_jobs_request():
     from acl_dist.config import RunConfig, load_config
-    from acl_dist.pipeline import resolve_config
+    from acl_dist.plan import resolve_config
 
     cfg = load()
     nodes = cfg["available_node_types"]

@@ -84,7 +84,7 @@ def test_parse_override_and_bad_files(tmp_path):
 
 
 def test_resolve_config_sizes_to_the_store(tiny_store):
-    from acl_dist.pipeline import default_subsets, resolve_config
+    from acl_dist.plan import default_subsets, resolve_config
     from acl_dist.store import FeatureStore
 
     store = FeatureStore.open(tiny_store[0])

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from acl_dist.distributed import ShardSpill
+from acl_dist.ray_train import ShardSpill
 from acl_dist.model import pad_batch
 
 

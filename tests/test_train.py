@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from acl_dist.config import load_config
-from acl_dist.train import (EARLY, StreamModels, VideoItem, fit, load_models, make_checkpoint,
-                            predict)
+from acl_dist.infer import load_models, predict
+from acl_dist.model import EARLY, StreamModels
+from acl_dist.train import VideoItem, fit, make_checkpoint
 
 DIMS = {"rgb": 5, "flow": 3}
 

@@ -6,25 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from acl_dist.cluster import silhouette
+from acl_dist.clustering import silhouette
 from acl_dist.config import RunConfig, to_dict, with_updates
 from acl_dist.errors import ConfigError
-from acl_dist.pipeline import holdout_split
-from acl_dist.tune import (
-    ResumableASHA,
-    TuneSettings,
-    best_config,
-    best_row,
-    concurrent_trials,
-    config_with,
-    expected_trials,
-    load_space,
-    make_searcher,
-    rank_correlations,
-    trials_table,
-    tune_param_space,
-    validate_space,
-)
+from acl_dist.plan import holdout_split
+from acl_dist.config import TuneSettings
+from acl_dist.tune import ResumableASHA, concurrent_trials
+from acl_dist.tune_results import best_config, best_row, expected_trials, rank_correlations, \
+    trials_table
+from acl_dist.tune_space import (config_with, load_space, make_searcher, tune_param_space,
+                                 validate_space)
 
 
 def test_default_space_searches_z_k_and_the_loss_weights():
@@ -217,21 +208,22 @@ def test_resumed_asha_keeps_the_cutoffs_of_rounds_reported_before_the_interrupt(
 
 def test_validation_split_of_a_run(tiny_store, tmp_path):
     """Held-out videos leave the training set (and its labels); the test subset stays."""
-    from acl_dist.pipeline import Run, resolve_config
+    from acl_dist.pipeline import Run
+    from acl_dist.plan import resolve_config
     from acl_dist.store import FeatureStore
 
     store, _ = tiny_store
     fs = FeatureStore.open(store)
     cfg = resolve_config(RunConfig(num_classes=4, val_fraction=0.25), fs, cpus=2)
     run = Run(store, str(tmp_path / "run"), cfg, quiet=True)
-    train_ids = {m.video_id for m in run.train_meta}
-    assert run.val_ids and not run.val_ids & train_ids
-    assert len(run.val_ids) + len(train_ids) == fs.num_videos(cfg.train_subset)
-    assert run.val_ids == holdout_split(train_ids | run.val_ids, 0.25, cfg.seed)
-    assert "held out (crc32 rule, val_fraction 0.25, seed 0)" in run.val_source
+    train_ids = {m.video_id for m in run.split.train}
+    assert run.split.val_ids and not run.split.val_ids & train_ids
+    assert len(run.split.val_ids) + len(train_ids) == fs.num_videos(cfg.train_subset)
+    assert run.split.val_ids == holdout_split(train_ids | run.split.val_ids, 0.25, cfg.seed)
+    assert "held out (crc32 rule, val_fraction 0.25, seed 0)" in run.split.val_source
     weak = Run(store, str(tmp_path / "weak"), resolve_config(
         RunConfig(mode="weak", val_fraction=0.25), fs, cpus=2), quiet=True)
-    assert set(weak.weak_labels) == train_ids   # the training workers' videos
+    assert set(weak.split.weak_labels) == train_ids   # the training workers' videos
 
     with pytest.raises(ConfigError, match="is the test subset"):
         resolve_config(RunConfig(num_classes=4, val_subset="test"), fs, cpus=2)

@@ -46,7 +46,8 @@ def ingest(layout: str, root: str, out: str, *, gt: str | None = None,
            fps: float = 25.0, snippet_frames: int = 16, feature_stride: int | None = None,
            max_trim: int = 0, shard_mb: float = 128.0, overwrite: bool = False,
            quiet: bool = False) -> IngestSummary:
-    """Convert one source layout into a feature store at ``out``.
+    """Convert one source layout into a feature store at ``out``. Long because: its Args
+    document every option (the body is the read-validate-write loop).
 
     Args:
         layout: ``npy-split``, ``npy-concat``, ``wtalc`` or ``cmcs-npz`` (FORMATS.md §1).

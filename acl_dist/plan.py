@@ -1,0 +1,171 @@
+"""The plan of a run, resolved before anything runs: which subsets train, test and
+validate (:func:`default_subsets`, :func:`holdout_split`), and every ``None`` of the config
+sized to the store and to the capacity it will run on (:func:`resolve_config`). Pure: no Ray,
+no I/O beyond the store's manifest and metadata; the capacity is passed in.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from . import resources
+from .config import RunConfig, with_updates
+from .errors import ConfigError
+from .store import FeatureStore
+
+
+# --------------------------------------------------------------------------- validation split
+
+
+def holdout_split(video_ids: Iterable[str], fraction: float, seed: int = 0) -> set[str]:
+    """The videos held out as a validation split: those whose ``crc32("<seed>:<id>")``
+    falls in the lowest ``fraction`` of the 32-bit range. A seeded hash of the id, not a
+    shuffle, so the split is the same on every machine, for every store layout and order,
+    and a video's side never changes when others are added."""
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"val_fraction must be in [0, 1), got {fraction}")
+    cut = int(fraction * 2**32)
+    return {v for v in video_ids if zlib.crc32(f"{seed}:{v}".encode()) < cut}
+
+
+# --------------------------------------------------------------------------- config sizing
+
+
+def default_subsets(store: FeatureStore) -> tuple[str, str]:
+    """(train, test) subsets of a store: THUMOS ``validation``/``test``, ActivityNet
+    ``training``/``validation``, BaSNet ``train``/``test``; synthetic stores say theirs."""
+    src = store.manifest.get("source", {})
+    if "train_subset" in src and "test_subset" in src:
+        return src["train_subset"], src["test_subset"]
+    names = set(store.subsets)
+    for train, test in (("training", "validation"), ("train", "test"), ("validation", "test"),
+                        ("train", "val"), ("training", "testing")):
+        if train in names and test in names:
+            return train, test
+    raise ConfigError(f"cannot tell training and test subsets apart in {sorted(names)}; "
+                      "pass --train-subset and --test-subset")
+
+
+def resolve_config(cfg: RunConfig, store: FeatureStore, cpus: int | None = None,
+                   gpus: float = 0.0) -> RunConfig:
+    """Fill every ``None`` of ``cfg`` from the store and the machine.
+
+    Steps = 2 x the training videos (at least 150, at most the paper's 30,005): a
+    THUMOS-sized store (200 videos) gets 400 updates of 16 videos per round, ~10 minutes for
+    3 rounds on 2 CPU cores; the batch grows with the store up to the paper's 32. Workers =
+    GPUs when there are GPUs, else 1 worker per 4 CPUs (on a 2-core machine one worker with
+    both cores beats two DDP workers: RAY_NOTES.md §3). Training crops to 256 snippets on
+    CPUs and uses whole videos on GPUs.
+    """
+    train, test = default_subsets(store)
+    train = cfg.train_subset or train
+    test = cfg.test_subset or test
+    for name in (train, test) + ((cfg.val_subset,) if cfg.val_subset else ()):
+        if name not in store.subsets:
+            raise ConfigError(f"subset {name!r} not in the store (has {store.subsets})")
+    if cfg.val_subset in (train, test):
+        raise ConfigError(f"val_subset {cfg.val_subset!r} is the {'training' if cfg.val_subset == train else 'test'} "
+                          "subset; validate on a third subset or use val_fraction")
+    if cfg.val_subset and cfg.val_fraction:
+        raise ConfigError("set val_subset or val_fraction, not both")
+    n_train = store.num_videos(train)
+    # None means "size it"; 0 and negatives never get here (RunConfig refuses them)
+    num_classes = cfg.num_classes if cfg.num_classes is not None else len(store.classes)
+    if cfg.mode == "weak" and num_classes != len(store.classes):
+        raise ConfigError(f"weak mode trains on the store's {len(store.classes)} classes; "
+                          f"--num-classes {num_classes} does not match")
+    if cfg.mode == "unsupervised" and not 2 <= num_classes <= n_train:
+        raise ConfigError(f"--num-classes must be in [2, {n_train}] for {n_train} videos")
+    tc = cfg.train
+    cpus = cpus or resources.machine_cores()
+    use_gpu = tc.use_gpu if tc.use_gpu is not None else gpus > 0
+    workers = tc.workers if tc.workers is not None else resources.training_workers(
+        cpus, gpus, use_gpu)
+    batch = tc.batch_size if tc.batch_size is not None else int(
+        min(32, max(8, 2 ** round(math.log2(max(n_train, 1) / 12)))))
+    steps = tc.steps if tc.steps is not None else int(min(30005, max(150, 2 * n_train)))
+    max_len = tc.max_len if tc.max_len is not None else (0 if use_gpu else 256)
+    cpw = tc.cpus_per_worker if tc.cpus_per_worker is not None else \
+        resources.cpus_per_worker(cpus, workers, use_gpu)
+    rounds = 1 if cfg.mode == "weak" else cfg.rounds
+    tiou = cfg.tiou if cfg.tiou is not None else guess_tiou(store)
+    return with_updates(cfg, num_classes=num_classes, train_subset=train, test_subset=test,
+                        rounds=rounds, tiou=tiou,
+                        train={"workers": workers, "use_gpu": use_gpu, "batch_size": batch,
+                               "steps": steps, "cpus_per_worker": cpw, "max_len": max_len})
+
+
+def guess_tiou(store: FeatureStore) -> str:
+    """THUMOS-style stores (``video_test_*`` ids, or the THUMOS synthetic preset) are
+    evaluated at 0.1:0.7, everything else at ActivityNet's 0.5:0.95."""
+    src = store.manifest.get("source", {})
+    if src.get("preset") == "thumos14":
+        return "thumos"
+    meta = next(store.iter_videos(streams=[], batch_rows=1), None)
+    return "thumos" if meta is not None and meta.video_id.startswith("video_") else "anet"
+
+
+# --------------------------------------------------------------------------- the videos' roles
+
+
+@dataclass
+class VideoSplit:
+    """Which videos train, validate and how (from :func:`split_videos`).
+
+    Attributes:
+        train: training videos' metadata (clustered and trained on), validation ones removed.
+        val: validation videos' metadata (localised and scored, never trained or clustered).
+        val_ids: their ids.
+        val_source: how the validation split was made (for metrics and the report), or None.
+        truth: each training video's primary label, in ``train`` order (None when unknown);
+            used only to score clusterings and map clusters to classes, never to train.
+        weak_labels: weak mode: video -> class indices of the store's class list.
+    """
+
+    train: list
+    val: list
+    val_ids: set[str]
+    val_source: str | None
+    truth: list[str | None]
+    weak_labels: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def has_truth(self) -> bool:
+        return all(t is not None for t in self.truth)
+
+
+def split_videos(cfg: RunConfig, store: FeatureStore) -> VideoSplit:
+    """The training and validation videos of a resolved config (its store metadata only)."""
+    subsets = [cfg.train_subset, cfg.test_subset] + ([cfg.val_subset] if cfg.val_subset
+                                                     else [])
+    meta = store.metadata(subsets)
+    train_all = [m for m in meta if m.subset == cfg.train_subset]
+    if cfg.val_subset:
+        val = [m for m in meta if m.subset == cfg.val_subset]
+        source = f"subset {cfg.val_subset!r} ({len(val)} videos)"
+    else:
+        held = holdout_split([m.video_id for m in train_all], cfg.val_fraction, cfg.seed)
+        val = [m for m in train_all if m.video_id in held]
+        source = (f"{len(held)} of the {len(train_all)} {cfg.train_subset!r} videos held out "
+                  f"(crc32 rule, val_fraction {cfg.val_fraction:g}, seed {cfg.seed})"
+                  ) if held else None
+    if (cfg.val_subset or cfg.val_fraction) and not val:
+        raise ConfigError(f"the validation split is empty (val_fraction "
+                          f"{cfg.val_fraction:g} of {len(train_all)} videos); raise it")
+    val_ids = {m.video_id for m in val}
+    train = [m for m in train_all if m.video_id not in val_ids]
+    if cfg.mode == "unsupervised" and len(train) < cfg.num_classes:
+        raise ConfigError(f"{len(train)} training videos left after the validation split, "
+                          f"fewer than {cfg.num_classes} clusters")
+    split = VideoSplit(train, val, val_ids, source, [m.primary_label for m in train])
+    if cfg.mode == "weak":
+        index = {c: i for i, c in enumerate(store.classes)}
+        split.weak_labels = {m.video_id: [index[lb] for lb in m.labels if lb in index]
+                             for m in train}
+        if not any(split.weak_labels.values()):
+            raise ConfigError(f"weak mode needs video labels; subset {cfg.train_subset!r} of "
+                              "the store has none")
+    return split

@@ -1,0 +1,207 @@
+"""Ray Data passes over the store: round-0 uniform descriptors and the attention pass (the
+trained models over every video: the next round's descriptors, and CAS / attention /
+detections of test and validation videos). Results stream into one Parquet file per step
+with :func:`write_dataset`, row group by row group, so no process holds all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import fsutil, resources
+from .artifacts import load_checkpoint, outputs_schema
+from .clustering import contrast_descriptor, video_descriptor
+from .config import LocalizeConfig, from_dict, to_dict
+from .infer import load_models, predict
+from .localize import localize_video
+from .ray_start import cluster_gpus
+from .store import FeatureStore, feature_views
+from .timegrid import SnippetGrid
+
+
+def store_dataset(store: FeatureStore, subsets: Iterable[str], streams: bool = True):
+    """The store's rows of ``subsets`` as a Ray Dataset (features optional)."""
+    import ray
+
+    columns = ["video_id", "subset", "duration", "fps", "snippet_frames", "num_snippets"]
+    if streams:
+        columns += list(store.streams)
+    urls = store.shard_urls(list(subsets))
+    return ray.data.read_parquet(urls).select_columns(columns)
+
+
+def batch_features(batch: pa.Table, streams: dict[str, int], dtype: str
+                   ) -> list[dict[str, np.ndarray]]:
+    """Per row, stream -> ``(T, D)`` float32 array, from a pyarrow batch of the store."""
+    views = {s: feature_views(batch.column(s), d, dtype) for s, d in streams.items()}
+    return [{s: views[s][i].astype(np.float32) for s in streams} for i in range(batch.num_rows)]
+
+
+def _f32_bytes(x: np.ndarray) -> bytes:
+    return np.ascontiguousarray(x, dtype=np.float32).tobytes()
+
+
+class UniformDescriptors:
+    """Round-0 descriptors (uniform 1/T pooling) of a batch of store rows."""
+
+    def __init__(self, streams: dict[str, int], dtype: str):
+        self.streams, self.dtype = streams, dtype
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        feats = batch_features(batch, self.streams, self.dtype)
+        return pa.table({"video_id": batch.column("video_id"),
+                         "descriptor": [_f32_bytes(video_descriptor(f)) for f in feats]})
+
+
+class AttentionPass:
+    """The trained stream models over whole videos (a Ray Data actor).
+
+    Each row is either *described* (a training video of an unsupervised run: its
+    ``descriptor``, the next round's clustering input, each stream pooled by its own model's
+    class-agnostic attention, ``contrast`` or the paper's ``attention`` form, see
+    :class:`acl_dist.config.ClusterConfig`) or *detected* (a test or validation video: the
+    fused ``cas`` ``(T, C)``, per-stream ``attention_<stream>`` ``(T,)``, fused
+    ``video_logits`` ``(C,)`` as raw float16/float32 bytes, and ``detections`` as JSON).
+    Rows that are neither (training videos of a weak run) are dropped before the forward.
+    """
+
+    def __init__(self, checkpoint_path: str, streams: dict[str, int], dtype: str,
+                 detect_subsets: list[str], localize: dict[str, Any],
+                 describe_subset: str | None, detect_ids: list[str] = (),
+                 descriptor: str = "contrast", torch_threads: int | None = None):
+        import torch
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = load_models(load_checkpoint(checkpoint_path), self.device)
+        self.streams, self.dtype = streams, dtype
+        self.detect_subsets = set(detect_subsets)
+        self.detect_ids = set(detect_ids)
+        self.describe_subset = describe_subset
+        self.localize = from_dict(LocalizeConfig, localize)
+        self.describe = contrast_descriptor if descriptor == "contrast" else video_descriptor
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        ids = batch.column("video_id").to_pylist()
+        subsets = batch.column("subset").to_pylist()
+        detect = [s in self.detect_subsets or v in self.detect_ids for v, s in zip(ids, subsets)]
+        keep = [i for i in range(len(ids))
+                if detect[i] or subsets[i] == self.describe_subset]
+        out: dict[str, list] = {k: [] for k in (
+            "video_id", "subset", "descriptor", "cas", "video_logits", "detections",
+            *[f"attention_{s}" for s in self.streams])}
+        if not keep:
+            return pa.table(out, schema=outputs_schema(self.streams))
+        batch = batch.take(keep)
+        ids, subsets, detect = [ids[i] for i in keep], [subsets[i] for i in keep], \
+            [detect[i] for i in keep]
+        feats = batch_features(batch, self.streams, self.dtype)
+        preds = predict(self.model, list(zip(ids, feats)), self.device)
+        for i, p in enumerate(preds):
+            out["video_id"].append(ids[i])
+            out["subset"].append(subsets[i])
+            out["descriptor"].append(b"" if detect[i] else
+                                     _f32_bytes(self.describe(feats[i], p.attention)))
+            if detect[i]:
+                cas, att, logits = p.fused(self.localize.rgb_weight)
+                grid = SnippetGrid(batch.column("fps")[i].as_py(),
+                                   batch.column("snippet_frames")[i].as_py())
+                segs = localize_video(cas, att, logits, grid,
+                                      batch.column("duration")[i].as_py(), self.localize)
+                out["cas"].append(np.ascontiguousarray(cas, dtype=np.float16).tobytes())
+                out["video_logits"].append(_f32_bytes(logits))
+                out["detections"].append(json.dumps([list(s) for s in segs]))
+                for s in self.streams:
+                    out[f"attention_{s}"].append(
+                        np.ascontiguousarray(p.attention[s], dtype=np.float16).tobytes())
+            else:
+                out["cas"].append(b"")
+                out["video_logits"].append(b"")
+                out["detections"].append("[]")
+                for s in self.streams:
+                    out[f"attention_{s}"].append(b"")
+        return pa.table(out, schema=outputs_schema(self.streams))
+
+
+
+def map_descriptors(store: FeatureStore, subset: str, concurrency: int = 1):
+    ds = store_dataset(store, [subset])
+    from ray.data import ActorPoolStrategy
+
+    return ds.map_batches(UniformDescriptors, batch_format="pyarrow", batch_size=128,
+                          fn_constructor_kwargs={"streams": store.streams,
+                                                 "dtype": store.dtype},
+                          compute=ActorPoolStrategy(size=concurrency), num_cpus=1)
+
+
+def map_attention(store: FeatureStore, subsets: list[str], checkpoint_path: str,
+                  detect_subsets: list[str], localize: LocalizeConfig,
+                  describe_subset: str | None, detect_ids: list[str] = (),
+                  descriptor: str = "contrast", concurrency: int | None = None,
+                  use_gpu: bool = False, torch_threads: int | None = None):
+    """The trained models over the videos of ``subsets``: an actor pool of
+    :class:`AttentionPass`, one actor per GPU (or per 4 CPUs without GPUs) by default.
+    Videos of ``detect_subsets`` and ``detect_ids`` are localised; those of
+    ``describe_subset`` (other than ``detect_ids``) get the next round's descriptor."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    if concurrency is None:
+        concurrency = resources.attention_actors(ray.cluster_resources().get("CPU", 1),
+                                                 cluster_gpus(), use_gpu)
+    # a GPU actor asks for the GPU alone (Ray Data warns when a map asks for both)
+    ask = {"num_gpus": 1} if use_gpu else {"num_cpus": 1}
+    ds = store_dataset(store, subsets)
+    return ds.map_batches(
+        AttentionPass, batch_format="pyarrow", batch_size=128,  # predict() sorts by length inside
+        compute=ActorPoolStrategy(size=concurrency), **ask,
+        fn_constructor_kwargs={"checkpoint_path": checkpoint_path, "streams": store.streams,
+                               "dtype": store.dtype, "detect_subsets": list(detect_subsets),
+                               "localize": to_dict(localize),
+                               "describe_subset": describe_subset,
+                               "detect_ids": list(detect_ids),
+                               "descriptor": descriptor, "torch_threads": torch_threads})
+
+
+def write_dataset(ds, path: str) -> int:
+    """Stream a dataset's batches into one Parquet file, atomically; returns rows written."""
+    rows = 0
+    if fsutil.is_remote(path):
+        tmp_ctx = None
+        target = path
+    else:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp_ctx = tempfile.NamedTemporaryFile(dir=os.path.dirname(os.path.abspath(path)),
+                                              prefix=".tmp-", suffix=".parquet", delete=False)
+        tmp_ctx.close()
+        target = tmp_ctx.name
+    fs, p = fsutil.get_fs(target)
+    writer = None
+    try:
+        with fs.open(p, "wb") as fh:
+            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+                if writer is None:
+                    writer = pq.ParquetWriter(fh, table.schema, compression="none")
+                writer.write_table(table)
+                rows += table.num_rows
+            if writer is None:
+                raise RuntimeError(f"no rows to write to {path}")
+            writer.close()
+        if tmp_ctx is not None:
+            os.replace(target, path)
+    except BaseException:
+        if tmp_ctx is not None and os.path.exists(target):
+            os.remove(target)
+        elif tmp_ctx is None:
+            fsutil.remove_tree(path)
+        raise
+    return rows

@@ -1,0 +1,82 @@
+"""Ray start-up for every entry point: attach to a cluster or start a local instance,
+quiet Ray Data's own output, and read the cluster's capacity."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from . import resources
+from .progress import log
+
+
+def init_ray(num_cpus: int | None = None, quiet: bool = False) -> None:
+    """Attach to ``RAY_ADDRESS`` (a cluster, or ``ray job submit``), or start a local
+    instance sized for this machine: at least 4 logical CPUs, so that Ray Data keeps CPUs
+    beside the training workers on a 2-core machine (RAY_NOTES.md §4)."""
+    import ray
+
+    if ray.is_initialized():  # e.g. inside a Tune trial: Ray Data's context is per process
+        quiet_ray_data()
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    # Workers' INFO chatter (every Train report, device moves) would bury the progress
+    # lines; warnings and errors still reach the driver.
+    kwargs: dict[str, Any] = {"log_to_driver": True, "logging_level": "WARNING",
+                              "logging_config": ray.LoggingConfig(log_level="WARNING")}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
+    else:
+        cpus = num_cpus or max(4, os.cpu_count() or 2)
+        log(f"starting a local Ray instance ({cpus} logical CPUs)", quiet)
+        # The dashboard (127.0.0.1:8265) serves the State API that Train V2's placement-group
+        # cleaner polls; without it, it logs a warning every second (RAY_NOTES.md §3).
+        ray.init(address="local", num_cpus=cpus, include_dashboard=_dashboard_installed(),
+                 dashboard_host="127.0.0.1", object_store_memory=512 * 2**20, **kwargs)
+    quiet_ray_data()
+
+
+def quiet_ray_data() -> None:
+    """Ray Data settings of this process: our progress lines replace Ray Data's bars and
+    its every-10-s status lines, which fill terminals and `ray job logs` alike; the V1
+    Parquet reader (below)."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    # Ray Data's V2 Parquet reader lists files in a 1-CPU task that places 32 footer-reader
+    # actors (1 CPU each to schedule) and waits for them. With two Tune trials reading at
+    # once beside their training workers, a 2 x 2-CPU cluster deadlocked there (read tasks
+    # holding CPUs, footer readers unplaceable). The V1 reader reads footers in its tasks.
+    ctx.use_datasource_v2 = False
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def _dashboard_installed() -> bool:
+    """Whether ``ray[default]``'s dashboard can start (a minimal Ray, e.g. a stripped wheel
+    on an offline GPU box, has no dashboard; asking for it there is an error)."""
+    try:
+        from ray._private.utils import get_dashboard_dependency_error
+    except ImportError:  # another Ray layout: let Ray decide
+        return True
+    return get_dashboard_dependency_error() is None
+
+
+def cluster_capacity(quiet: bool = False) -> tuple[int, float]:
+    """(CPUs to size a run by, GPUs) of the Ray cluster, starting a local instance when
+    none is running. On a cluster its CPUs; locally the machine's cores (the local instance
+    reports inflated logical CPUs, see :func:`init_ray`)."""
+    import ray
+
+    init_ray(quiet=quiet)
+    cpus = ray.cluster_resources().get("CPU", resources.machine_cores())
+    return resources.sizing_cpus(cpus, resources.on_a_cluster()), cluster_gpus()
+
+
+def cluster_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))

@@ -1,0 +1,253 @@
+"""One round's training on Ray Train: ``TorchTrainer`` with ``ScalingConfig(num_workers,
+use_gpu)``, the training videos as a Ray Data dataset split across workers without drops
+(``get_dataset_shard``), DDP through ``prepare_model``, checkpoints through
+``ray.train.report``. The per-worker loop itself is :func:`acl_dist.train.fit` (plain
+PyTorch); this module feeds it a shard and reports for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from typing import Any
+
+import numpy as np
+
+from . import fsutil
+from .artifacts import ArtifactError, load_train_checkpoint, save_train_checkpoint
+from .config import RunConfig, from_dict, to_dict
+from .errors import find_cause
+from .ray_data import store_dataset
+from .store import FeatureStore, feature_views
+from .train import VideoItem, fit, make_checkpoint
+
+
+def _no_drop_data_config():
+    """Ray Train's default split may drop rows to equalise shards (``equal=True``); the
+    ACL sampler promises every video once per epoch, so split without dropping. Training is
+    step-based, so unequal shards cannot desynchronise DDP."""
+    from ray.train import DataConfig
+
+    class NoDropDataConfig(DataConfig):
+        def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+            output = [{} for _ in range(world_size)]
+            for name, ds in datasets.items():
+                ds = ds.copy(ds)
+                with warnings.catch_warnings():  # Ray's own default still sets a deprecated field
+                    warnings.simplefilter("ignore")
+                    ds.context.execution_options = DataConfig.default_ingest_options()
+                for i, split in enumerate(ds.streaming_split(world_size, equal=False)):
+                    output[i][name] = split
+            return output
+
+    return NoDropDataConfig()
+
+
+class _Board:
+    """TensorBoard event files of one round (losses per term and stream, lr, throughput).
+
+    Written locally by rank 0 and copied into the run directory at the end of the round
+    (the run directory may be on S3, where an event file cannot be appended to)."""
+
+    def __init__(self, target: str | None, round_index: int):
+        self.target = target
+        self.writer = None
+        if target:
+            from tensorboardX import SummaryWriter
+
+            self.local = tempfile.mkdtemp(prefix="acl-tb-")
+            self.writer = SummaryWriter(self.local)
+            self.round = round_index
+
+    def add(self, metrics: dict[str, float], step: int) -> None:
+        if self.writer is None:
+            return
+        for key, value in metrics.items():
+            if key in ("step", "worker_videos"):
+                continue
+            tag = key if "/" in key else f"train/{key}"
+            self.writer.add_scalar(f"round_{self.round}/{tag}", value, step)
+
+    def close(self) -> None:
+        if self.writer is None:
+            return
+        self.writer.close()
+        for name in os.listdir(self.local):
+            with open(os.path.join(self.local, name), "rb") as fh:
+                fsutil.write_bytes_atomic(fsutil.join(self.target, name), fh.read())
+        shutil.rmtree(self.local, ignore_errors=True)
+        self.writer = None
+
+
+def _quiet_train_reports() -> None:
+    """Drop Train V2's INFO line per report (the whole metrics dict): we print one progress
+    line instead. Its logger is named after its file path, not ``ray.train``."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # a Ray without Train V2's layout: nothing to quiet
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
+class ShardSpill:
+    """A training worker's shard, streamed once from Ray Data into a local file and then
+    memory-mapped: epochs read the features from the page cache, so a worker's own memory
+    stays bounded by a batch whatever its shard size (an ActivityNet shard is gigabytes).
+
+    The file is unlinked as soon as it is mapped (it lives while the mapping does), so a
+    killed worker leaves nothing behind.
+    """
+
+    def __init__(self, directory: str | None = None):
+        self._fh = tempfile.TemporaryFile(dir=directory, prefix="acl-shard-")
+        # (video id, stream -> (byte offset, shape, dtype), labels)
+        self._entries: list[tuple[str, dict[str, tuple], list[int]]] = []
+        self._offset = 0
+
+    def add(self, video_id: str, features: dict[str, np.ndarray], labels: list[int]) -> None:
+        placed = {}
+        for name, arr in features.items():
+            arr = np.ascontiguousarray(arr)
+            self._fh.write(arr.tobytes())
+            placed[name] = (self._offset, arr.shape, arr.dtype.str)
+            self._offset += arr.nbytes
+        self._entries.append((video_id, placed, labels))
+
+    def items(self) -> list:
+        """The shard as :class:`~acl_dist.train.VideoItem` s whose features are views into
+        the mapped file."""
+        self._fh.flush()
+        if self._offset == 0:
+            return [VideoItem(v, {}, lab) for v, _, lab in self._entries]
+        # copy-on-write: writable views (torch.as_tensor warns on read-only arrays), the file
+        # itself never changes
+        mapped = np.memmap(self._fh, dtype=np.uint8, mode="c", shape=(self._offset,))
+        out = []
+        for vid, placed, labels in self._entries:
+            feats = {}
+            for name, (offset, shape, dt) in placed.items():
+                n = int(np.prod(shape)) * np.dtype(dt).itemsize
+                feats[name] = mapped[offset:offset + n].view(dt).reshape(shape)
+            out.append(VideoItem(vid, feats, labels))
+        self._fh.close()   # the mapping keeps the (already unlinked) file alive
+        return out
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker: spill this worker's shard to a mapped file, restore a checkpoint
+    if Ray restarted it, then :func:`train.fit` with a report hook (progress, TensorBoard,
+    checkpoints). Long because: the worker's whole life in the order it happens."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    _quiet_train_reports()
+    cfg = from_dict(RunConfig, config["run_config"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if config.get("torch_threads"):
+        torch.set_num_threads(int(config["torch_threads"]))
+    streams, dtype, labels = config["streams"], config["dtype"], config["labels"]
+    shard = ray.train.get_dataset_shard("train")
+    spill = ShardSpill()
+    for batch in shard.iter_batches(batch_format="pyarrow", batch_size=64):
+        feats = {s: feature_views(batch.column(s), d, dtype) for s, d in streams.items()}
+        for i, vid in enumerate(batch.column("video_id").to_pylist()):
+            if vid in labels:  # the keys are the training videos (held-out ones are not)
+                spill.add(vid, {s: feats[s][i] for s in streams}, list(labels[vid]))
+    items = spill.items()
+    start = None
+    resume = ray.train.get_checkpoint()
+    if resume is not None:
+        with resume.as_directory() as d:
+            start = load_train_checkpoint(d)
+        if rank == 0:
+            sys.stdout.write(f"  round {config['round']}: training restarted, resuming from "
+                             f"the checkpoint of step {start['step']}\n")
+            sys.stdout.flush()
+    device = ray.train.torch.get_device()
+    steps = cfg.train.steps
+
+    history: list[dict[str, float]] = []
+    board = _Board(config.get("tensorboard_dir"), config["round"]) if rank == 0 else None
+
+    def report(metrics: dict[str, float], step: int, state: dict | None) -> None:
+        metrics = dict(metrics, worker_videos=len(items))
+        history.append(metrics)
+        if board is not None:
+            board.add(metrics, step)
+            if step == steps:
+                board.close()
+        if rank == 0 and not config.get("quiet"):
+            # Written to the stream, not print(): Train V2 patches print into its logger
+            # and would echo each line twice.
+            sys.stdout.write(f"  round {config['round']} step {step}/{steps} "
+                             f"loss {metrics['loss']:.3f} "
+                             f"({metrics['videos_per_s']:.0f} videos/s)\n")
+            sys.stdout.flush()
+        if state is None or rank != 0:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            final = make_checkpoint(state["model"], cfg, config["num_classes"], streams,
+                                    config["label_names"], config["round"], history) \
+                if step == steps else None
+            save_train_checkpoint(d, state, final)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    fit(items, cfg, config["num_classes"], streams, rank=rank, world_size=world, device=device,
+        wrap=ray.train.torch.prepare_model, report=report, start=start)
+
+
+def run_training(store: FeatureStore, subset: str, cfg: RunConfig, labels: dict[str, list[int]],
+                 num_classes: int, label_names: list[str], round_index: int,
+                 storage_path: str, name: str, torch_threads: int | None = None,
+                 max_failures: int = 0, quiet: bool = False,
+                 tensorboard_dir: str | None = None) -> dict[str, Any]:
+    """One round's training on Ray Train; returns the final checkpoint dict."""
+    from ray.train import FailureConfig, LoggingConfig, RunConfig as TrainRunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    tc = cfg.train
+    # Small blocks (streaming repartition, no shuffle): the no-drop split hands whole
+    # blocks to workers, so every worker must be able to get some.
+    rows = max(1, store.num_videos(subset) // (max(1, tc.workers) * 8))
+    ds = store_dataset(store, [subset]).repartition(target_num_rows_per_block=rows)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"run_config": to_dict(cfg), "labels": labels,
+                           "num_classes": num_classes, "label_names": label_names,
+                           "round": round_index, "streams": store.streams,
+                           "dtype": store.dtype, "torch_threads": torch_threads,
+                           "quiet": quiet, "tensorboard_dir": tensorboard_dir},
+        scaling_config=ScalingConfig(num_workers=tc.workers, use_gpu=bool(tc.use_gpu),
+                                     resources_per_worker={"CPU": tc.cpus_per_worker},
+                                     placement_strategy=tc.placement_strategy),
+        datasets={"train": ds},
+        dataset_config=_no_drop_data_config(),
+        run_config=TrainRunConfig(name=name, storage_path=storage_path,
+                                  failure_config=FailureConfig(max_failures=max_failures),
+                                  # our own progress line replaces Train's per-report INFO
+                                  logging_config=LoggingConfig(log_level="WARNING")))
+    try:
+        result = trainer.fit()
+    except Exception as err:  # Train V1 and V2 wrap worker errors differently
+        artifact = _artifact_error(err)
+        if artifact is not None:  # a refused or unreadable checkpoint: one line naming it
+            raise artifact from None
+        raise
+    if result.checkpoint is None:
+        raise RuntimeError(f"training of round {round_index} produced no checkpoint")
+    with result.checkpoint.as_directory() as d:
+        return load_train_checkpoint(d, final=True)
+
+
+def _artifact_error(err: BaseException) -> ArtifactError | None:
+    """The :class:`ArtifactError` behind a Ray Train failure (a worker's, possibly wrapped
+    in a RayTaskError), if that is what failed."""
+    found = find_cause(err, ArtifactError)
+    return found if isinstance(found, ArtifactError) else None
