@@ -1,0 +1,80 @@
+"""The package's layout: the pure cores import neither Ray nor torch.distributed, and Ray
+is reached only through the ``ray_*`` modules, the pipeline, Tune and the CLI."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "acl_dist"
+
+#: Modules that must work without Ray (DESIGN.md "Modules").
+PURE = ["config", "plan", "store", "synth", "model", "losses", "sampling", "clustering",
+        "localize", "evaluate", "train", "infer", "artifacts", "fsutil", "timegrid",
+        "annotations", "errors", "progress", "ingest", "resources", "results", "plots",
+        "tune_space", "tune_results"]
+#: Modules allowed to import Ray.
+RAY_ROOMS = {"ray_start", "ray_data", "ray_train", "ray_clustering", "pipeline", "tune",
+             "tune_space", "tune_results", "cli"}
+
+
+def _imports(path: Path) -> set[str]:
+    """Top-level module names imported anywhere in a file (functions included)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_only_the_ray_rooms_import_ray():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        mod = path.relative_to(PACKAGE).with_suffix("").as_posix().replace("/", ".")
+        uses = {n for n in _imports(path) if n == "ray" or n.startswith("ray.")}
+        if mod.split(".")[0] not in RAY_ROOMS:
+            assert not uses, f"acl_dist.{mod} imports {sorted(uses)}"
+        dist = {n for n in _imports(path) if n.startswith("torch.distributed")}
+        assert not dist, f"acl_dist.{mod} imports {sorted(dist)} (Ray Train owns DDP)"
+
+
+def test_pure_cores_import_without_ray():
+    """Importing every pure module leaves Ray unloaded (a fresh interpreter)."""
+    code = ("import sys\n" + "".join(f"import acl_dist.{m}\n" for m in PURE)
+            + "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]", out
+
+
+#: The files of a run directory and of Ray Train's checkpoints (acl_dist/artifacts.py).
+RUN_FILES = {"config.yaml", "run.json", "state.json", "clusters.json", "eval.json",
+             "val.json", "metrics.json", "outputs.parquet", "descriptors.parquet", "model.pt",
+             "train_state.pt", "detections.json", "detections_"}
+
+
+def test_every_run_artifact_has_one_reader_and_writer():
+    """Only acl_dist/artifacts.py names a run's files: every other module reads and writes
+    them through its RunDir (a file name as a string literal anywhere else fails)."""
+    owners: dict[str, set[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in RUN_FILES:
+                owners.setdefault(node.value, set()).add(path.name)
+    assert set(owners) == RUN_FILES   # the test sees them where they are named
+    assert {name: files for name, files in owners.items() if files != {"artifacts.py"}} == {}
+
+
+def test_long_functions_say_why():
+    """A function over 60 lines says in its docstring why it is long ("Long because")."""
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and \
+                    node.end_lineno - node.lineno + 1 > 60 and \
+                    "Long because" not in (ast.get_docstring(node) or ""):
+                long.append(f"{path.name}:{node.lineno} {node.name}")
+    assert not long, long
