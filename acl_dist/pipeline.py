@@ -179,18 +179,22 @@ class Run:
                 steps.append(("", partial(self._report_round, r)))
         return steps + [("finish", self.step_finish)]
 
+    def verify_finished_steps(self) -> list[str]:
+        """Read back every finished step's files before trusting the ledger; the steps to
+        rerun (see :meth:`acl_dist.artifacts.RunDir.verify_steps`)."""
+        return self.dir.verify_steps([n for n, _ in self.schedule() if n],
+                                     bool(self.split.val_ids), self.with_test, self.quiet)
+
     def _report_round(self, r: int) -> None:
         self.on_round(r, self.results.round_metrics(r))
 
     def execute(self, resume: bool = False) -> dict[str, Any]:
         """Run every step not done yet; with ``resume`` first check the finished steps'
         files. Returns ``metrics.json``'s content."""
-        steps = self.schedule()
         if resume:
-            self.dir.verify_steps([n for n, _ in steps if n], bool(self.split.val_ids),
-                                  self.with_test, self.quiet)
+            self.verify_finished_steps()
         ray_start.init_ray(quiet=self.quiet)
-        for name, action in steps:
+        for name, action in self.schedule():
             if not name:
                 action()
             elif self.dir.done(name):

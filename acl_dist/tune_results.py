@@ -52,9 +52,11 @@ def trial_rows(results, meta: dict[str, Any], status: dict[str, str]) -> list[di
         last = history[-1] if history else {}
         trial_id = os.path.basename(res.path.rstrip("/"))
         done = status.get(trial_id) in ("TERMINATED", "ERROR")
-        planned = res.config.get("rounds", meta["base"]["rounds"])  # rounds may be searched
+        # a trial an interrupted search never started has no config yet (Tune: None)
+        config = res.config or {}
+        planned = config.get("rounds", meta["base"]["rounds"])  # rounds may be searched
         row = {"trial": trial_id,
-               **{k: res.config.get(k) for k in meta["space"]},
+               **{k: config.get(k) for k in meta["space"]},
                "rounds": int(last.get("round") or 0),
                "stopped_early": done and res.error is None
                and (last.get("round") or 0) < planned,

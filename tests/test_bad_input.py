@@ -206,31 +206,6 @@ def case_ingest_wrong_dim(w):
     return _ingest(w, layout, out), _no_store(out)
 
 
-def case_ingest_fps_zero(w):
-    out = w.tmp / "s"
-    return _ingest(w, w.layout, out, "--fps", "0"), _no_store(out)
-
-
-def case_ingest_snippet_frames_zero(w):
-    out = w.tmp / "s"
-    return _ingest(w, w.layout, out, "--snippet-frames", "0"), _no_store(out)
-
-
-def case_ingest_shard_mb_negative(w):
-    out = w.tmp / "s"
-    return _ingest(w, w.layout, out, "--shard-mb", "-1"), _no_store(out)
-
-
-def case_ingest_max_trim_negative(w):
-    out = w.tmp / "s"
-    return _ingest(w, w.layout, out, "--max-trim", "-1"), _no_store(out)
-
-
-def case_ingest_fps_not_a_number(w):
-    out = w.tmp / "s"
-    return _ingest(w, w.layout, out, "--fps", "fast"), _no_store(out)
-
-
 def case_ingest_overwrite_refuses_other_directory(w):
     out = w.tmp / "mine"
     out.mkdir()
@@ -309,31 +284,6 @@ def _synth(out, *extra) -> list:
             "--no-report", "--quiet", *extra]
 
 
-def case_synth_classes_zero(w):
-    out = w.tmp / "s"
-    return _synth(out, "--classes", "0"), _no_store(out)
-
-
-def case_synth_videos_zero(w):
-    out = w.tmp / "s"
-    return _synth(out, "--videos", "0"), _no_store(out)
-
-
-def case_synth_dim_negative(w):
-    out = w.tmp / "s"
-    return _synth(out, "--dim", "-3"), _no_store(out)
-
-
-def case_synth_difficulty_zero(w):
-    out = w.tmp / "s"
-    return _synth(out, "--difficulty", "0"), _no_store(out)
-
-
-def case_synth_too_many_classes(w):
-    out = w.tmp / "s"
-    return _synth(out, "--classes", "500"), _no_store(out)
-
-
 def case_synth_overwrite_refuses_other_directory(w):
     out = w.tmp / "data"
     out.mkdir()
@@ -376,66 +326,6 @@ def _no_run(out: Path) -> Callable[[World], None]:
     return check
 
 
-def case_run_rounds_zero(w):
-    out = w.tmp / "r"
-    return _run(w, out, "--rounds", "0"), _no_run(out)
-
-
-def case_run_rounds_negative(w):
-    out = w.tmp / "r"
-    return _run(w, out, "--rounds", "-2"), _no_run(out)
-
-
-def case_run_steps_negative(w):
-    out = w.tmp / "r"
-    return _run(w, out, "--set", "train.steps=-5"), _no_run(out)
-
-
-def case_run_num_classes_zero(w):
-    out = w.tmp / "r"
-    return _run(w, out, "--num-classes", "0"), _no_run(out)
-
-
-def case_run_batch_size_zero(w):
-    out = w.tmp / "r"
-    return _run(w, out, "--set", "train.batch_size=0"), _no_run(out)
-
-
-def case_run_lr_zero(w):
-    out = w.tmp / "r"
-    return _run(w, out, "--set", "train.lr=0"), _no_run(out)
-
-
-def case_run_workers_zero(w):
-    out = w.tmp / "r"
-    return _run(w, out, "--set", "train.workers=0"), _no_run(out)
-
-
-def case_run_nms_iou_above_one(w):
-    out = w.tmp / "r"
-    return _run(w, out, "--set", "localize.nms_iou=1.5"), _no_run(out)
-
-
-def case_run_negative_loss_weight(w):
-    out = w.tmp / "r"
-    return _run(w, out, "--set", "loss.lambda_trip=-1"), _no_run(out)
-
-
-def case_run_bad_tiou(w):
-    out = w.tmp / "r"
-    return _run(w, out, "--set", "tiou=0.9:0.1"), _no_run(out)
-
-
-def case_run_unknown_key(w):
-    out = w.tmp / "r"
-    return _run(w, out, "--set", "train.stepz=5"), _no_run(out)
-
-
-def case_run_wrong_type(w):
-    out = w.tmp / "r"
-    return _run(w, out, "--set", "train.steps=many"), _no_run(out)
-
-
 def case_run_missing_config_file(w):
     out = w.tmp / "r"
     return _run(w, out, "--config", w.tmp / "nope.yaml"), _no_run(out)
@@ -445,21 +335,6 @@ def case_run_config_not_a_mapping(w):
     out = w.tmp / "r"
     (w.tmp / "list.yaml").write_text("- 1\n- 2\n")
     return _run(w, out, "--config", w.tmp / "list.yaml"), _no_run(out)
-
-
-def case_run_max_failures_below_minus_one(w):
-    out = w.tmp / "r"
-    return _run(w, out, "--max-failures", "-2"), _no_run(out)
-
-
-def case_run_more_clusters_than_videos(w):
-    out = w.tmp / "r"
-    return _run(w, out, "--num-classes", "500"), _no_run(out)
-
-
-def case_run_unknown_subset(w):
-    out = w.tmp / "r"
-    return _run(w, out, "--test-subset", "holdout"), _no_run(out)
 
 
 def case_run_missing_store(w):
@@ -784,30 +659,20 @@ def _no_search(out: Path) -> Callable[[World], None]:
     return check
 
 
-def case_tune_num_samples_zero(w):
-    out = w.tmp / "t"
-    return _tune(w, out, "--num-samples", "0"), _no_search(out)
-
-
-def case_tune_max_concurrent_zero(w):
-    out = w.tmp / "t"
-    return _tune(w, out, "--max-concurrent", "0"), _no_search(out)
-
-
-def case_tune_val_fraction_too_large(w):
-    out = w.tmp / "t"
-    return _tune(w, out, "--val-fraction", "0.9"), _no_search(out)
-
-
-def case_tune_reduction_factor_one(w):
-    out = w.tmp / "t"
-    return _tune(w, out, "--reduction-factor", "1"), _no_search(out)
-
-
-def case_tune_rounds_zero(w):
-    out = w.tmp / "t"
-    return _tune(w, out, "--rounds", "0"), _no_search(out)
-
+def option_case(name: str, command: str, *options: str) -> Callable:
+    """A case that is a valid command line plus ``options`` (a bad number, a bad key): it
+    must be refused before anything is written."""
+    def case(w: World):
+        out = w.tmp / "out"
+        argv = {"ingest": lambda: _ingest(w, w.layout, out, *options),
+                "synth": lambda: _synth(out, *options),
+                "run": lambda: _run(w, out, *options),
+                "tune": lambda: _tune(w, out, *options)}[command]()
+        check = {"ingest": _no_store, "synth": _no_store, "run": _no_run,
+                 "tune": _no_search}[command](out)
+        return argv, check
+    case.__name__ = f"case_{name}"
+    return case
 
 # (case, exit code, regex of the one line, needs the session's Ray run)
 CASES = [
@@ -818,11 +683,16 @@ CASES = [
     (case_ingest_gt_not_json, 1, r"gt\.json: not valid JSON", False),
     (case_ingest_reversed_segment, 1, r"video_\S+: .*segment", False),
     (case_ingest_wrong_dim, 1, r"video_\S+: .*(dim|shape)", False),
-    (case_ingest_fps_zero, 2, r"argument --fps: must be > 0, got 0", False),
-    (case_ingest_snippet_frames_zero, 2, r"argument --snippet-frames: must be >= 1", False),
-    (case_ingest_shard_mb_negative, 2, r"argument --shard-mb: must be > 0", False),
-    (case_ingest_max_trim_negative, 2, r"argument --max-trim: must be >= 0", False),
-    (case_ingest_fps_not_a_number, 2, r"argument --fps: expected a number, got 'fast'", False),
+    (option_case("ingest_fps_zero", "ingest", "--fps", "0"),
+     2, r"argument --fps: must be > 0, got 0", False),
+    (option_case("ingest_snippet_frames_zero", "ingest", "--snippet-frames", "0"),
+     2, r"argument --snippet-frames: must be >= 1", False),
+    (option_case("ingest_shard_mb_negative", "ingest", "--shard-mb", "-1"),
+     2, r"argument --shard-mb: must be > 0", False),
+    (option_case("ingest_max_trim_negative", "ingest", "--max-trim", "-1"),
+     2, r"argument --max-trim: must be >= 0", False),
+    (option_case("ingest_fps_not_a_number", "ingest", "--fps", "fast"),
+     2, r"argument --fps: expected a number, got 'fast'", False),
     (case_ingest_overwrite_refuses_other_directory, 1,
      r"--overwrite refused: .*mine is not an acl-dist store .*thesis\.tex", False),
     (case_ingest_existing_without_overwrite, 1, r"mine already exists \(pass --overwrite", False),
@@ -832,33 +702,53 @@ CASES = [
     (case_ingest_wtalc_needs_allow_pickle, 1, r"--allow-pickle", False),
     (case_ingest_unknown_class, 1, r"video_\S+: .*(class|label)", False),
     (case_ingest_interrupted, 130, r"interrupted; nothing was written", False),
-    (case_synth_classes_zero, 2, r"argument --classes: must be >= 2, got 0", False),
-    (case_synth_videos_zero, 2, r"argument --videos: must be >= 1, got 0", False),
-    (case_synth_dim_negative, 2, r"argument --dim: must be >= 1, got -3", False),
-    (case_synth_difficulty_zero, 2, r"argument --difficulty: must be > 0", False),
-    (case_synth_too_many_classes, 1, r"--classes must be in", False),
+    (option_case("synth_classes_zero", "synth", "--classes", "0"),
+     2, r"argument --classes: must be >= 2, got 0", False),
+    (option_case("synth_videos_zero", "synth", "--videos", "0"),
+     2, r"argument --videos: must be >= 1, got 0", False),
+    (option_case("synth_dim_negative", "synth", "--dim", "-3"),
+     2, r"argument --dim: must be >= 1, got -3", False),
+    (option_case("synth_difficulty_zero", "synth", "--difficulty", "0"),
+     2, r"argument --difficulty: must be > 0", False),
+    (option_case("synth_too_many_classes", "synth", "--classes", "500"),
+     1, r"--classes must be in", False),
     (case_synth_overwrite_refuses_other_directory, 1,
      r"--overwrite refused: .*data is not an acl-dist store .*results\.csv", False),
     (case_synth_npy_layout_refuses_other_directory, 1,
      r"--overwrite refused: .*mine is not an npy-split layout", False),
     (case_synth_disk_full, 1, r"No space left on device", False),
-    (case_run_rounds_zero, 1, r"rounds: must be >= 1, got 0", False),
-    (case_run_rounds_negative, 1, r"rounds: must be >= 1, got -2", False),
-    (case_run_steps_negative, 1, r"train\.steps: must be >= 1, got -5", False),
-    (case_run_num_classes_zero, 1, r"num_classes: must be >= 2, got 0", False),
-    (case_run_batch_size_zero, 1, r"train\.batch_size: must be >= 1, got 0", False),
-    (case_run_lr_zero, 1, r"train\.lr: must be > 0", False),
-    (case_run_workers_zero, 1, r"train\.workers: must be >= 1, got 0", False),
-    (case_run_nms_iou_above_one, 1, r"localize\.nms_iou: must be > 0 and <= 1, got 1\.5", False),
-    (case_run_negative_loss_weight, 1, r"loss\.lambda_trip: must be >= 0", False),
-    (case_run_bad_tiou, 1, r"tiou: bad --tiou '0\.9:0\.1'", False),
-    (case_run_unknown_key, 1, r"unknown config key 'train\.stepz'", False),
-    (case_run_wrong_type, 1, r"train\.steps: expected an integer, got 'many'", False),
+    (option_case("run_rounds_zero", "run", "--rounds", "0"),
+     1, r"rounds: must be >= 1, got 0", False),
+    (option_case("run_rounds_negative", "run", "--rounds", "-2"),
+     1, r"rounds: must be >= 1, got -2", False),
+    (option_case("run_steps_negative", "run", "--set", "train.steps=-5"),
+     1, r"train\.steps: must be >= 1, got -5", False),
+    (option_case("run_num_classes_zero", "run", "--num-classes", "0"),
+     1, r"num_classes: must be >= 2, got 0", False),
+    (option_case("run_batch_size_zero", "run", "--set", "train.batch_size=0"),
+     1, r"train\.batch_size: must be >= 1, got 0", False),
+    (option_case("run_lr_zero", "run", "--set", "train.lr=0"),
+     1, r"train\.lr: must be > 0", False),
+    (option_case("run_workers_zero", "run", "--set", "train.workers=0"),
+     1, r"train\.workers: must be >= 1, got 0", False),
+    (option_case("run_nms_iou_above_one", "run", "--set", "localize.nms_iou=1.5"),
+     1, r"localize\.nms_iou: must be > 0 and <= 1, got 1\.5", False),
+    (option_case("run_negative_loss_weight", "run", "--set", "loss.lambda_trip=-1"),
+     1, r"loss\.lambda_trip: must be >= 0", False),
+    (option_case("run_bad_tiou", "run", "--set", "tiou=0.9:0.1"),
+     1, r"tiou: bad --tiou '0\.9:0\.1'", False),
+    (option_case("run_unknown_key", "run", "--set", "train.stepz=5"),
+     1, r"unknown config key 'train\.stepz'", False),
+    (option_case("run_wrong_type", "run", "--set", "train.steps=many"),
+     1, r"train\.steps: expected an integer, got 'many'", False),
     (case_run_missing_config_file, 1, r"nope\.yaml: no such file", False),
     (case_run_config_not_a_mapping, 1, r"list\.yaml: a config file must be a mapping", False),
-    (case_run_max_failures_below_minus_one, 2, r"argument --max-failures: must be >= -1", False),
-    (case_run_more_clusters_than_videos, 1, r"num-classes must be in \[2, \d+\]", False),
-    (case_run_unknown_subset, 1, r"subset 'holdout' not in the store", False),
+    (option_case("run_max_failures_below_minus_one", "run", "--max-failures", "-2"),
+     2, r"argument --max-failures: must be >= -1", False),
+    (option_case("run_more_clusters_than_videos", "run", "--num-classes", "500"),
+     1, r"num-classes must be in \[2, \d+\]", False),
+    (option_case("run_unknown_subset", "run", "--test-subset", "holdout"),
+     1, r"subset 'holdout' not in the store", False),
     (case_run_missing_store, 1, r"no feature store at .*no-store", False),
     (case_run_store_without_manifest, 1, r"half has no manifest\.json", False),
     (case_run_store_manifest_corrupt, 1, r"manifest\.json: not valid JSON", False),
@@ -899,11 +789,16 @@ CASES = [
     (case_evaluate_bad_tiou, 1, r"bad --tiou '0\.5:0\.1'", False),
     (case_evaluate_unknown_subset, 1, r"no ground-truth videos in subset 'nosuch'", False),
     (case_evaluate_missing_gt, 1, r"gt-missing\.json: no such file", False),
-    (case_tune_num_samples_zero, 1, r"num_samples: must be >= 1, got 0", False),
-    (case_tune_max_concurrent_zero, 1, r"max_concurrent: must be >= 1, got 0", False),
-    (case_tune_val_fraction_too_large, 1, r"val_fraction: must be > 0 and <= 0\.5", False),
-    (case_tune_reduction_factor_one, 1, r"reduction_factor: must be >= 2, got 1", False),
-    (case_tune_rounds_zero, 1, r"rounds: must be >= 1, got 0", False),
+    (option_case("tune_num_samples_zero", "tune", "--num-samples", "0"),
+     1, r"num_samples: must be >= 1, got 0", False),
+    (option_case("tune_max_concurrent_zero", "tune", "--max-concurrent", "0"),
+     1, r"max_concurrent: must be >= 1, got 0", False),
+    (option_case("tune_val_fraction_too_large", "tune", "--val-fraction", "0.9"),
+     1, r"val_fraction: must be > 0 and <= 0\.5", False),
+    (option_case("tune_reduction_factor_one", "tune", "--reduction-factor", "1"),
+     1, r"reduction_factor: must be >= 2, got 1", False),
+    (option_case("tune_rounds_zero", "tune", "--rounds", "0"),
+     1, r"rounds: must be >= 1, got 0", False),
 ]
 
 

@@ -265,3 +265,23 @@ def test_optuna_search_samples_valid_configs_from_the_space(ray_session, tmp_pat
         assert c["train.videos_per_cluster"] in (2, 3, 4)
         assert 0.1 <= c["loss.lambda_sep"] <= 3.0 and 0.1 <= c["loss.lambda_trip"] <= 3.0
     assert len({res.config["loss.lambda_sep"] for res in results}) == 3
+
+
+def test_trial_rows_of_an_interrupted_search_with_a_trial_never_started():
+    """Ctrl-C can leave a trial that never ran: Tune gives it no config and no metrics.
+    It is a row (unfinished, no values), not a crash of the summary."""
+    import pandas as pd
+    from types import SimpleNamespace
+
+    from acl_dist.tune_results import trial_rows
+
+    meta = {"base": {"rounds": 2}, "space": {"train.lr": {"grid": [1e-3, 1e-9]}}}
+    ran = SimpleNamespace(path="exp/tune/t_00000", config={"train.lr": 1e-3}, error=None,
+                          metrics_dataframe=pd.DataFrame([{"round": 1, "objective": 0.5}]))
+    never = SimpleNamespace(path="exp/tune/t_00001", config=None, error=None,
+                            metrics_dataframe=None)
+    rows = trial_rows([ran, never], meta, {"t_00000": "TERMINATED", "t_00001": "PENDING"})
+    assert [r["trial"] for r in rows] == ["t_00000", "t_00001"]
+    assert rows[0]["train.lr"] == 1e-3 and rows[0]["rounds"] == 1 and not rows[0]["unfinished"]
+    assert rows[1]["train.lr"] is None and rows[1]["rounds"] == 0 and rows[1]["unfinished"]
+    assert rows[0]["stopped_early"]   # finished, error-free, fewer rounds than planned
