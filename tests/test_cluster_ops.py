@@ -266,8 +266,18 @@ def test_s3_run_survives_a_worker_kill_and_resumes_after_a_driver_kill(cluster, 
     job = cluster.submit("--store", store, "--out", run, *TINY, "--max-failures", "1",
                          "--set", "train.steps=120", "--set", "train.checkpoint_every=10",
                          "--set", "train.log_every=10")
-    # 1. kill a training worker once round 0 has a checkpoint
+    # 1. kill a training worker once round 0 has a checkpoint: one that Ray Train's
+    # controller has registered (its snapshot in the bucket lists it), not merely logged;
+    # killing between a report and its registration restarted the round from scratch
     cluster.wait_for_log(job, r"round 0 step [1-4]0/120")
+    snapshot = f"{run}/ray_train/round_0/checkpoint_manager_snapshot.json"
+    deadline = time.time() + 120
+    while True:
+        fs.invalidate_cache()
+        if fs.exists(snapshot) and json.loads(fs.cat(snapshot)).get("checkpoint_results"):
+            break
+        assert time.time() < deadline, "Ray Train registered no checkpoint of round 0"
+        time.sleep(0.2)
     pids = _worker_pids(cluster)
     assert len(pids) == 2, pids
     os.kill(pids[1], signal.SIGKILL)
