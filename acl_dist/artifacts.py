@@ -151,9 +151,7 @@ def verify_train_storage(storage: str, name: str) -> int:
         raise ArtifactError(root, f"cannot list Ray Train checkpoints ({exc})") from None
     for f in files:
         url = fsutil.join(storage, name, f[len(p):].lstrip("/"))
-        obj = load_checkpoint(url)
-        if f.endswith("train_state.pt") and "step" not in obj:
-            raise ArtifactError(url, "not an acl-dist training state (no 'step' entry)")
+        (load_train_state if f.endswith(TRAIN_STATE) else load_checkpoint)(url)
     return len(files)
 
 
@@ -179,16 +177,9 @@ def load_train_checkpoint(directory: str, final: bool = False) -> dict[str, Any]
 def check_parquet(path: str) -> int:
     """Rows of a Parquet artifact, reading only its footer; :class:`ArtifactError` when
     missing or not a whole Parquet file (a truncated write has no footer)."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    try:
-        with fsutil.open_read(path) as fh:
-            return pq.ParquetFile(fh).metadata.num_rows
-    except StoreError as exc:
-        raise ArtifactError(path, _problem(exc, path)) from None
-    except (OSError, pa.ArrowException) as exc:
-        raise ArtifactError(path, f"unreadable Parquet file ({exc})") from None
+    return _parquet(path, lambda fh: pq.ParquetFile(fh).metadata.num_rows)
 
 
 def check_json(path: str, key: str | None = None) -> Any:
@@ -204,18 +195,24 @@ def check_json(path: str, key: str | None = None) -> Any:
     return data
 
 
-def _read_parquet(path: str, columns: list[str] | None):
+def _parquet(path: str, read: Any) -> Any:
+    """``read(file)`` of a Parquet artifact, its errors as :class:`ArtifactError`."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     try:
         with fsutil.open_read(path) as fh:
-            return pq.read_table(fh, columns=columns)
+            return read(fh)
     except StoreError as exc:
         raise ArtifactError(path, _problem(exc, path)) from None
     except (OSError, pa.ArrowException) as exc:
         raise ArtifactError(path, f"unreadable Parquet file ({exc}); rerun the step with "
                                   "acl-dist run --resume") from None
+
+
+def _read_parquet(path: str, columns: list[str] | None):
+    import pyarrow.parquet as pq
+
+    return _parquet(path, lambda fh: pq.read_table(fh, columns=columns))
 
 
 def outputs_schema(streams: Iterable[str]):

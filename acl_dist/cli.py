@@ -11,10 +11,10 @@ import sys
 from typing import Callable, Sequence
 
 from . import __version__
-from .config import RunConfig, TuneSettings, choices
+# light imports only: the parser is built on every call, --help included (the store's
+# and the benchmark's modules pull in pyarrow and scipy, ~0.8 s)
+from .config import FEATURE_DTYPES, SYNTH_PRESETS, RunConfig, TuneSettings, choices
 from .errors import AclDistError, find_cause
-from .store import DTYPES
-from .synth import PRESETS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,7 +57,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write the synthetic benchmark (real timelines) as a store",
                        description="Synthetic two-stream features on the real THUMOS14 or "
                                    "ActivityNet-1.2 timelines, written as a feature store.")
-    p.add_argument("--preset", choices=list(PRESETS), default="thumos14")
+    p.add_argument("--preset", choices=list(SYNTH_PRESETS), default="thumos14")
     p.add_argument("--out", required=True, help="store directory or s3:// prefix")
     p.add_argument("--classes", type=_number(int, 2), help="keep the N most frequent classes")
     p.add_argument("--videos", type=POSITIVE_INT,
@@ -69,7 +69,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
                    help="scales scene, nuisance and noise against the action signal")
     p.add_argument("--scenes", type=POSITIVE_INT,
                    help="shared background scenes (default classes//5)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float16")
+    p.add_argument("--dtype", choices=list(FEATURE_DTYPES), default="float16")
     p.add_argument("--npy-layout", metavar="DIR",
                    help="also write the per-video npy-split layout here (for ingest)")
     p.add_argument("--no-report", action="store_true",
@@ -121,7 +121,7 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
                    help="let numpy unpickle object arrays (wtalc layout; trusted files only)")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip bad videos / drop bad segments, recording them in the manifest")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float16")
+    p.add_argument("--dtype", choices=list(FEATURE_DTYPES), default="float16")
     p.add_argument("--fps", type=POSITIVE_FLOAT, default=25.0,
                    help="fps of the feature grid (25)")
     p.add_argument("--snippet-frames", type=POSITIVE_INT, default=16,
@@ -481,43 +481,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return int(func(args) or 0)
-    except AclDistError as err:
-        print(f"acl-dist {args.command}: error: {_one_line(err)}", file=sys.stderr)
-        return 1
-    except OSError as err:  # a full or read-only disk, a path through a file, ...
-        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
-        print(f"acl-dist {args.command}: error: {where}{err.strerror or err}",
-              file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(f"acl-dist {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
     except Exception as err:
-        # A failure in a Ray task, actor or training worker reaches the driver wrapped in
-        # Ray's exception types, its text a remote traceback. Ours and the disk's are told
-        # in one line; anything else stays a traceback (a bug to report).
-        if not type(err).__module__.startswith("ray"):
+        line = _error_line(err)
+        if line is None:   # not a bad input or a fault: a bug, keep its traceback
             raise
-        cause = find_cause(err, (AclDistError, OSError))
-        if isinstance(cause, AclDistError):
-            print(f"acl-dist {args.command}: error: {_one_line(cause)}", file=sys.stderr)
-            return 1
-        if isinstance(cause, OSError):
-            where = f"{cause.filename}: " if getattr(cause, "filename", None) else ""
-            print(f"acl-dist {args.command}: error: {where}{cause.strerror or cause}",
-                  file=sys.stderr)
-            return 1
-        raise
+        print(f"acl-dist {args.command}: error: {line}", file=sys.stderr)
+        return 1
 
 
-def _one_line(err: BaseException) -> str:
-    """An error's message without a remote traceback: an AclDistError raised in a Ray
-    task or worker arrives wrapped (its text then holds the remote stack)."""
-    cause = getattr(err, "cause", None)
-    if isinstance(cause, AclDistError):
-        err = cause
-    text = str(err)
-    return text.split("\n")[0] if "Traceback" in text else text
+def _error_line(err: BaseException) -> str | None:
+    """The one line an ordinary failure gets: our errors (bad input, a store, a run file)
+    and OSErrors (a full or read-only disk, a path through a file), also when they arrive
+    wrapped by Ray from a task, actor or training worker (whose text is a remote
+    traceback). None for anything else."""
+    if not isinstance(err, (AclDistError, OSError)) and \
+            not type(err).__module__.startswith("ray"):
+        return None
+    cause = getattr(err, "cause", None)   # a Ray task error carries the remote error
+    found = find_cause(cause if isinstance(cause, BaseException) else err,
+                       (AclDistError, OSError))
+    if isinstance(found, AclDistError):
+        text = str(found)
+        return text.split("\n")[0] if "Traceback" in text else text
+    if isinstance(found, OSError):
+        where = f"{found.filename}: " if getattr(found, "filename", None) else ""
+        return f"{where}{found.strerror or found}"
+    return None
 
 
 def _resume_hint(args: argparse.Namespace) -> str:

@@ -22,6 +22,11 @@ import yaml
 
 from .errors import ConfigError
 
+#: Storage dtypes of a feature store's streams (acl_dist.store maps them to numpy).
+FEATURE_DTYPES = ("float16", "float32")
+#: Annotation timelines of the synthetic benchmark (acl_dist.synth).
+SYNTH_PRESETS = ("thumos14", "anet12", "anet13")
+
 
 # --------------------------------------------------------------------------- range checks
 # Zero is never "unset" (None is): a count of 0 or a negative weight is refused when the

@@ -321,9 +321,6 @@ def evaluate_detections(ground_truth: GroundTruth | str | Mapping[str, Any],
             continue
         if ambiguous and overlaps_any(det.start, det.end, ambiguous.get(det.video, ())):
             continue
-        # as the official code: a detection on a video outside the subset's ground truth
-        # is kept, and can only be a false positive
-        outside += det.video not in ground_truth.videos
         bucket = by_class.get(det.label)
         if bucket is None:
             if unknown_labels == "ignore":
@@ -331,6 +328,9 @@ def evaluate_detections(ground_truth: GroundTruth | str | Mapping[str, Any],
             raise DataError(det.video, f"detection label {det.label!r} has no ground truth in "
                                        f"subset {ground_truth.subset!r} (use unknown_labels="
                                        "'ignore' / --ignore-unknown-labels to drop such)")
+        # as the official code: a detection on a video outside the subset's ground truth
+        # is kept, and can only be a false positive (counted among those evaluated)
+        outside += det.video not in ground_truth.videos
         bucket.append(det)
     thresholds = np.asarray(tiou_thresholds, dtype=np.float64)
     ap = np.zeros((len(thresholds), len(ground_truth.classes)))

@@ -162,10 +162,6 @@ class OutputDir:
     def __init__(self, final: str, workdir: str, data_prefix: str = ""):
         self.final, self.workdir, self.data_prefix = final, workdir, data_prefix
 
-    def path(self, rel: str) -> str:
-        """Path of a data file (under ``data_prefix``)."""
-        return join(self.workdir, self.data_prefix + rel)
-
 
 def check_output_dir(final: str, overwrite: bool = False,
                      replaceable: Callable[[str], str | None] | None = None) -> bool:
@@ -174,16 +170,18 @@ def check_output_dir(final: str, overwrite: bool = False,
     something will be replaced. Cheap: writers call it before any work."""
     if not exists(final):
         return False
-    n_existing, _ = listing(final, 0)
-    if _is_dir(final) and not n_existing:
+    is_dir = _is_dir(final)
+    if is_dir and not listing(final, 0)[0]:
         return False
     if not overwrite:
         raise StoreError(f"{final} already exists (pass --overwrite to replace it)")
-    why = replaceable(final) if replaceable is not None and _is_dir(final) else \
-        ("a file, not a directory" if not _is_dir(final) else None)
+    if not is_dir:
+        why = "a file, not a directory"
+    else:
+        why = replaceable(final) if replaceable is not None else None
     if why:
         raise StoreError(f"--overwrite refused: {final} is {why}"
-                         f"{' and ' + describe_contents(final) if _is_dir(final) else ''}; "
+                         f"{' and ' + describe_contents(final) if is_dir else ''}; "
                          "acl-dist only replaces what it wrote (remove it yourself or "
                          "choose another output)")
     return True

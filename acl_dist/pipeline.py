@@ -33,7 +33,7 @@ from .artifacts import CONFIG, RUN_INFO, RunDir, label_names, verify_train_stora
 from .config import RunConfig, with_updates
 from .errors import ConfigError
 from .evaluate import MAPPING_MODES, cluster_class_mapping, cluster_name
-from .plan import resolve_config, split_videos
+from .plan import VideoSplit, resolve_config, split_videos
 from .progress import log
 from .ray_clustering import run_clustering_task
 from .ray_data import map_attention, map_descriptors, write_dataset
@@ -54,7 +54,8 @@ class Run:
                  label_map_given: bool = False, max_failures: int = 0,
                  with_test: bool = True, torch_threads: int | None = None,
                  attention_actors: int | None = None,
-                 on_round: Callable[[int, dict[str, Any]], None] | None = None):
+                 on_round: Callable[[int, dict[str, Any]], None] | None = None,
+                 split: VideoSplit | None = None):
         """Args:
             with_test: localise and score the test subset (False in Tune trials, which
                 must never see it).
@@ -64,13 +65,14 @@ class Run:
                 cluster, or per 4 CPUs); a Tune trial gets its own share.
             on_round: called after each round as ``on_round(r, round_metrics)`` with the
                 round's validation mAP and label-free scores (what Tune reports).
+            split: the videos' roles when already made for ``cfg`` (else read here).
         """
         self.store, self.store_path, self.dir = FeatureStore.open(store_path), store_path, \
             RunDir(out)
         self.cfg, self.quiet, self.with_test = cfg, quiet, with_test
         self.max_failures, self.threads = max_failures, torch_threads
         self.attention_actors, self.on_round = attention_actors, on_round
-        self.split = split_videos(cfg, self.store)
+        self.split = split or split_videos(cfg, self.store)
         self.label_names = label_names(cfg.mode, cfg.num_classes, self.store.classes)
         self.results = RunResults(self.dir, cfg, store_path, self.split, self.label_names,
                                   with_test, label_map_given, quiet)
@@ -240,10 +242,11 @@ def new_run(store: str, out: str, cfg: RunConfig, **run_kwargs: Any) -> Run:
     # Every check that needs no cluster (subsets, C against the videos, the validation
     # split, the store's metadata) runs before Ray starts, on this machine's sizing; then
     # the plan is sized to the cluster (only the training sizes can differ).
-    split_videos(resolve_config(cfg, fs, cpus=resources.machine_cores(), gpus=0.0), fs)
+    split = split_videos(resolve_config(cfg, fs, cpus=resources.machine_cores(), gpus=0.0),
+                         fs)
     cpus, gpus = ray_start.cluster_capacity(quiet=run_kwargs.get("quiet", False))
     cfg = resolve_config(cfg, fs, cpus=cpus, gpus=gpus)
-    run = Run(store, out, cfg, **run_kwargs)
+    run = Run(store, out, cfg, split=split, **run_kwargs)   # the split is sizing-free
     rundir.write_config(cfg, {"store": store,
                               "label_map_given": bool(run_kwargs.get("label_map_given"))})
     return run

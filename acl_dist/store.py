@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from . import __version__, fsutil
 from .annotations import Segment, VideoAnnotation, primary_label, to_activitynet_json
+from .config import FEATURE_DTYPES
 from .errors import DataError, StoreError
 from .timegrid import SnippetGrid
 
@@ -41,7 +42,7 @@ FORMAT_NAME = "acl-dist-store"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 GT_FILE = "gt.json"
-DTYPES = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
+DTYPES = {name: np.dtype(name).newbyteorder("<") for name in FEATURE_DTYPES}
 DEFAULT_STREAMS = ("rgb", "flow")
 _SUBSET_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 

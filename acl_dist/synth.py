@@ -37,13 +37,14 @@ from . import fsutil
 from .annotations import Segment, VideoAnnotation, load_video_list, primary_label, \
     to_activitynet_json
 from .clustering import cluster_descriptors, video_descriptor
+from .config import SYNTH_PRESETS
 from .errors import ConfigError
 from .evaluate import clustering_scores
 from .progress import log, progress
 from .store import StoreWriter, VideoRecord
 from .timegrid import SnippetGrid
 
-PRESETS = ("thumos14", "anet12", "anet13")
+PRESETS = SYNTH_PRESETS
 STREAMS = ("rgb", "flow")
 
 
