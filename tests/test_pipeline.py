@@ -1,5 +1,5 @@
-"""The ACL rounds on Ray: a 2-round unsupervised run with 2 Ray Train workers through the
-CLI, and resume after an interrupted step. One Ray instance for the session."""
+"""The ACL rounds: a 2-round unsupervised run with 2 Ray Train workers through the CLI (one
+Ray instance for the session), and the step ledger's resume without Ray."""
 
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ from acl_dist.cli import main
 from acl_dist.config import load_config
 from acl_dist.evaluate import load_detections
 
-pytestmark = pytest.mark.ray
 
-
+@pytest.mark.ray
 def test_two_rounds_unsupervised_with_two_workers(unsupervised_run):
     run, code, out = unsupervised_run
     assert code == 0, out
@@ -51,37 +50,93 @@ def test_two_rounds_unsupervised_with_two_workers(unsupervised_run):
     assert list(state)[-1] == "finish" and "round_1.train" in state
 
 
-def test_resume_reruns_the_interrupted_step_only(ray_session, tiny_store, tmp_path,
-                                                 monkeypatch):
+class FakeSteps:
+    """Stand-ins for the Ray steps of :class:`pipeline.Run`: each records its call and
+    writes its artifacts (small but readable) through the run's ``RunDir``, so the ledger
+    and ``--resume``'s read-back see what a real step leaves."""
+
+    def __init__(self, monkeypatch, crash_at: str | None = None):
+        self.calls: list[str] = []
+        self.crash_at = crash_at
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        def write(run, name):
+            self.calls.append(name)
+            if name == self.crash_at:
+                raise RuntimeError(f"simulated crash in {name}")
+            val, test = bool(run.split.val_ids), run.with_test
+            for path in run.dir.step_artifacts(name, val, test):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                if path.endswith(".pt"):
+                    torch.save({"model": {}, "step": name}, path)
+                elif path.endswith(".parquet"):
+                    pq.write_table(pa.table({"video_id": ["v"]}), path)
+                else:
+                    with open(path, "w") as fh:
+                        json.dump({"rounds": [], "step": name}, fh)
+            return {}
+
+        monkeypatch.setattr(pipeline.Run, "step_descriptors0",
+                            lambda self: write(self, "round_0.descriptors"))
+        for kind in ("cluster", "train", "attention"):
+            monkeypatch.setattr(pipeline.Run, f"step_{kind}",
+                                lambda self, r, kind=kind: write(self, f"round_{r}.{kind}"))
+        monkeypatch.setattr(pipeline.RunResults, "evaluate",
+                            lambda results, r: write(self.run, f"round_{r}.evaluate"))
+        monkeypatch.setattr(pipeline.Run, "step_finish", lambda self: write(self, "finish"))
+        original = pipeline.Run.execute
+
+        def execute(run, resume=False):
+            self.run = run
+            return original(run, resume)
+        monkeypatch.setattr(pipeline.Run, "execute", execute)
+        monkeypatch.setattr(pipeline.ray_start, "init_ray", lambda **kw: None)
+        monkeypatch.setattr(pipeline.ray_start, "cluster_capacity", lambda quiet=False: (2, 0.0))
+
+
+SCHEDULE = ["round_0.descriptors", "round_0.cluster",
+            "round_0.train", "round_0.attention", "round_0.evaluate", "round_1.cluster",
+            "round_1.train", "round_1.attention", "round_1.evaluate", "round_2.cluster",
+            "finish"]
+
+
+def test_resume_reruns_the_interrupted_step_only(tiny_store, tmp_path, monkeypatch):
+    """The step ledger without Ray (the steps are stand-ins): an interrupted run keeps its
+    finished steps, a new run into it is refused, ``--resume`` runs the interrupted step and
+    what follows, in the schedule's order, and a finished step whose file is lost is rerun
+    with every step after it."""
     store, _ = tiny_store
     run = str(tmp_path / "run")
-    cfg = load_config("tiny", mode="weak")
-    original = pipeline.Run.step_attention
-
-    def crash(self, r):
-        raise RuntimeError("simulated crash during the attention pass")
-
-    monkeypatch.setattr(pipeline.Run, "step_attention", crash)
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    cfg = load_config("tiny", mode="unsupervised", num_classes=4)
+    steps = FakeSteps(monkeypatch, crash_at="round_1.attention")
+    with pytest.raises(RuntimeError, match="simulated crash in round_1.attention"):
         pipeline.run_acl(store, run, cfg, quiet=True)
+    assert steps.calls == SCHEDULE[:SCHEDULE.index("round_1.attention") + 1]
     state = json.loads(open(os.path.join(run, "state.json")).read())["steps"]
-    assert "round_0.train" in state and "round_0.attention" not in state
+    assert list(state) == SCHEDULE[:SCHEDULE.index("round_1.attention")]
     model_time = os.path.getmtime(os.path.join(run, "round_0", "model.pt"))
-    # A new run into the same directory is refused; --resume continues it.
     with pytest.raises(Exception, match="already holds a run"):
         pipeline.run_acl(store, run, cfg, quiet=True)
+    assert json.loads(open(os.path.join(run, "state.json")).read())["steps"] == state
 
-    calls = []
-    monkeypatch.setattr(pipeline.Run, "step_attention",
-                        lambda self, r: calls.append(r) or original(self, r))
-    monkeypatch.setattr(pipeline.Run, "step_train",
-                        lambda self, r: pytest.fail("a finished step was recomputed"))
-    metrics = pipeline.run_acl(store, run, None, resume=True, quiet=True)
-    assert calls == [0]
+    steps.calls.clear()
+    steps.crash_at = None
+    pipeline.run_acl(store, run, None, resume=True, quiet=True)
+    assert steps.calls == SCHEDULE[SCHEDULE.index("round_1.attention"):]
     assert os.path.getmtime(os.path.join(run, "round_0", "model.pt")) == model_time
-    assert metrics["mode"] == "weak" and metrics["label_map"] is None
-    assert {d.label for d in load_detections(os.path.join(run, "detections.json"))} <= set(
-        json.loads(open(os.path.join(store, "manifest.json")).read())["classes"])
+    done = json.loads(open(os.path.join(run, "state.json")).read())["steps"]
+    assert list(done) == SCHEDULE
+    assert {k: done[k] for k in state} == state            # finished records kept
+
+    # a finished run resumed again: nothing to do
+    steps.calls.clear()
+    pipeline.run_acl(store, run, None, resume=True, quiet=True)
+    assert steps.calls == []
+    # round 0's model lost: its training and every step after it run again
+    os.unlink(os.path.join(run, "round_0", "model.pt"))
+    pipeline.run_acl(store, run, None, resume=True, quiet=True)
+    assert steps.calls == SCHEDULE[SCHEDULE.index("round_0.train"):]
 
 
 def read_scalars(folder):
@@ -104,6 +159,7 @@ def read_scalars(folder):
     return out
 
 
+@pytest.mark.ray
 def test_tensorboard_events_per_round(unsupervised_run):
     run, _, _ = unsupervised_run
     for r in (0, 1):
@@ -136,6 +192,7 @@ def render(path, tmp_path):
     return proc.stdout, console
 
 
+@pytest.mark.ray
 def test_report_opens_in_a_browser_with_every_image(unsupervised_run, tmp_path, capsys):
     run, _, _ = unsupervised_run
     assert main(["report", str(run), "--videos", "3"]) == 0
