@@ -7,6 +7,7 @@ checks that no other module names these files.
 Run directory (local or ``s3://``)::
 
     RUN/config.yaml, RUN/run.json       the resolved config; the store and how the run began
+    RUN/plan.json                       where each step runs, what the cluster is asked for
     RUN/state.json                      finished steps with their seconds (the ledger)
     RUN/round_<r>/descriptors.parquet   (r = 0, unsupervised) uniform descriptors
     RUN/round_<r>/clusters.json         pseudo-labels, clustering stats, class mappings
@@ -42,6 +43,7 @@ from .errors import ArtifactError, StoreError
 STATE = "state.json"
 RUN_INFO = "run.json"
 CONFIG = "config.yaml"
+PLAN = "plan.json"
 METRICS = "metrics.json"
 MODEL = "model.pt"                 # in round_<r>/ and in Ray Train's final checkpoint
 TRAIN_STATE = "train_state.pt"     # in every Ray Train checkpoint
@@ -306,6 +308,14 @@ class RunDir:
         from .config import load_config
 
         return load_config(self.path(CONFIG))
+
+    def write_plan(self, plan: dict[str, Any]) -> None:
+        """``plan.json`` (:func:`acl_dist.plan.run_plan`): written at the run's start, and
+        again by ``--resume`` (the cluster it resumes on may differ)."""
+        fsutil.write_json_atomic(self.path(PLAN), plan)
+
+    def read_plan(self) -> dict[str, Any]:
+        return check_json(self.path(PLAN), "train")
 
     def read_info(self) -> dict[str, Any]:
         return check_json(self.path(RUN_INFO), "store")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from . import __version__
 # light imports only: the parser is built on every call, --help included (the store's
@@ -235,9 +235,19 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                         "(metrics use it too; default for metrics: hungarian)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
                    help="continue a run at its first unfinished step (RUN or --out)")
-    p.add_argument("--max-failures", type=_number(int, -1), default=0,
+    p.add_argument("--max-failures", type=_number(int, -1), default=None,
                    help="Ray Train worker failures tolerated per round (restored from the "
-                        "last checkpoint; -1: no limit)")
+                        "last checkpoint; -1: no limit; default 3 on a cluster, 0 locally)")
+    p.add_argument("--plan", action="store_true",
+                   help="print the run's plan (resolved config, workers, GPUs, where each "
+                        "step runs) and exit without running or writing anything")
+    p.add_argument("--json", action="store_true", help="with --plan: print it as JSON")
+    p.add_argument("--wait", action="store_true",
+                   help="with --plan: also ask the cluster's autoscaler for the plan's "
+                        "resources and wait until they are up")
+    p.add_argument("--scale-timeout", type=_number(float, 1), default=None, metavar="S",
+                   help="on an autoscaling cluster, how long to wait for the plan's nodes "
+                        "before failing (default 1200)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_run)
 
@@ -280,11 +290,40 @@ def cmd_run(args: argparse.Namespace) -> int:
                           num_classes=args.num_classes, train_subset=args.train_subset,
                           test_subset=args.test_subset, rounds=args.rounds,
                           label_map=args.label_map)
+    if args.plan:
+        return _print_plan(store, out, cfg, args)
+    if args.json or args.wait:
+        raise ConfigError("--json and --wait go with --plan")
     metrics = run_acl(store, out, cfg, resume=bool(args.resume), quiet=args.quiet,
                       label_map_given=args.label_map is not None,
-                      max_failures=args.max_failures)
+                      max_failures=args.max_failures, scale_timeout_s=args.scale_timeout)
     print(results_table(metrics))
     print(f"\nrun directory: {out}  (detections.json, metrics.json)")
+    return 0
+
+
+def _print_plan(store: str | None, out: str, cfg: Any, args: argparse.Namespace) -> int:
+    """``run --plan``: the plan of a new run (or of ``--resume``'s run on this cluster),
+    printed; with ``--wait`` the cluster is scaled to it first (the request is then
+    withdrawn: the nodes stay up for the autoscaler's idle timeout). Writes nothing."""
+    from . import ray_start, resources
+    from .pipeline import load_run_config, plan_new_run
+    from .plan import describe_plan, run_plan
+
+    quiet = args.quiet or args.json
+    if cfg is None:
+        store, cfg, _ = load_run_config(out, store)
+        plan = run_plan(cfg, ray_start.cluster_capacity(quiet))
+    else:
+        _, _, plan = plan_new_run(store, cfg, quiet)
+    if args.wait and resources.on_a_cluster():
+        timeout = args.scale_timeout or resources.SCALE_TIMEOUT_S
+        try:
+            ray_start.ensure_capacity(plan["request"], timeout, quiet)
+            plan["scaled_to"] = ray_start.cluster_capacity(quiet).to_dict()
+        finally:
+            ray_start.release_capacity()
+    print(json.dumps(plan, indent=1) if args.json else "\n".join(describe_plan(plan)))
     return 0
 
 

@@ -27,6 +27,10 @@ class ConfigError(AclDistError):
     """A bad option, config key or argument combination."""
 
 
+class CapacityError(AclDistError):
+    """The cluster did not bring up what a run's plan needs in time."""
+
+
 class ArtifactError(AclDistError):
     """A run artifact (checkpoint, step output) that is missing, unreadable or refused.
 

@@ -33,7 +33,7 @@ from .artifacts import CONFIG, RUN_INFO, RunDir, label_names, verify_train_stora
 from .config import RunConfig, with_updates
 from .errors import ConfigError
 from .evaluate import MAPPING_MODES, cluster_class_mapping, cluster_name
-from .plan import VideoSplit, resolve_config, split_videos
+from .plan import VideoSplit, describe_plan, resolve_config, run_plan, split_videos
 from .progress import log
 from .ray_clustering import run_clustering_task
 from .ray_data import map_attention, map_descriptors, write_dataset
@@ -55,7 +55,8 @@ class Run:
                  with_test: bool = True, torch_threads: int | None = None,
                  attention_actors: int | None = None,
                  on_round: Callable[[int, dict[str, Any]], None] | None = None,
-                 split: VideoSplit | None = None):
+                 split: VideoSplit | None = None, plan: dict[str, Any] | None = None,
+                 scale_timeout_s: float | None = None):
         """Args:
             with_test: localise and score the test subset (False in Tune trials, which
                 must never see it).
@@ -66,12 +67,18 @@ class Run:
             on_round: called after each round as ``on_round(r, round_metrics)`` with the
                 round's validation mAP and label-free scores (what Tune reports).
             split: the videos' roles when already made for ``cfg`` (else read here).
+            plan: :func:`acl_dist.plan.run_plan` of ``cfg`` (else made when the run
+                starts, on the cluster it runs on).
+            scale_timeout_s: on a cluster, ask the autoscaler for the plan's resources
+                and wait up to this long for them before the first training (None: use
+                what is up, as a Tune trial does: its driver asked for them).
         """
         self.store, self.store_path, self.dir = FeatureStore.open(store_path), store_path, \
             RunDir(out)
         self.cfg, self.quiet, self.with_test = cfg, quiet, with_test
         self.max_failures, self.threads = max_failures, torch_threads
         self.attention_actors, self.on_round = attention_actors, on_round
+        self.plan, self.scale_timeout_s = plan, scale_timeout_s
         self.split = split or split_videos(cfg, self.store)
         self.label_names = label_names(cfg.mode, cfg.num_classes, self.store.classes)
         self.results = RunResults(self.dir, cfg, store_path, self.split, self.label_names,
@@ -108,7 +115,7 @@ class Run:
         truth = self.split.truth if self.split.has_truth else None
         cc = with_updates(self.cfg.cluster, seed=self.cfg.seed + self.cfg.cluster.seed)
         res = run_clustering_task(desc[[order[v] for v in ids]], self.cfg.num_classes, cc,
-                                  truth, previous)
+                                  truth, previous, use_gpu=self.plan["cluster"]["gpu"])
         out = {"round": r, **{k: res[k] for k in ("backend", "graph", "sigma", "seconds",
                                                    "sizes")},
                "labels": {v: int(k) for v, k in zip(ids, res["labels"])}}
@@ -151,7 +158,8 @@ class Run:
         self.dir.load_model(r)  # refused or unreadable: one line naming it, here
         ds = map_attention(self.store, subsets, self.dir.model_path(r), detect, cfg.localize,
                            describe, detect_ids=held_out, descriptor=cfg.cluster.descriptor,
-                           concurrency=self.attention_actors, use_gpu=bool(cfg.train.use_gpu),
+                           concurrency=self.attention_actors or self.plan["attention"]["actors"],
+                           use_gpu=self.plan["attention"]["gpu"],
                            torch_threads=self._torch_threads())
         return {"videos": write_dataset(ds, self.dir.outputs_path(r))}
 
@@ -192,10 +200,34 @@ class Run:
 
     def execute(self, resume: bool = False) -> dict[str, Any]:
         """Run every step not done yet; with ``resume`` first check the finished steps'
-        files. Returns ``metrics.json``'s content."""
+        files. Prints the plan first; on a cluster scales it up (:meth:`_scale_up`).
+        Returns ``metrics.json``'s content."""
         if resume:
             self.verify_finished_steps()
         ray_start.init_ray(quiet=self.quiet)
+        if self.plan is None:       # a resumed run: planned anew on the cluster it runs on
+            self.plan = run_plan(self.cfg, ray_start.cluster_capacity(self.quiet))
+            self.dir.write_plan(self.plan)
+        for line in describe_plan(self.plan):
+            log(line, self.quiet)
+        asked = self._scale_up()
+        try:
+            self._run_steps()
+        finally:
+            if asked:
+                ray_start.release_capacity()
+        return self.dir.read_metrics()
+
+    def _scale_up(self) -> bool:
+        """On a cluster, before the first training still to run: ask the autoscaler for
+        the plan's resources and wait for them. Whether it asked."""
+        pending = any(not self.dir.done(n) for n, _ in self.schedule() if n.endswith(".train"))
+        if self.scale_timeout_s is None or not pending or not resources.on_a_cluster():
+            return False
+        ray_start.ensure_capacity(self.plan["request"], self.scale_timeout_s, self.quiet)
+        return True
+
+    def _run_steps(self) -> None:
         for name, action in self.schedule():
             if not name:
                 action()
@@ -208,7 +240,6 @@ class Run:
                 seconds = time.perf_counter() - started
                 self.dir.mark(name, seconds, **info)
                 log(f"[{name}] {seconds:.1f} s", self.quiet)
-        return self.dir.read_metrics()
 
 
 def load_run_config(out: str, store: str | None = None) -> tuple[str, RunConfig, dict]:
@@ -226,11 +257,27 @@ def load_run_config(out: str, store: str | None = None) -> tuple[str, RunConfig,
     return saved["store"], rundir.read_config(), saved
 
 
+def plan_new_run(store: str, cfg: RunConfig, quiet: bool = False
+                 ) -> tuple[RunConfig, VideoSplit, dict[str, Any]]:
+    """A new run's resolved config, videos' roles and plan (:func:`acl_dist.plan.run_plan`)
+    on the cluster it will run on; writes nothing (``acl-dist run --plan``).
+
+    Every check that needs no cluster (subsets, C against the videos, the validation split,
+    the store's metadata) runs before Ray starts, on this machine's sizing; then the config
+    is sized to what the cluster can hold (only the training sizes can differ)."""
+    fs = FeatureStore.open(store)
+    split = split_videos(resolve_config(cfg, fs, cpus=resources.machine_cores(), gpus=0.0),
+                         fs)
+    capacity = ray_start.cluster_capacity(quiet=quiet)
+    cfg = resolve_config(cfg, fs, cpus=capacity.sizing_cpus(), gpus=capacity.max_gpus)
+    return cfg, split, run_plan(cfg, capacity)
+
+
 def new_run(store: str, out: str, cfg: RunConfig, **run_kwargs: Any) -> Run:
-    """Resolve a new run's config against the store and the cluster, check it (by building
-    the :class:`Run`), and only then save it into ``out``: a run refused here leaves no
-    ``config.yaml`` behind to block the corrected rerun. A directory whose run never
-    finished a step is started afresh."""
+    """Resolve a new run's config and plan against the store and the cluster, check it (by
+    building the :class:`Run`), and only then save it into ``out``: a run refused here
+    leaves no ``config.yaml`` behind to block the corrected rerun. A directory whose run
+    never finished a step is started afresh."""
     rundir = RunDir(out)
     if rundir.is_run():
         if rundir.has_finished_steps():
@@ -238,27 +285,29 @@ def new_run(store: str, out: str, cfg: RunConfig, **run_kwargs: Any) -> Run:
                               "choose another --out")
         log(f"{out} holds a run that finished no step: starting it afresh",
             run_kwargs.get("quiet", False))
-    fs = FeatureStore.open(store)
-    # Every check that needs no cluster (subsets, C against the videos, the validation
-    # split, the store's metadata) runs before Ray starts, on this machine's sizing; then
-    # the plan is sized to the cluster (only the training sizes can differ).
-    split = split_videos(resolve_config(cfg, fs, cpus=resources.machine_cores(), gpus=0.0),
-                         fs)
-    cpus, gpus = ray_start.cluster_capacity(quiet=run_kwargs.get("quiet", False))
-    cfg = resolve_config(cfg, fs, cpus=cpus, gpus=gpus)
-    run = Run(store, out, cfg, split=split, **run_kwargs)   # the split is sizing-free
+    cfg, split, plan = plan_new_run(store, cfg, run_kwargs.get("quiet", False))
+    run = Run(store, out, cfg, split=split, plan=plan, **run_kwargs)  # split is sizing-free
     rundir.write_config(cfg, {"store": store,
                               "label_map_given": bool(run_kwargs.get("label_map_given"))})
+    rundir.write_plan(plan)
     return run
 
 
 def run_acl(store: str | None, out: str, cfg: RunConfig | None, resume: bool = False,
             quiet: bool = False, label_map_given: bool = False,
-            max_failures: int = 0) -> dict[str, Any]:
+            max_failures: int | None = None,
+            scale_timeout_s: float | None = None) -> dict[str, Any]:
     """Run (or resume) ACL on ``store`` into ``out``; returns ``metrics.json``'s content.
     With ``resume`` the saved config is used (``cfg`` must be None) and ``store`` may be
-    None (the run's own)."""
-    kwargs = {"quiet": quiet, "label_map_given": label_map_given, "max_failures": max_failures}
+    None (the run's own). ``max_failures``: Ray Train worker failures tolerated per round
+    (default :func:`acl_dist.resources.default_max_failures`). ``scale_timeout_s``: how
+    long a run on an autoscaling cluster waits for its plan's resources (default
+    :data:`acl_dist.resources.SCALE_TIMEOUT_S`)."""
+    kwargs = {"quiet": quiet, "label_map_given": label_map_given,
+              "max_failures": resources.default_max_failures() if max_failures is None
+              else max_failures,
+              "scale_timeout_s": resources.SCALE_TIMEOUT_S if scale_timeout_s is None
+              else scale_timeout_s}
     if resume:
         if cfg is not None:
             raise ConfigError("--resume continues a run with its saved config; it takes no "

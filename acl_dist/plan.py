@@ -1,7 +1,8 @@
 """The plan of a run, resolved before anything runs: which subsets train, test and
 validate (:func:`default_subsets`, :func:`holdout_split`), and every ``None`` of the config
-sized to the store and to the capacity it will run on (:func:`resolve_config`). Pure: no Ray,
-no I/O beyond the store's manifest and metadata; the capacity is passed in.
+sized to the store and to the capacity it will run on (:func:`resolve_config`), and where
+each step runs and what the run asks the cluster for (:func:`run_plan`, ``plan.json``).
+Pure: no Ray, no I/O beyond the store's manifest and metadata; the capacity is passed in.
 """
 
 from __future__ import annotations
@@ -9,10 +10,10 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable
 
 from . import resources
-from .config import RunConfig, with_updates
+from .config import RunConfig, to_dict, with_updates
 from .errors import ConfigError
 from .store import FeatureStore
 
@@ -82,10 +83,10 @@ def resolve_config(cfg: RunConfig, store: FeatureStore, cpus: int | None = None,
     tc = cfg.train
     cpus = cpus or resources.machine_cores()
     use_gpu = tc.use_gpu if tc.use_gpu is not None else gpus > 0
-    workers = tc.workers if tc.workers is not None else resources.training_workers(
-        cpus, gpus, use_gpu)
     batch = tc.batch_size if tc.batch_size is not None else int(
         min(32, max(8, 2 ** round(math.log2(max(n_train, 1) / 12)))))
+    workers = tc.workers if tc.workers is not None else resources.training_workers(
+        cpus, gpus, use_gpu, batch, tc.videos_per_cluster)
     steps = tc.steps if tc.steps is not None else int(min(30005, max(150, 2 * n_train)))
     max_len = tc.max_len if tc.max_len is not None else (0 if use_gpu else 256)
     cpw = tc.cpus_per_worker if tc.cpus_per_worker is not None else \
@@ -96,6 +97,48 @@ def resolve_config(cfg: RunConfig, store: FeatureStore, cpus: int | None = None,
                         rounds=rounds, tiou=tiou,
                         train={"workers": workers, "use_gpu": use_gpu, "batch_size": batch,
                                "steps": steps, "cpus_per_worker": cpw, "max_len": max_len})
+
+
+def run_plan(cfg: RunConfig, capacity: resources.Capacity) -> dict[str, Any]:
+    """Where each step of a resolved run runs, and what the run asks the cluster for
+    (``plan.json``; ``acl-dist run --plan --json``). A GPU run puts every step on GPUs and a
+    CPU run every step on CPUs: a run never changes device on its own.
+
+    Keys: ``capacity`` (:class:`~acl_dist.resources.Capacity` and its summary), ``train``
+    (workers, device, Ray resources per worker, placement), ``cluster`` and ``attention``
+    (device; actors), ``request`` (the bundles the autoscaler is asked for before training:
+    the training workers' resources, the most the run holds at once) and ``config`` (the
+    resolved config).
+    """
+    tc = cfg.train
+    gpu = bool(tc.use_gpu)
+    worker = {"CPU": float(tc.cpus_per_worker), **({"GPU": 1.0} if gpu else {})}
+    if gpu:      # one actor per GPU the training held: those nodes are up
+        actors = max(1, tc.workers)
+    else:
+        actors = resources.attention_actors(
+            capacity.max_cpus if capacity.on_cluster else capacity.cpus, 0.0, False)
+    return {"capacity": {**capacity.to_dict(), "summary": capacity.describe()},
+            "train": {"workers": tc.workers, "use_gpu": gpu, "resources_per_worker": worker,
+                      "placement_strategy": tc.placement_strategy},
+            "cluster": {"backend": cfg.cluster.backend,
+                        "gpu": gpu and cfg.cluster.backend != "sklearn"},
+            "attention": {"actors": actors, "gpu": gpu},
+            "request": [dict(worker) for _ in range(tc.workers)],
+            "config": to_dict(cfg)}
+
+
+def describe_plan(plan: dict[str, Any]) -> list[str]:
+    """The plan as the lines a run prints at its start."""
+    t, c, a = plan["train"], plan["cluster"], plan["attention"]
+    res = ", ".join(f"{k} {v:g}" for k, v in t["resources_per_worker"].items())
+    device = "GPU" if t["use_gpu"] else "CPU"
+    return [f"plan on {plan['capacity']['summary']}:",
+            f"  training: {t['workers']} Ray Train worker(s) on {device}s, {res} each "
+            f"({t['placement_strategy']})",
+            f"  clustering: one task on a {'GPU' if c['gpu'] else 'CPU'} "
+            f"(backend {c['backend']})",
+            f"  attention pass: {a['actors']} actor(s) on {'GPU' if a['gpu'] else 'CPU'}s"]
 
 
 def guess_tiou(store: FeatureStore) -> str:

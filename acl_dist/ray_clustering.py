@@ -12,13 +12,16 @@ from .ray_start import cluster_gpus
 
 
 def run_clustering_task(descriptors: np.ndarray, n_clusters: int, cc: Any,
-                        truth: list[str] | None, previous: np.ndarray | None) -> dict:
+                        truth: list[str] | None, previous: np.ndarray | None,
+                        use_gpu: bool | None = None) -> dict:
     """Spectral clustering (:func:`acl_dist.clustering.run_clustering` with the round's
-    :class:`~acl_dist.config.ClusterConfig` ``cc``) as one Ray task; asks for a GPU when the
-    cluster has one and the backend can use it."""
+    :class:`~acl_dist.config.ClusterConfig` ``cc``) as one Ray task; on a GPU when
+    ``use_gpu`` (the run's plan), else (None) when the cluster has one now and the backend
+    can use it."""
     import ray
 
-    wants_gpu = cc.backend in ("auto", "torch", "cuml") and cluster_gpus() > 0
+    wants_gpu = use_gpu if use_gpu is not None else \
+        cc.backend in ("auto", "torch", "cuml") and cluster_gpus() > 0
     # "DEFAULT", not inherited: inside a Tune trial a task would otherwise be captured by
     # the trial's placement group (0.01 CPU) and could never be scheduled.
     task = ray.remote(num_cpus=1, num_gpus=1 if wants_gpu else 0,

@@ -10,6 +10,7 @@ import socket
 from typing import Any, Iterator
 
 from . import resources
+from .errors import CapacityError, ConfigError
 from .progress import log
 
 
@@ -110,15 +111,120 @@ def _dashboard_installed() -> bool:
     return get_dashboard_dependency_error() is None
 
 
-def cluster_capacity(quiet: bool = False) -> tuple[int, float]:
-    """(CPUs to size a run by, GPUs) of the Ray cluster, starting a local instance when
-    none is running. On a cluster its CPUs; locally the machine's cores (the local instance
-    reports inflated logical CPUs, see :func:`init_ray`)."""
+def cluster_capacity(quiet: bool = False) -> resources.Capacity:
+    """What the Ray cluster has up and what it can hold (its autoscaler's node types),
+    starting a local instance when none is running."""
     import ray
 
     init_ray(quiet=quiet)
-    cpus = ray.cluster_resources().get("CPU", resources.machine_cores())
-    return resources.sizing_cpus(cpus, resources.on_a_cluster()), cluster_gpus()
+    types, caps = autoscaler_node_types()
+    return resources.capacity_from(ray.cluster_resources(), types, resources.on_a_cluster(),
+                                   caps)
+
+
+#: A cluster-launcher YAML to read the autoscaler's node types from, when the cluster's
+#: head has none at Ray's own place (``~/ray_bootstrap_config.yaml``, written by ``ray up``).
+CLUSTER_CONFIG_ENV = "ACL_DIST_CLUSTER_CONFIG"
+
+
+def autoscaler_node_types() -> tuple[list[resources.NodeType], dict[str, float]]:
+    """The node types (and cluster-wide caps) of the cluster's autoscaler; ``[]`` without
+    one. Looked up in order:
+
+    1. the cluster config an autoscaler reported to the GCS (KubeRay; what Ray Train
+       reads before placing its workers, through ``ray._private.state``: Ray 2.60 has no
+       public reader). Ray's own monitor does not report it;
+    2. on a cluster (``RAY_ADDRESS``), the launcher YAML named by ``ACL_DIST_CLUSTER_CONFIG``
+       or ``~/ray_bootstrap_config.yaml``, the copy of ``cluster.yaml`` that ``ray up``
+       leaves on the head, where job drivers run (Ray Tune checks the same file).
+    """
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:  # another Ray layout, or a GCS without the key
+        config = None
+    if config is not None and config.node_group_configs:
+        types = [resources.NodeType(g.name, float(g.resources.get("CPU", 0)),
+                                    float(g.resources.get("GPU", 0)), int(g.max_count))
+                 for g in config.node_group_configs]
+        return types, {k: float(v) for k, v in config.max_resources.items()}
+    if not resources.on_a_cluster():
+        return [], {}
+    path = os.environ.get(CLUSTER_CONFIG_ENV) or os.path.expanduser(
+        "~/ray_bootstrap_config.yaml")
+    if not os.path.exists(path):
+        return [], {}
+    import yaml
+
+    try:
+        with open(path) as fh:
+            launcher = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: unreadable cluster config ({exc})") from None
+    if not isinstance(launcher, dict) or not isinstance(
+            launcher.get("available_node_types"), dict):
+        raise ConfigError(f"{path}: not a Ray cluster config (no available_node_types)")
+    return resources.node_types_from_launcher(launcher), {}
+
+
+def ensure_capacity(bundles: list[dict[str, float]], timeout_s: float,
+                    quiet: bool = False) -> None:
+    """Ask the autoscaler for ``bundles`` (``ray.autoscaler.sdk.request_resources``: it
+    scales up now, not task by task) and wait until the cluster has their CPUs and GPUs up,
+    with a progress line every 30 s. Raises :class:`CapacityError` after ``timeout_s``;
+    a run never falls back to another device."""
+    import time
+
+    import ray
+    from ray.autoscaler.sdk import request_resources
+
+    need = {k: sum(b.get(k, 0.0) for b in bundles) for k in ("CPU", "GPU")}
+
+    def short() -> dict[str, float]:
+        up = ray.cluster_resources()
+        return {k: v - up.get(k, 0.0) for k, v in need.items() if up.get(k, 0.0) < v}
+    if not short():
+        return
+    shape = ", ".join(f"{n} x {b}" for b, n in _count(bundles))
+    request_resources(bundles=bundles)
+    log(f"asked the autoscaler for {shape}; waiting for it (up to {timeout_s:.0f} s)", quiet)
+    start = last = time.monotonic()
+    while missing := short():
+        now = time.monotonic()
+        up = ray.cluster_resources()
+        status = ", ".join(f"{up.get(k, 0):g}/{v:g} {k}s up" for k, v in need.items() if v)
+        if now - start > timeout_s:
+            raise CapacityError(f"the cluster did not bring up {status.replace('up', '')}"
+                                f"within {timeout_s:.0f} s (still short of {missing}); "
+                                "see `ray status` and the autoscaler's log, or size the run "
+                                "to what is up (train.workers, train.use_gpu)")
+        if now - last >= 30:
+            log(f"  waiting for the cluster: {status} "
+                f"({timeout_s - (now - start):.0f} s left)", quiet)
+            last = now
+        time.sleep(1)
+    log("  the cluster has scaled up: " + ", ".join(
+        f"{ray.cluster_resources().get(k, 0):g} {k}s" for k in need), quiet)
+
+
+def release_capacity() -> None:
+    """Withdraw this driver's standing request (the autoscaler may then scale down)."""
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=[])
+
+
+def _count(bundles: list[dict[str, float]]) -> list[tuple[dict[str, float], int]]:
+    out: list[tuple[dict[str, float], int]] = []
+    for b in bundles:
+        for i, (shape, n) in enumerate(out):
+            if shape == b:
+                out[i] = (shape, n + 1)
+                break
+        else:
+            out.append((b, 1))
+    return out
 
 
 def cluster_gpus() -> float:

@@ -11,6 +11,8 @@ the machine's cores, not Ray's count, size threads and workers.
 from __future__ import annotations
 
 import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 
 def machine_cores() -> int:
@@ -28,9 +30,27 @@ def on_a_cluster() -> bool:
     return bool(os.environ.get("RAY_ADDRESS"))
 
 
-def training_workers(cpus: int, gpus: float, use_gpu: bool) -> int:
-    """DDP workers: one per GPU, else one per 4 CPUs (at least one)."""
-    return max(1, int(gpus)) if use_gpu else max(1, cpus // 4)
+#: How long a run on an autoscaling cluster waits for its plan's nodes (GPU instances
+#: take minutes to boot and pull an image).
+SCALE_TIMEOUT_S = 1200.0
+
+
+def default_max_failures() -> int:
+    """Ray Train worker failures tolerated per round: 3 on a cluster (spot and preempted
+    nodes are the norm there; each restart resumes from the last checkpoint), 0 locally
+    (a failure on one machine is a bug to see, not to retry)."""
+    return 3 if on_a_cluster() else 0
+
+
+def training_workers(cpus: int, gpus: float, use_gpu: bool, batch_size: int,
+                     videos_per_cluster: int) -> int:
+    """DDP workers: one per GPU, else one per 4 CPUs (at least one), and at most
+    ``batch_size // videos_per_cluster``: each worker samples its share of the batch as
+    clusters of K videos (the pair losses need K of a cluster), so a worker with fewer
+    than K videos per step would train on no pair. An autoscaling cluster that can hold
+    32 GPUs thus gets 16 workers for the paper's batch of 32 with K = 2."""
+    wanted = max(1, int(gpus)) if use_gpu else max(1, cpus // 4)
+    return max(1, min(wanted, batch_size // max(1, videos_per_cluster)))
 
 
 def cpus_per_worker(cpus: int, workers: int, use_gpu: bool) -> float:
@@ -64,3 +84,91 @@ def concurrent_trials(workers: int, cpus_each: float, use_gpu: bool, cluster_cpu
         if by_gpu < bound:
             bound, why = by_gpu, f"each trial: {workers} GPU(s) of {cluster_gpus:g}"
     return bound, why
+
+
+# --------------------------------------------------------------------------- capacity
+
+
+@dataclass(frozen=True)
+class NodeType:
+    """One node type of an autoscaling cluster: its resources and how many may run
+    (``max_count`` -1: unbounded)."""
+
+    name: str
+    cpus: float
+    gpus: float
+    max_count: int
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What a run is sized by.
+
+    ``cpus``/``gpus``: up now; ``max_cpus``/``max_gpus``: what the cluster can hold (its
+    node types x their max counts, capped by the cluster's ``max_workers``), the same as
+    up now without an autoscaler. ``on_cluster``: attached to a cluster (``RAY_ADDRESS``),
+    as opposed to a local instance sized by this machine's cores.
+    """
+
+    cpus: float
+    gpus: float
+    max_cpus: float
+    max_gpus: float
+    on_cluster: bool
+    node_types: tuple[NodeType, ...] = field(default=())
+
+    def sizing_cpus(self) -> int:
+        """CPUs to size a run by: what a cluster can hold; locally the machine's cores (the
+        local instance reports inflated logical CPUs)."""
+        return int(self.max_cpus) if self.on_cluster else machine_cores()
+
+    @property
+    def autoscaling(self) -> bool:
+        return self.max_cpus > self.cpus or self.max_gpus > self.gpus
+
+    def describe(self) -> str:
+        up = f"{self.cpus:g} CPUs, {self.gpus:g} GPUs up"
+        if not self.on_cluster:
+            return f"local Ray instance on {machine_cores()} cores ({up})"
+        if not self.autoscaling:
+            return f"cluster: {up}"
+        types = ", ".join(f"{t.name} x{t.max_count if t.max_count >= 0 else 'inf'} "
+                          f"({t.cpus:g} CPU, {t.gpus:g} GPU)" for t in self.node_types
+                          if t.max_count and (t.cpus or t.gpus))
+        return (f"autoscaling cluster: {up}, can hold {self.max_cpus:g} CPUs and "
+                f"{self.max_gpus:g} GPUs ({types})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+UNBOUNDED = 10 ** 6   # what an unbounded node type counts for
+
+
+def capacity_from(up: dict[str, float], node_types: list[NodeType], on_cluster: bool,
+                  max_resources: dict[str, float] | None = None) -> Capacity:
+    """A :class:`Capacity` from the resources up now and the autoscaler's node types (empty
+    without an autoscaler). ``max_resources``: the cluster-wide caps, if any."""
+    cpus, gpus = float(up.get("CPU", 0.0)), float(up.get("GPU", 0.0))
+
+    def most(key: str, now: float) -> float:
+        total = sum(getattr(t, key) * (t.max_count if t.max_count >= 0 else UNBOUNDED)
+                    for t in node_types)
+        cap = (max_resources or {}).get("CPU" if key == "cpus" else "GPU")
+        return max(now, min(total, cap) if cap else total)
+    return Capacity(cpus, gpus, most("cpus", cpus), most("gpus", gpus), on_cluster,
+                    tuple(node_types))
+
+
+def node_types_from_launcher(config: dict[str, Any]) -> list[NodeType]:
+    """The worker node types of a Ray cluster-launcher config (``cluster.yaml``'s
+    ``available_node_types``), each capped by the cluster's ``max_workers``; the head's
+    own resources count once."""
+    limit = int(config.get("max_workers", UNBOUNDED))
+    head = config.get("head_node_type")
+    out = []
+    for name, spec in config.get("available_node_types", {}).items():
+        res = spec.get("resources", {})
+        count = 1 if name == head else min(int(spec.get("max_workers", limit)), limit)
+        out.append(NodeType(name, float(res.get("CPU", 0)), float(res.get("GPU", 0)), count))
+    return out

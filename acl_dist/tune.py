@@ -72,7 +72,8 @@ def _trial_dirname(trial) -> str:  # module level: Tune pickles it with the expe
 
 
 def tune_trial(config: dict[str, Any], *, store: str, root: str, base: dict[str, Any],
-               objective: str, torch_threads: int, attention_actors: int) -> None:
+               objective: str, torch_threads: int, attention_actors: int,
+               max_failures: int = 0) -> None:
     """One trial (runs in a Tune actor): the ACL rounds with ``config``'s dotted keys over
     ``base`` (a resolved config dict), reporting each round. A restored trial resumes its
     run directory and reports only rounds not reported before."""
@@ -114,7 +115,8 @@ def tune_trial(config: dict[str, Any], *, store: str, root: str, base: dict[str,
     # resume=True: a restored trial checks its finished steps' files before trusting them
     # (a fresh trial has none)
     Run(store, out, cfg, quiet=True, with_test=False, torch_threads=torch_threads,
-        attention_actors=attention_actors, on_round=on_round).execute(resume=True)
+        attention_actors=attention_actors, on_round=on_round,
+        max_failures=max_failures).execute(resume=True)
 
 
 # --------------------------------------------------------------------------- the search
@@ -170,7 +172,8 @@ def _trainable(meta: dict[str, Any]):
     fn = tune.with_parameters(tune_trial, store=meta["store"], root=meta["root"],
                               base=meta["base"], objective=meta["settings"]["objective"],
                               torch_threads=meta["torch_threads"],
-                              attention_actors=meta["attention_actors"])
+                              attention_actors=meta["attention_actors"],
+                              max_failures=meta.get("max_failures", 0))
     # The trial's driver holds no CPU: its trainers, tasks and actors ask for their own,
     # outside the trial's placement group. Not even 0.01 CPU: on a 2-CPU node that leaves
     # 0.99 beside a 1-CPU Ray Data actor, too little for the 1-CPU read task the actor
@@ -212,10 +215,8 @@ def _plan_search(store: str, out: str, base: RunConfig, space: dict[str, dict],
                  settings: TuneSettings, quiet: bool) -> dict[str, Any]:
     """A new search's plan (``EXP/tune.json``): the validation split, the base config
     resolved against the store and the cluster, trials at a time and their threads."""
-    import ray
-
     from .plan import resolve_config
-    from .ray_start import cluster_gpus
+    from .ray_start import cluster_capacity
     from .store import FeatureStore
 
     if settings.objective not in OBJECTIVES:
@@ -231,17 +232,27 @@ def _plan_search(store: str, out: str, base: RunConfig, space: dict[str, dict],
                 f"training videos are held out by a seeded hash of their ids (crc32 of "
                 f"'seed:video_id') and never trained or clustered on")
         log(note, quiet)
-    cpus = float(ray.cluster_resources().get("CPU", 1))
-    physical = resources.sizing_cpus(cpus, resources.on_a_cluster())
-    resolved = resolve_config(base, fs, cpus=physical, gpus=cluster_gpus())
+    # sized to what the cluster can hold (an autoscaling cluster's node types), as a run
+    capacity = cluster_capacity(quiet)
+    cpus = capacity.max_cpus if capacity.on_cluster else capacity.cpus
+    physical = capacity.sizing_cpus()
+    resolved = resolve_config(base, fs, cpus=physical, gpus=capacity.max_gpus)
     for key, dim in space.items():  # every searched value must resolve too
         for value in next(iter(dim.values())):
             config_with({key: value}, to_dict(resolved))
-    concurrent, why = concurrent_trials(resolved, cpus, cluster_gpus(), settings.max_concurrent)
+    concurrent, why = concurrent_trials(resolved, cpus, capacity.max_gpus,
+                                        settings.max_concurrent)
     rounds_dim = space.get("rounds")
     tc = resolved.train
+    worker = {"CPU": float(tc.cpus_per_worker), **({"GPU": 1.0} if tc.use_gpu else {})}
     return {"store": store, "root": out, "settings": asdict(settings), "space": space,
             "user_config": user_config, "base": to_dict(resolved),
+            "capacity": capacity.describe(),
+            # what the autoscaler is asked for before the trials start: every concurrent
+            # trial's workers and its CPU for Ray Data and clustering
+            "request": [dict(worker) for _ in range(concurrent * tc.workers)]
+            + [{"CPU": 1.0} for _ in range(concurrent)],
+            "max_failures": resources.default_max_failures(),
             "concurrent": concurrent, "resources": why,
             "max_rounds": max(next(iter(rounds_dim.values()))) if rounds_dim
             else resolved.rounds,
@@ -274,8 +285,24 @@ def _new_tuner(meta: dict[str, Any], settings: TuneSettings, quiet: bool):
             trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name="tune", storage_path=meta["root"], verbose=0,
+            # a trial whose node was preempted restarts from its last round report
+            failure_config=tune.FailureConfig(max_failures=meta.get("max_failures", 0)),
             callbacks=[Progress(settings.objective, meta["base"]["rounds"], quiet)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+
+
+def _fit_scaled(tuner, meta: dict[str, Any], quiet: bool):
+    """``tuner.fit()``; on a cluster, after asking the autoscaler for the concurrent
+    trials' resources and waiting for them (the request is withdrawn at the end)."""
+    from . import ray_start
+
+    if not (resources.on_a_cluster() and meta.get("request")):
+        return tuner.fit()
+    ray_start.ensure_capacity(meta["request"], resources.SCALE_TIMEOUT_S, quiet)
+    try:
+        return tuner.fit()
+    finally:
+        ray_start.release_capacity()
 
 
 def _run_tune(store: str, out: str, base: RunConfig | None, space: dict[str, dict] | None,
@@ -299,7 +326,7 @@ def _run_tune(store: str, out: str, base: RunConfig | None, space: dict[str, dic
         fsutil.write_json_atomic(meta_path, meta)
         tuner = _new_tuner(meta, settings, quiet)
     started = time.perf_counter()
-    results = tuner.fit()
+    results = _fit_scaled(tuner, meta, quiet)
     log(f"search finished in {time.perf_counter() - started:.0f} s", quiet)
     summary = summarize(results, meta, saved_status(exp_path))
     summary["interrupted"] = bool(summary["unfinished"] or summary["not_started"])

@@ -4,8 +4,9 @@
         --out s3://bucket/runs/anet12-u1 --mode unsupervised --num-classes 100 --config anet12
 
 Takes exactly the arguments of ``acl-dist run``. Inside a job, Ray is already running
-(``RAY_ADDRESS`` is set), so the rounds use the whole cluster: training workers are sized to
-its GPUs and the clustering task asks for a GPU when there is one.
+(``RAY_ADDRESS`` is set), so the run is sized to what the cluster can hold (its autoscaler's
+node types), prints its plan, asks the autoscaler for it and waits for the nodes
+(docs/cluster.md). ``--plan [--json] [--wait]`` shows the plan without running.
 """
 
 import sys

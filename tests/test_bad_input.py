@@ -26,6 +26,7 @@ import torch
 from acl_dist import fsutil
 from acl_dist.cli import main
 from acl_dist.errors import ArtifactError
+from acl_dist.resources import capacity_from
 from acl_dist.store import FeatureStore
 from acl_dist.synth import SynthConfig, synthesize
 
@@ -425,11 +426,14 @@ def case_run_existing_run_needs_resume(w):
     return _run(w, run), check
 
 
+LOCAL_2_CORES = capacity_from({"CPU": 4.0}, [], on_cluster=False)
+
+
 def _local_capacity(monkeypatch):
     """Size runs for this machine without starting Ray (the cases stop before training)."""
     from acl_dist import ray_start
 
-    monkeypatch.setattr(ray_start, "cluster_capacity", lambda quiet=False: (2, 0.0))
+    monkeypatch.setattr(ray_start, "cluster_capacity", lambda quiet=False: LOCAL_2_CORES)
 
 
 def case_run_started_but_no_step_finished_is_rerun(w, monkeypatch):

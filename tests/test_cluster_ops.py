@@ -20,176 +20,45 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import secrets
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from ray_clusters import Cluster, cluster_env, free_port, own_ports, start_node, stop_nodes
 
 pytestmark = pytest.mark.ray
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-RAY = str(BIN / "ray")
 # a tiny run, sized for 2 CPUs: 2 rounds, 2 workers at half a CPU each
 TINY = ["--mode", "unsupervised", "--num-classes", "4", "--config", "tiny",
         "--set", "train.workers=2", "--set", "train.cpus_per_worker=0.5"]
 
 
-def _free_port() -> int:
-    """A free port outside Ray's default worker port range (10002-19999)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port >= 20000:
-            return port
-
-
-class Cluster:
-    def __init__(self, env: dict[str, str], gcs_port: int, dashboard_port: int):
-        self.env = env
-        self.gcs = f"127.0.0.1:{gcs_port}"
-        self.dashboard = f"http://127.0.0.1:{dashboard_port}"
-        self.procs: list[subprocess.Popen] = []
-
-    def cli(self, *args: str, env: dict[str, str] | None = None, check: bool = True,
-            timeout: float = 120) -> subprocess.CompletedProcess:
-        proc = subprocess.run([RAY, *args], env=env or self.env, capture_output=True,
-                              text=True, timeout=timeout)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"ray {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-        return proc
-
-    def submit(self, *job_args: str, script: str = "jobs/run_acl.py") -> str:
-        """``ray job submit --no-wait`` of ``script``; returns the job id."""
-        runtime_env = {"env_vars": {k: self.env[k] for k in self.env
-                                    if k.startswith("AWS_")}}
-        args = ["job", "submit", "--address", self.dashboard, "--working-dir", str(REPO),
-                "--runtime-env-json", json.dumps(runtime_env), "--no-wait", "--",
-                sys.executable, script, *job_args]
-        deadline = time.time() + 90
-        while True:
-            proc = self.cli(*args, check=False)
-            # a fresh head answers `ray job list` before its job agent has registered
-            if "No available agent" not in proc.stderr or time.time() > deadline:
-                break
-            time.sleep(2)
-        if proc.returncode != 0:
-            raise AssertionError(f"ray job submit failed:\n{proc.stdout}\n{proc.stderr}")
-        out = proc.stdout
-        match = re.search(r"Job '(\S+)' submitted successfully", out)
-        assert match, out
-        return match.group(1)
-
-    def status(self, job: str) -> str:
-        out = self.cli("job", "status", "--address", self.dashboard, job).stdout
-        match = re.search(r"Status for job '\S+': (\w+)", out)
-        if match:
-            return match.group(1)
-        match = re.search(r"Job '\S+' (succeeded|failed|stopped)", out)
-        assert match, out
-        return match.group(1).upper()
-
-    def logs(self, job: str) -> str:
-        return self.cli("job", "logs", "--address", self.dashboard, job).stdout
-
-    def wait(self, job: str, timeout: float = 600) -> str:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            state = self.status(job)
-            if state in ("SUCCEEDED", "FAILED", "STOPPED"):
-                return state
-            time.sleep(2)
-        self.cli("job", "stop", "--address", self.dashboard, job, check=False)
-        raise AssertionError(f"job {job} did not finish in {timeout} s:\n{self.logs(job)}")
-
-    def wait_for_log(self, job: str, pattern: str, timeout: float = 300) -> str:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            text = self.logs(job)
-            if re.search(pattern, text):
-                return text
-            if self.status(job) in ("SUCCEEDED", "FAILED", "STOPPED"):
-                break
-            time.sleep(1)
-        raise AssertionError(f"{pattern!r} never appeared in the logs of {job}:\n"
-                             f"{self.logs(job)}")
-
-
-def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    with open(log, "w") as fh:
-        # own session: the cluster's processes can be signalled as one group at teardown
-        return subprocess.Popen([RAY, "start", *args, "--block"], env=env, stdout=fh,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-
-
 @pytest.fixture(scope="module")
 def cluster(s3_endpoint, tmp_path_factory):
     logs = tmp_path_factory.mktemp("cluster")
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RAY_ADDRESS", "ACL_DIST_QUIET", "PYTEST"))}
     # a 0.5 s Ray Train health-check poll (as init_ray gives a local instance): each fit's
     # end is seen 1.5 s sooner than with Ray's 2 s
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16),
-               RAY_USAGE_STATS_ENABLED="0", RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.5",
-               PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
-    c = Cluster(env, _free_port(), _free_port())
+    c = Cluster(cluster_env(RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.5"), free_port(), free_port())
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=2", "--object-store-memory=300000000",
               "--disable-usage-stats"]
-
-    def own_ports() -> list[str]:
-        # Each node's agents on free ports: with Ray's defaults (the dashboard agent on
-        # 52365, ...) a node started after the test session's local Ray instance found its
-        # ports taken, and the head's job agent never came up ("No available agent").
-        return [f"--dashboard-agent-listen-port={_free_port()}",
-                f"--dashboard-agent-grpc-port={_free_port()}",
-                f"--runtime-env-agent-port={_free_port()}",
-                f"--metrics-export-port={_free_port()}"]
     try:
-        c.procs.append(_start(["--head", f"--port={c.gcs.split(':')[1]}",
-                               "--dashboard-host=127.0.0.1",
-                               f"--dashboard-port={c.dashboard.rsplit(':', 1)[1]}",
-                               f"--ray-client-server-port={_free_port()}", *own_ports(),
-                               *common], env, logs / "head.log"))
-        deadline = time.time() + 90
-        while c.cli("job", "list", "--address", c.dashboard, check=False).returncode != 0:
-            if time.time() > deadline or c.procs[0].poll() is not None:
-                raise AssertionError("the head did not start:\n" +
-                                     (logs / "head.log").read_text())
-            time.sleep(1)
+        c.start_head(common, logs / "head.log")
         # Both nodes share this machine's /tmp/ray session dir, so the second node's
         # runtime-env agent re-extracts each job's working_dir over the one the driver runs
         # in (the driver's cwd vanishes; acl-dist tune copes, see run_tune). A separate
         # --temp-dir for the node left the head's job agent unavailable for minutes.
-        c.procs.append(_start([f"--address={c.gcs}", *own_ports(), *common], env,
-                              logs / "node.log"))
+        c.procs.append(start_node([f"--address={c.gcs}", *own_ports(), *common], c.env,
+                                  logs / "node.log"))
         deadline = time.time() + 90
-        while len(re.findall(r"^\s*1 node_", c.cli("status", "--address", c.gcs).stdout,
-                             re.MULTILINE)) < 2:
+        while c.nodes() < 2:
             if time.time() > deadline or c.procs[1].poll() is not None:
                 raise AssertionError("the second node did not join:\n" +
                                      (logs / "node.log").read_text())
             time.sleep(1)
         yield c
     finally:
-        for proc in reversed(c.procs):
-            proc.send_signal(signal.SIGTERM)     # `ray start --block` stops its node
-        deadline = time.time() + 10   # then what is left of the nodes is killed (it took
-        for proc in reversed(c.procs):  # 30 s of waiting once, for nothing kept)
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                pass
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # anything of that node still running
-            except ProcessLookupError:
-                pass
+        stop_nodes(c.procs)
 
 
 def _metrics(path: Path) -> dict:

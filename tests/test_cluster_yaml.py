@@ -56,7 +56,8 @@ def test_resources_fit_what_the_jobs_request():
 
     run = resolve_config(load_config("anet12"), FakeStore(), cpus=total_cpus, gpus=total_gpus)
     tc = run.train
-    assert tc.use_gpu and tc.workers == total_gpus
+    # one worker per GPU the cluster can hold, at most batch // K (each samples a pair)
+    assert tc.use_gpu and tc.workers == min(total_gpus, tc.batch_size // tc.videos_per_cluster)
     # every training worker fits on a GPU node: 1 GPU and its CPUs each
     per_node = gpu_types[0]["resources"]
     assert tc.cpus_per_worker * per_node["GPU"] <= per_node["CPU"]

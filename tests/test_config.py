@@ -95,7 +95,8 @@ def test_resolve_config_sizes_to_the_store(tiny_store):
     assert cfg.train.steps >= 150 and 8 <= cfg.train.batch_size <= 32 and cfg.tiou == "thumos"
     assert cfg.train.max_len == 256  # CPU: crops; GPU: whole videos
     gpu = resolve_config(RunConfig(), store, cpus=64, gpus=8)
-    assert gpu.train.workers == 8 and gpu.train.use_gpu is True and gpu.train.max_len == 0
+    # one worker per GPU, but at most batch // K = 8 // 2 (each worker samples a pair)
+    assert gpu.train.workers == 4 and gpu.train.use_gpu is True and gpu.train.max_len == 0
     weak = resolve_config(RunConfig(mode="weak", rounds=5), store, cpus=2)
     assert weak.rounds == 1
     with pytest.raises(ConfigError, match="weak mode trains on the store's 4 classes"):

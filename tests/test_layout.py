@@ -51,7 +51,7 @@ def test_pure_cores_import_without_ray():
 
 
 #: The files of a run directory and of Ray Train's checkpoints (acl_dist/artifacts.py).
-RUN_FILES = {"config.yaml", "run.json", "state.json", "clusters.json", "eval.json",
+RUN_FILES = {"config.yaml", "run.json", "plan.json", "state.json", "clusters.json", "eval.json",
              "val.json", "metrics.json", "outputs.parquet", "descriptors.parquet", "model.pt",
              "train_state.pt", "detections.json", "detections_"}
 

@@ -13,6 +13,7 @@ from acl_dist import pipeline
 from acl_dist.cli import main
 from acl_dist.config import load_config
 from acl_dist.evaluate import load_detections
+from acl_dist.resources import capacity_from
 
 
 @pytest.mark.ray
@@ -111,7 +112,8 @@ class FakeSteps:
             return original(run, resume)
         monkeypatch.setattr(pipeline.Run, "execute", execute)
         monkeypatch.setattr(pipeline.ray_start, "init_ray", lambda **kw: None)
-        monkeypatch.setattr(pipeline.ray_start, "cluster_capacity", lambda quiet=False: (2, 0.0))
+        monkeypatch.setattr(pipeline.ray_start, "cluster_capacity",
+                            lambda quiet=False: capacity_from({"CPU": 4.0}, [], False))
 
 
 SCHEDULE = ["round_0.descriptors", "round_0.cluster",

@@ -1,0 +1,172 @@
+"""Ray clusters for the cluster tests, started on this machine as separate processes:
+``ray start --block`` per node in its own session (so a node's processes are signalled as
+one group at teardown, never with ``ray stop``, which would also stop the test session's own
+local Ray instance), token authentication on, jobs sent with ``ray job submit``."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+RAY = str(BIN / "ray")
+
+
+def free_port() -> int:
+    """A free port outside Ray's default worker port range (10002-19999)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port >= 20000:
+            return port
+
+
+def own_ports() -> list[str]:
+    """A node's agents on free ports: with Ray's defaults (the dashboard agent on 52365,
+    ...) a node started after the test session's local Ray instance found its ports taken,
+    and the head's job agent never came up ("No available agent")."""
+    return [f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={free_port()}"]
+
+
+def cluster_env(**extra: str) -> dict[str, str]:
+    """This process's environment for a new cluster: no RAY_ADDRESS of ours, a fresh token,
+    the venv's ``ray`` first on PATH."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("RAY_ADDRESS", "ACL_DIST_QUIET", "PYTEST"))}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16),
+               RAY_USAGE_STATS_ENABLED="0", PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+               **extra)
+    return env
+
+
+def start_node(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    with open(log, "w") as fh:
+        # own session: the node's processes can be signalled as one group at teardown
+        return subprocess.Popen([RAY, "start", *args, "--block"], env=env, stdout=fh,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_nodes(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM each node's ``ray start --block`` (it stops its node), then kill what is left
+    of their process groups after 10 s (waiting 30 s once kept nothing more)."""
+    for proc in reversed(procs):
+        proc.send_signal(signal.SIGTERM)
+    deadline = time.time() + 10
+    for proc in reversed(procs):
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+class Cluster:
+    """A running test cluster: its environment (with the token), GCS and dashboard."""
+
+    def __init__(self, env: dict[str, str], gcs_port: int, dashboard_port: int):
+        self.env = env
+        self.gcs = f"127.0.0.1:{gcs_port}"
+        self.dashboard = f"http://127.0.0.1:{dashboard_port}"
+        self.procs: list[subprocess.Popen] = []
+
+    def start_head(self, args: list[str], log: Path) -> None:
+        """``ray start --head`` with ``args``; returns once it accepts jobs."""
+        self.procs.append(start_node(["--head", f"--port={self.gcs.split(':')[1]}",
+                                      "--dashboard-host=127.0.0.1",
+                                      f"--dashboard-port={self.dashboard.rsplit(':', 1)[1]}",
+                                      f"--ray-client-server-port={free_port()}",
+                                      *own_ports(), *args], self.env, log))
+        deadline = time.time() + 90
+        while self.cli("job", "list", "--address", self.dashboard,
+                       check=False).returncode != 0:
+            if time.time() > deadline or self.procs[0].poll() is not None:
+                raise AssertionError("the head did not start:\n" + log.read_text())
+            time.sleep(1)
+
+    def nodes(self, node_type: str = r"\S+") -> int:
+        """Active nodes (of ``node_type``), as ``ray status`` lists them."""
+        out = self.cli("status", "--address", self.gcs).stdout
+        active = out.split("Active:")[-1].split("Pending:")[0]
+        return sum(int(n) for n in re.findall(rf"^\s*(\d+) {node_type}$", active,
+                                              re.MULTILINE))
+
+    def cli(self, *args: str, env: dict[str, str] | None = None, check: bool = True,
+            timeout: float = 120) -> subprocess.CompletedProcess:
+        proc = subprocess.run([RAY, *args], env=env or self.env, capture_output=True,
+                              text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"ray {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def submit(self, *job_args: str, script: str = "jobs/run_acl.py",
+               env_vars: dict[str, str] | None = None) -> str:
+        """``ray job submit --no-wait`` of ``script`` (with the AWS variables and
+        ``env_vars``); returns the job id."""
+        runtime_env = {"env_vars": {**{k: self.env[k] for k in self.env
+                                       if k.startswith("AWS_")}, **(env_vars or {})}}
+        args = ["job", "submit", "--address", self.dashboard, "--working-dir", str(REPO),
+                "--runtime-env-json", json.dumps(runtime_env), "--no-wait", "--",
+                sys.executable, script, *job_args]
+        deadline = time.time() + 90
+        while True:
+            proc = self.cli(*args, check=False)
+            # a fresh head answers `ray job list` before its job agent has registered
+            if "No available agent" not in proc.stderr or time.time() > deadline:
+                break
+            time.sleep(2)
+        if proc.returncode != 0:
+            raise AssertionError(f"ray job submit failed:\n{proc.stdout}\n{proc.stderr}")
+        out = proc.stdout
+        match = re.search(r"Job '(\S+)' submitted successfully", out)
+        assert match, out
+        return match.group(1)
+
+    def status(self, job: str) -> str:
+        out = self.cli("job", "status", "--address", self.dashboard, job).stdout
+        match = re.search(r"Status for job '\S+': (\w+)", out)
+        if match:
+            return match.group(1)
+        match = re.search(r"Job '\S+' (succeeded|failed|stopped)", out)
+        assert match, out
+        return match.group(1).upper()
+
+    def logs(self, job: str) -> str:
+        return self.cli("job", "logs", "--address", self.dashboard, job).stdout
+
+    def wait(self, job: str, timeout: float = 600) -> str:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            state = self.status(job)
+            if state in ("SUCCEEDED", "FAILED", "STOPPED"):
+                return state
+            time.sleep(2)
+        self.cli("job", "stop", "--address", self.dashboard, job, check=False)
+        raise AssertionError(f"job {job} did not finish in {timeout} s:\n{self.logs(job)}")
+
+    def wait_for_log(self, job: str, pattern: str, timeout: float = 300) -> str:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            text = self.logs(job)
+            if re.search(pattern, text):
+                return text
+            if self.status(job) in ("SUCCEEDED", "FAILED", "STOPPED"):
+                break
+            time.sleep(1)
+        raise AssertionError(f"{pattern!r} never appeared in the logs of {job}:\n"
+                             f"{self.logs(job)}")

@@ -1,0 +1,96 @@
+"""The run plan without Ray: capacity from an autoscaler's node types (``cluster.yaml``),
+sizing from what a cluster can hold, where each step runs and what is asked for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from acl_dist.config import RunConfig, load_config
+from acl_dist.plan import describe_plan, resolve_config, run_plan
+from acl_dist.resources import (Capacity, NodeType, capacity_from, machine_cores,
+                                node_types_from_launcher, training_workers)
+from acl_dist.store import FeatureStore
+
+CLUSTER_YAML = Path(__file__).resolve().parents[1] / "cluster.yaml"
+
+
+def cold_cluster_yaml() -> Capacity:
+    """The project's cluster.yaml as a job sees it right after ``ray up``: the head only."""
+    launcher = yaml.safe_load(CLUSTER_YAML.read_text())
+    return capacity_from({"CPU": 0.0}, node_types_from_launcher(launcher), on_cluster=True)
+
+
+def test_cluster_yaml_capacity_counts_what_it_can_hold():
+    cap = cold_cluster_yaml()
+    # head (CPU 0) once + 8 x g5.12xlarge (48 CPUs, 4 GPUs)
+    assert (cap.cpus, cap.gpus) == (0.0, 0.0)
+    assert (cap.max_cpus, cap.max_gpus) == (384.0, 32.0)
+    assert cap.autoscaling and cap.sizing_cpus() == 384
+    assert "can hold 384 CPUs and 32 GPUs (gpu_worker x8 (48 CPU, 4 GPU))" in cap.describe()
+    # the cluster-wide max_workers caps each type; caps reported by an autoscaler too
+    two = node_types_from_launcher({"max_workers": 2, "head_node_type": "h",
+                                    "available_node_types": {
+                                        "h": {"resources": {"CPU": 4}},
+                                        "g": {"resources": {"GPU": 8}, "max_workers": 10}}})
+    assert two == [NodeType("h", 4.0, 0.0, 1), NodeType("g", 0.0, 8.0, 2)]
+    assert capacity_from({"CPU": 4.0}, two, True, {"GPU": 8.0}).max_gpus == 8.0
+    # no autoscaler: what is up is all there is
+    warm = capacity_from({"CPU": 8.0, "GPU": 2.0}, [], True)
+    assert (warm.max_cpus, warm.max_gpus, warm.autoscaling) == (8.0, 2.0, False)
+
+
+def test_a_cold_gpu_cluster_plans_gpu_training(tiny_store):
+    store, _ = tiny_store
+    fs = FeatureStore.open(store)
+    cap = cold_cluster_yaml()
+    cfg = resolve_config(load_config("tiny", mode="unsupervised", num_classes=4), fs,
+                         cpus=cap.sizing_cpus(), gpus=cap.max_gpus)
+    tc = cfg.train
+    # 24 videos: batch 8; K = 2 videos per cluster -> at most 4 workers with a pair each
+    assert tc.use_gpu and tc.batch_size == 8 and tc.workers == 4
+    plan = run_plan(cfg, cap)
+    assert plan["train"] == {"workers": 4, "use_gpu": True,
+                             "resources_per_worker": {"CPU": 1.0, "GPU": 1.0},
+                             "placement_strategy": "PACK"}
+    assert plan["cluster"]["gpu"] and plan["attention"] == {"actors": 4, "gpu": True}
+    assert plan["request"] == [{"CPU": 1.0, "GPU": 1.0}] * 4
+    assert plan["config"]["train"]["workers"] == 4 and plan["config"]["train"]["use_gpu"]
+    assert plan["capacity"]["max_gpus"] == 32.0
+    lines = describe_plan(plan)
+    assert lines[0].startswith("plan on autoscaling cluster: 0 CPUs, 0 GPUs up")
+    assert "training: 4 Ray Train worker(s) on GPUs, CPU 1, GPU 1 each (PACK)" in lines[1]
+
+
+def test_explicit_settings_win_and_a_cpu_plan_stays_on_cpus(tiny_store):
+    store, _ = tiny_store
+    fs = FeatureStore.open(store)
+    cap = cold_cluster_yaml()
+    cfg = resolve_config(load_config("tiny", ["train.use_gpu=false", "train.workers=3"],
+                                     mode="unsupervised", num_classes=4),
+                         fs, cpus=cap.sizing_cpus(), gpus=cap.max_gpus)
+    plan = run_plan(cfg, cap)
+    assert plan["train"]["workers"] == 3 and not plan["train"]["use_gpu"]
+    assert not plan["cluster"]["gpu"] and not plan["attention"]["gpu"]
+    assert all("GPU" not in b for b in plan["request"])
+    # a local instance: sized by this machine's cores, attention actors by Ray's CPUs
+    local = capacity_from({"CPU": 4.0}, [], on_cluster=False)
+    cfg = resolve_config(RunConfig(num_classes=4), fs, cpus=local.sizing_cpus(), gpus=0.0)
+    plan = run_plan(cfg, local)
+    assert local.sizing_cpus() == machine_cores()
+    assert plan["train"]["workers"] == max(1, machine_cores() // 4)
+    assert plan["attention"] == {"actors": 1, "gpu": False}
+    assert describe_plan(plan)[0].startswith("plan on local Ray instance")
+
+
+@pytest.mark.parametrize("cpus,gpus,use_gpu,batch,k,expected", [
+    (2, 0, False, 16, 2, 1),      # 2 cores: one worker
+    (16, 0, False, 16, 2, 4),     # one per 4 CPUs
+    (0, 32, True, 32, 2, 16),     # 32 GPUs, batch 32, pairs: 16 workers
+    (0, 4, True, 32, 2, 4),       # one per GPU
+    (0, 8, True, 8, 4, 2),        # K = 4: two workers of 4 videos each
+])
+def test_training_workers(cpus, gpus, use_gpu, batch, k, expected):
+    assert training_workers(cpus, gpus, use_gpu, batch, k) == expected
