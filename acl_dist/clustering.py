@@ -33,6 +33,7 @@ code includes the zero diagonal in that mean).
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from typing import Mapping
@@ -141,12 +142,36 @@ def gaussian_affinity(descriptors: np.ndarray, sigma: float | None = None
 BACKENDS = ("auto", "sklearn", "torch", "cuml")
 
 
-def cuml_available() -> bool:
+#: The keyword arguments acl-dist passes to ``cuml.cluster.SpectralClustering`` (the
+#: estimator appeared in cuML 25.10; the ``gpu`` extra pins ``cuml-cu12>=25.10``).
+CUML_ARGUMENTS = ("n_clusters", "affinity", "random_state", "n_init")
+
+
+def cuml_status() -> tuple[bool, str]:
+    """Whether the installed cuML has the API acl-dist uses, and why (for the log): a
+    ``cuml.cluster.SpectralClustering`` taking :data:`CUML_ARGUMENTS`. Older cuML releases
+    import fine but have no such estimator, so importing ``cuml`` proves nothing."""
     try:
-        import cuml  # noqa: F401
+        import cuml
+    except Exception as exc:
+        return False, f"cuML not importable ({type(exc).__name__})"
+    version = getattr(cuml, "__version__", "?")
+    try:
+        from cuml.cluster import SpectralClustering
     except Exception:
-        return False
-    return True
+        return False, f"cuML {version} has no cuml.cluster.SpectralClustering (>= 25.10 has)"
+    try:
+        params = inspect.signature(SpectralClustering).parameters
+    except (TypeError, ValueError):   # a compiled class without a signature: trust it
+        return True, f"cuML {version}"
+    missing = [a for a in CUML_ARGUMENTS if a not in params]
+    if missing:
+        return False, f"cuML {version}'s SpectralClustering takes no {', '.join(missing)}"
+    return True, f"cuML {version}"
+
+
+def cuml_available() -> bool:
+    return cuml_status()[0]
 
 
 def gpu_available() -> bool:
@@ -158,15 +183,27 @@ def gpu_available() -> bool:
 
 
 def resolve_backend(backend: str) -> str:
-    """``auto`` -> ``cuml`` if cuML imports and a GPU is there, else ``torch`` on a GPU,
-    else ``sklearn``. Other names are returned as they are (after checking them)."""
+    """``auto`` -> ``cuml`` if cuML has the API used (:func:`cuml_status`) and a GPU is
+    there, else ``torch`` on a GPU, else ``sklearn``. Other names are returned as they are
+    (after checking them; ``cuml`` without its API is an error naming what is missing)."""
+    return backend_choice(backend)[0]
+
+
+def backend_choice(backend: str) -> tuple[str, str]:
+    """(the backend that runs, why): what the clustering step logs."""
     if backend not in BACKENDS:
         raise ValueError(f"clustering backend must be one of {BACKENDS}, not {backend!r}")
+    if backend == "cuml":
+        ok, why = cuml_status()
+        if not ok:
+            raise ValueError(f"cluster.backend=cuml: {why}")
+        return "cuml", f"asked for; {why}"
     if backend != "auto":
-        return backend
-    if gpu_available():
-        return "cuml" if cuml_available() else "torch"
-    return "sklearn"
+        return backend, "asked for"
+    if not gpu_available():
+        return "sklearn", "auto: no GPU"
+    ok, why = cuml_status()
+    return ("cuml", f"auto: GPU and {why}") if ok else ("torch", f"auto: GPU, {why}")
 
 
 def spectral_clustering(affinity: np.ndarray, n_clusters: int, seed: int = 0,
@@ -543,7 +580,7 @@ def run_clustering(descriptors: np.ndarray, n_clusters: int, backend: str = "aut
     from .evaluate import clustering_scores
 
     started = time.perf_counter()
-    used = resolve_backend(backend)
+    used, why = backend_choice(backend)
     kind = choose_graph(len(descriptors), graph, dense_max)
     if kind == "dense":
         # the torch backend on a GPU builds the affinity there, not in host memory
@@ -556,7 +593,8 @@ def run_clustering(descriptors: np.ndarray, n_clusters: int, backend: str = "aut
         labels, sig = spectral_clustering_knn(descriptors, n_clusters, seed=seed,
                                               backend=used, n_init=n_init,
                                               n_neighbors=n_neighbors, sigma=sigma)
-    out = {"labels": labels, "backend": used, "graph": kind, "sigma": sig,
+    out = {"labels": labels, "backend": used, "backend_reason": why, "graph": kind,
+           "sigma": sig,
            "seconds": time.perf_counter() - started,
            "sizes": np.bincount(labels, minlength=n_clusters).tolist()}
     if kind == "knn":

@@ -116,16 +116,17 @@ class Run:
         cc = with_updates(self.cfg.cluster, seed=self.cfg.seed + self.cfg.cluster.seed)
         res = run_clustering_task(desc[[order[v] for v in ids]], self.cfg.num_classes, cc,
                                   truth, previous, use_gpu=self.plan["cluster"]["gpu"])
-        out = {"round": r, **{k: res[k] for k in ("backend", "graph", "sigma", "seconds",
-                                                   "sizes")},
+        out = {"round": r, **{k: res[k] for k in ("backend", "backend_reason", "graph",
+                                                   "sigma", "seconds", "sizes")},
                "labels": {v: int(k) for v, k in zip(ids, res["labels"])}}
         if "scores" in res:
             out["scores"] = res["scores"]
             out["mapping"] = {mode: {cluster_name(k): v for k, v in cluster_class_mapping(
                 res["labels"], truth, mode).items()} for mode in MAPPING_MODES}
-            s = res["scores"]
-            log(f"  round {r} clustering ({res['backend']}, {res['graph']} graph): "
-                f"NMI {s['nmi']:.3f} ARI {s['ari']:.3f} purity {s['purity']:.3f}", self.quiet)
+        s = res.get("scores")
+        log(f"  round {r} clustering ({res['backend']}: {res['backend_reason']}; "
+            f"{res['graph']} graph)" + (f": NMI {s['nmi']:.3f} ARI {s['ari']:.3f} "
+                                        f"purity {s['purity']:.3f}" if s else ""), self.quiet)
         out.update({k: res[k] for k in ("stability", "silhouette") if res.get(k) is not None})
         self.dir.write_clusters(r, out)
         return {"backend": res["backend"]}

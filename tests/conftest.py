@@ -122,15 +122,19 @@ def fake_cuml(monkeypatch):
 
     calls: dict = {}
 
-    class FakeSpectral:
-        def __init__(self, **kwargs):
-            calls["init"] = kwargs
+    class FakeSpectral:   # the signature of cuML >= 25.10's estimator (what is checked)
+        def __init__(self, n_clusters=8, *, n_components=None, random_state=None,
+                     n_neighbors=10, n_init=10, eigen_tol="auto",
+                     affinity="nearest_neighbors", verbose=False, output_type=None):
+            calls["init"] = {"n_clusters": n_clusters, "random_state": random_state,
+                             "n_init": n_init, "affinity": affinity}
 
         def fit_predict(self, affinity):
             calls["affinity"] = affinity
             return np.zeros(affinity.shape[0], dtype=np.int32)
 
     fake = types.ModuleType("cuml")
+    fake.__version__ = "25.10.00"
     fake.cluster = types.SimpleNamespace(SpectralClustering=FakeSpectral)
     monkeypatch.setitem(sys.modules, "cuml", fake)
     monkeypatch.setitem(sys.modules, "cuml.cluster", fake.cluster)

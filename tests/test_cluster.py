@@ -97,6 +97,40 @@ def test_cuml_backend_passes_the_precomputed_affinity(fake_cuml, monkeypatch):
     assert cluster.resolve_backend("auto") == "sklearn"
 
 
+def test_cuml_is_used_only_with_the_api_acl_dist_calls(fake_cuml, monkeypatch):
+    """An older cuML imports but has no SpectralClustering, or one without 'affinity':
+    'auto' then runs torch on the GPU and says why; an explicit 'cuml' is an error."""
+    import sys
+    import types
+
+    from acl_dist import clustering as cluster
+
+    monkeypatch.setattr(cluster, "gpu_available", lambda: True)
+    assert cluster.backend_choice("auto") == ("cuml", "auto: GPU and cuML 25.10.00")
+    old = types.ModuleType("cuml")
+    old.__version__ = "24.12.00"
+    old.cluster = types.SimpleNamespace()          # no SpectralClustering
+    monkeypatch.setitem(sys.modules, "cuml", old)
+    monkeypatch.setitem(sys.modules, "cuml.cluster", old.cluster)
+    used, why = cluster.backend_choice("auto")
+    assert used == "torch" and "cuML 24.12.00 has no cuml.cluster.SpectralClustering" in why
+    with pytest.raises(ValueError, match="cluster.backend=cuml: cuML 24.12.00 has no"):
+        cluster.backend_choice("cuml")
+
+    class NoAffinity:
+        def __init__(self, n_clusters=8, random_state=None, n_init=10):
+            pass
+    old.cluster = types.SimpleNamespace(SpectralClustering=NoAffinity)
+    monkeypatch.setitem(sys.modules, "cuml.cluster", old.cluster)
+    used, why = cluster.backend_choice("auto")
+    assert used == "torch" and why.endswith("SpectralClustering takes no affinity")
+    monkeypatch.setitem(sys.modules, "cuml", None)    # not installed
+    assert cluster.backend_choice("auto") == ("torch", "auto: GPU, cuML not importable "
+                                                       "(ModuleNotFoundError)")
+    monkeypatch.setattr(cluster, "gpu_available", lambda: False)
+    assert cluster.backend_choice("auto") == ("sklearn", "auto: no GPU")
+
+
 def test_contrast_descriptor_cancels_what_is_everywhere():
     from acl_dist.clustering import contrast_descriptor
 
