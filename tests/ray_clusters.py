@@ -85,13 +85,15 @@ class Cluster:
         self.dashboard = f"http://127.0.0.1:{dashboard_port}"
         self.procs: list[subprocess.Popen] = []
 
-    def start_head(self, args: list[str], log: Path) -> None:
-        """``ray start --head`` with ``args``; returns once it accepts jobs."""
+    def start_head(self, args: list[str], log: Path,
+                   env: dict[str, str] | None = None) -> None:
+        """``ray start --head`` with ``args`` (and ``env``, default the client's);
+        returns once it accepts jobs."""
         self.procs.append(start_node(["--head", f"--port={self.gcs.split(':')[1]}",
                                       "--dashboard-host=127.0.0.1",
                                       f"--dashboard-port={self.dashboard.rsplit(':', 1)[1]}",
                                       f"--ray-client-server-port={free_port()}",
-                                      *own_ports(), *args], self.env, log))
+                                      *own_ports(), *args], env or self.env, log))
         deadline = time.time() + 90
         while self.cli("job", "list", "--address", self.dashboard,
                        check=False).returncode != 0:

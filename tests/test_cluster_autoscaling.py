@@ -1,23 +1,29 @@
-"""A cold autoscaling GPU cluster on this machine: Ray's ``fake_multinode`` provider with
-``cluster.yaml``'s own node types (fake GPUs: plan and scheduling only, no CUDA), the head
-alone up. A job asks for its plan (``run --plan --json --wait``): it must plan GPU training
-from what the cluster can hold, ask the autoscaler for it, see the nodes come up, and plan
-the same as the pure sizing of the real ``cluster.yaml``; a second job on the now warm
-cluster plans the same.
+"""A cold autoscaling GPU cluster on this machine, set up as docs/cluster.md tells a user:
+Ray's ``fake_multinode`` provider with ``cluster.yaml``'s own node types (fake GPUs: plan
+and scheduling only, no CUDA), the launcher config at ``~/ray_bootstrap_config.yaml`` as
+``ray up`` leaves it on a head, and token authentication with Ray's default settings: a
+token made by ``ray get-auth-token --generate`` in ``~/.ray/auth_token`` (no RAY_AUTH_MODE
+or RAY_AUTH_TOKEN on the nodes: Ray turns authentication on because the file exists), the
+client with ``RAY_AUTH_MODE=token``. ``HOME`` is a temporary directory throughout.
 
-The head is started as ``RAY_FAKE_CLUSTER=1 ray start --head --block --autoscaling-config``
-and stopped by its process group (``AutoscalingCluster.start/shutdown`` run ``ray stop``).
+A job asks for its plan (``run --plan --json --wait``): it must plan GPU training from what
+the cluster can hold, ask the autoscaler for it, see the nodes come up, and plan the same as
+the pure sizing of the real ``cluster.yaml``; a second job on the now warm cluster plans the
+same. The head is started as ``RAY_FAKE_CLUSTER=1 ray start --head --block
+--autoscaling-config`` and stopped by its process group (``AutoscalingCluster.start/
+shutdown`` run ``ray stop``).
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from ray_clusters import REPO, Cluster, cluster_env, free_port, stop_nodes
+from ray_clusters import RAY, REPO, Cluster, cluster_env, free_port, stop_nodes
 
 from acl_dist.config import load_config
 from acl_dist.plan import resolve_config, run_plan
@@ -53,23 +59,30 @@ def fake_config(launcher: dict, gcs: str) -> dict:
 
 @pytest.fixture(scope="module")
 def autoscaling_cluster(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("autoscaling")
+    home = tmp_path_factory.mktemp("home")
     launcher = yaml.safe_load((REPO / "cluster.yaml").read_text())
-    c = Cluster(cluster_env(RAY_FAKE_CLUSTER="1"), free_port(), free_port())
-    config = tmp / "fake.yaml"
-    config.write_text(yaml.safe_dump(fake_config(launcher, c.gcs)))
+    node_env = {k: v for k, v in cluster_env(RAY_FAKE_CLUSTER="1", HOME=str(home)).items()
+                if not k.startswith("RAY_AUTH_")}          # Ray's defaults
+    subprocess.run([RAY, "get-auth-token", "--generate"], env=node_env, check=True,
+                   capture_output=True, timeout=60)
+    assert (home / ".ray" / "auth_token").exists()
+    client = dict(node_env, RAY_AUTH_MODE="token")        # what docs/cluster.md says
+    c = Cluster(client, free_port(), free_port())
+    (home / "ray_bootstrap_config.yaml").write_text(yaml.safe_dump(fake_config(launcher,
+                                                                               c.gcs)))
     head_cpus = launcher["available_node_types"][launcher["head_node_type"]]["resources"]
     try:
         c.start_head(["--node-ip-address=127.0.0.1", f"--num-cpus={head_cpus['CPU']}",
                       "--object-store-memory=200000000", "--disable-usage-stats",
-                      f"--autoscaling-config={config}"], tmp / "head.log")
-        yield c, launcher, config
+                      f"--autoscaling-config={home / 'ray_bootstrap_config.yaml'}"],
+                     home / "head.log", env=node_env)
+        yield c, launcher
     finally:
         stop_nodes(c.procs)
 
 
-def job_plan(c: Cluster, args: list[str], config: Path) -> tuple[dict, str]:
-    job = c.submit(*args, env_vars={"ACL_DIST_CLUSTER_CONFIG": str(config)})
+def job_plan(c: Cluster, args: list[str]) -> tuple[dict, str]:
+    job = c.submit(*args)
     deadline = time.time() + 300
     while (state := c.status(job)) not in ("SUCCEEDED", "FAILED", "STOPPED"):
         assert time.time() < deadline, c.logs(job)
@@ -82,12 +95,16 @@ def job_plan(c: Cluster, args: list[str], config: Path) -> tuple[dict, str]:
 
 
 def test_a_cold_gpu_cluster_plans_gpu_training_and_scales_up(autoscaling_cluster, tiny_store):
-    c, launcher, config = autoscaling_cluster
+    c, launcher = autoscaling_cluster
     store, _ = tiny_store
     args = ["--store", store, "--out", "/nonexistent/never-written", "--mode",
             "unsupervised", "--num-classes", "4", "--config", "tiny"]
+    # token authentication is on: a client without the token is refused
+    other_home = dict(c.env, HOME=str(Path(store).parent))
+    refused = c.cli("job", "list", "--address", c.dashboard, env=other_home, check=False)
+    assert refused.returncode != 0 and "token" in (refused.stdout + refused.stderr).lower()
     assert c.nodes("gpu_worker") == 0                       # cold: the head alone
-    cold, logs = job_plan(c, [*args, "--plan", "--json", "--wait"], config)
+    cold, logs = job_plan(c, [*args, "--plan", "--json", "--wait"])
     # the plan: from what the cluster can hold, not from what was up
     assert cold["capacity"]["gpus"] == 0 and cold["capacity"]["max_gpus"] == 32
     assert cold["train"]["use_gpu"] and cold["train"]["workers"] == 4
@@ -106,7 +123,7 @@ def test_a_cold_gpu_cluster_plans_gpu_training_and_scales_up(autoscaling_cluster
     for key in ("train", "cluster", "attention", "request", "config"):
         assert cold[key] == expected[key], key
     # a warm cluster (the node stays for the idle timeout): the same plan, nothing to wait
-    warm, logs = job_plan(c, [*args, "--plan", "--json", "--wait"], config)
+    warm, logs = job_plan(c, [*args, "--plan", "--json", "--wait"])
     assert warm["capacity"]["gpus"] >= 4
     for key in ("train", "cluster", "attention", "request", "config"):
         assert warm[key] == cold[key], key

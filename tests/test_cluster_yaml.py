@@ -28,6 +28,12 @@ def test_no_secrets_and_private_dashboard():
     assert "--dashboard-host=127.0.0.1" in head
     for node in cfg["available_node_types"].values():
         assert "IamInstanceProfile" in node["node_config"]  # S3 through the instance role
+    # token authentication: the token travels as a file mount, never in the YAML, and
+    # every node starts with it required
+    assert cfg["file_mounts"]["/home/ray/.ray/auth_token"] == "~/.ray/auth_token"
+    assert "RAY_AUTH_TOKEN" not in text
+    for cmd in (cfg["head_start_ray_commands"][-1], cfg["worker_start_ray_commands"][-1]):
+        assert "export RAY_AUTH_MODE=token;" in cmd and "ray start" in cmd
 
 
 def test_resources_fit_what_the_jobs_request():
