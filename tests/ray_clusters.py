@@ -101,6 +101,13 @@ class Cluster:
                 raise AssertionError("the head did not start:\n" + log.read_text())
             time.sleep(1)
 
+    def add_node(self, args: list[str], log: Path) -> None:
+        """``ray start --address`` of a node with ``args`` joining this cluster (not waited
+        for); its ``args`` and ``log`` are kept for a replacement node."""
+        self.node_args, self.node_log = args, log
+        self.procs.append(start_node([f"--address={self.gcs}", *own_ports(), *args],
+                                     self.env, log))
+
     def nodes(self, node_type: str = r"\S+") -> int:
         """Active nodes (of ``node_type``), as ``ray status`` lists them."""
         out = self.cli("status", "--address", self.gcs).stdout

@@ -3,8 +3,9 @@ processes on 127.0.0.1 with token authentication, jobs sent with ``ray job submi
 
 * a client without the token is refused;
 * a run whose store, run directory and Ray Train storage are on S3 (moto), with one Ray
-  Train worker per node (STRICT_SPREAD): a training worker is killed mid-round (Ray Train
-  restarts the group from the last checkpoint), the driver is killed between rounds, and
+  Train worker per node (STRICT_SPREAD): the second node is killed whole mid-round and a
+  replacement joins (Ray Train restarts the group from the last checkpoint, as after a
+  spot preemption), the driver is killed between rounds, and
   ``--resume`` finishes from the bucket without recomputing a finished step; its round 0
   (clustering of mean-pooled features, before any training) equals the session's
   single-node run of the same store and seed;
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
-from ray_clusters import Cluster, cluster_env, free_port, own_ports, start_node, stop_nodes
+from ray_clusters import Cluster, cluster_env, free_port, stop_nodes
 
 pytestmark = pytest.mark.ray
 
@@ -48,8 +49,7 @@ def cluster(s3_endpoint, tmp_path_factory):
         # runtime-env agent re-extracts each job's working_dir over the one the driver runs
         # in (the driver's cwd vanishes; acl-dist tune copes, see run_tune). A separate
         # --temp-dir for the node left the head's job agent unavailable for minutes.
-        c.procs.append(start_node([f"--address={c.gcs}", *own_ports(), *common], c.env,
-                                  logs / "node.log"))
+        c.add_node(common, logs / "node.log")
         deadline = time.time() + 90
         while c.nodes() < 2:
             if time.time() > deadline or c.procs[1].poll() is not None:
@@ -94,7 +94,7 @@ def _driver_pid(run_dir: str, script: str = "jobs/run_acl.py") -> int:
     raise AssertionError(f"no driver process runs {run_dir}")
 
 
-def test_s3_two_node_run_survives_a_worker_kill_and_resumes_after_a_driver_kill(
+def test_s3_two_node_run_survives_a_node_kill_and_resumes_after_a_driver_kill(
         cluster, s3_endpoint, unsupervised_run):
     import s3fs
 
@@ -123,9 +123,14 @@ def test_s3_two_node_run_survives_a_worker_kill_and_resumes_after_a_driver_kill(
         time.sleep(0.2)
     workers = _train_workers(cluster)
     assert len(workers) == 2 and workers[0][1] != workers[1][1], workers  # one per node
-    os.kill(workers[1][0], signal.SIGKILL)
+    # the second node dies whole (as a preempted spot instance: raylet, object store, its
+    # training worker and whatever Ray Data ran there); a replacement joins, as the
+    # autoscaler would start one, and the group restarts across both nodes
+    os.killpg(cluster.procs[1].pid, signal.SIGKILL)
+    cluster.add_node(cluster.node_args, cluster.node_log.with_name("replacement.log"))
     cluster.wait_for_log(job, r"round 0: training restarted, resuming from the checkpoint "
-                              r"of step \d+0\b")
+                              r"of step \d+0\b", timeout=240)
+    assert len(_train_workers(cluster)) == 2
     # 2. kill the driver between rounds (after round 0's last step is recorded)
     deadline = time.time() + 400
     while True:
