@@ -113,6 +113,13 @@ def run_plan(cfg: RunConfig, capacity: resources.Capacity) -> dict[str, Any]:
     tc = cfg.train
     gpu = bool(tc.use_gpu)
     worker = {"CPU": float(tc.cpus_per_worker), **({"GPU": 1.0} if gpu else {})}
+    if capacity.on_cluster:   # a request the cluster can never hold would wait forever
+        for key, most in (("GPU", capacity.max_gpus), ("CPU", capacity.max_cpus)):
+            need = worker.get(key, 0.0) * tc.workers
+            if need > most:
+                raise ConfigError(f"the plan needs {need:g} {key}s ({tc.workers} training "
+                                  f"workers x {worker[key]:g}) but the cluster can hold "
+                                  f"{most:g} ({capacity.describe()}); lower train.workers")
     if gpu:      # one actor per GPU the training held: those nodes are up
         actors = max(1, tc.workers)
     else:

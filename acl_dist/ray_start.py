@@ -193,12 +193,14 @@ def ensure_capacity(bundles: list[dict[str, float]], timeout_s: float,
     while missing := short():
         now = time.monotonic()
         up = ray.cluster_resources()
-        status = ", ".join(f"{up.get(k, 0):g}/{v:g} {k}s up" for k, v in need.items() if v)
-        if now - start > timeout_s:
-            raise CapacityError(f"the cluster did not bring up {status.replace('up', '')}"
-                                f"within {timeout_s:.0f} s (still short of {missing}); "
-                                "see `ray status` and the autoscaler's log, or size the run "
-                                "to what is up (train.workers, train.use_gpu)")
+        status = ", ".join(f"{up.get(k, 0):g} of {v:g} {k}s up" for k, v in need.items()
+                           if v)
+        if now - start >= timeout_s:
+            short = ", ".join(f"{v:g} {k}s" for k, v in missing.items())
+            raise CapacityError(f"the cluster did not bring up the plan's resources within "
+                                f"{timeout_s:.0f} s ({status}; short of {short}): see "
+                                "`ray status` and the autoscaler's log, or size the run to "
+                                "what is up (train.workers, train.use_gpu)")
         if now - last >= 30:
             log(f"  waiting for the cluster: {status} "
                 f"({timeout_s - (now - start):.0f} s left)", quiet)

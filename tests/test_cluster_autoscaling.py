@@ -26,7 +26,7 @@ import yaml
 from ray_clusters import RAY, REPO, Cluster, cluster_env, free_port, stop_nodes
 
 from acl_dist.config import load_config
-from acl_dist.plan import resolve_config, run_plan
+from acl_dist.plan import describe_plan, resolve_config, run_plan
 from acl_dist.resources import capacity_from, node_types_from_launcher
 from acl_dist.store import FeatureStore
 
@@ -122,10 +122,20 @@ def test_a_cold_gpu_cluster_plans_gpu_training_and_scales_up(autoscaling_cluster
                                        gpus=cap.max_gpus), cap)
     for key in ("train", "cluster", "attention", "request", "config"):
         assert cold[key] == expected[key], key
-    # a warm cluster (the node stays for the idle timeout): the same plan, nothing to wait
-    warm, logs = job_plan(c, [*args, "--plan", "--json", "--wait"])
-    assert warm["capacity"]["gpus"] >= 4
-    for key in ("train", "cluster", "attention", "request", "config"):
-        assert warm[key] == cold[key], key
+    # a warm cluster (the node stays for the idle timeout): the same plan as text, nothing
+    # asked for or waited on
+    job = c.submit(*args, "--plan", "--wait")
+    deadline = time.time() + 300
+    while (state := c.status(job)) not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        assert time.time() < deadline, c.logs(job)
+        time.sleep(2)
+    logs = c.logs(job)
+    assert state == "SUCCEEDED", logs
+    start = logs.index("plan on ")
+    warm = logs[start:].splitlines()[:4]
+    print("\n".join(["cold:", *describe_plan(cold), "warm:", *warm]))   # for the record
+    assert warm[0].startswith("plan on autoscaling cluster: 48 CPUs, 4 GPUs up, can hold "
+                              "384 CPUs and 32 GPUs")
+    assert warm[1:] == describe_plan(cold)[1:]
     assert "asked the autoscaler" not in logs
     assert not Path("/nonexistent/never-written").exists()

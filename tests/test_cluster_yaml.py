@@ -70,3 +70,45 @@ def test_resources_fit_what_the_jobs_request():
     # the clustering task and attention actors ask for one GPU each: a GPU node has one
     assert all(n["resources"]["GPU"] >= 1 for n in gpu_types)
     assert isinstance(run, RunConfig)
+
+
+def test_image_is_built_from_the_dockerfile_on_the_pinned_ray():
+    """Checked statically (this machine has a Docker client but no daemon, and no registry
+    to pull Ray's image from): the Dockerfile starts from the Ray release pyproject.toml
+    pins, installs the package with its GPU extra at build time, and cluster.yaml runs that
+    image with nothing left to install at boot."""
+    import re
+
+    docker = (ROOT / "docker" / "Dockerfile").read_text()
+    pin = re.search(r'"ray\[[^\]]*\]==([\d.]+)"', (ROOT / "pyproject.toml").read_text())[1]
+    base = re.search(r"^FROM (\S+)$", docker, re.MULTILINE)[1]
+    assert base == f"rayproject/ray:{pin}-py311-gpu"
+    assert "pip install --no-cache-dir -e '.[gpu]'" in docker
+    for path in re.findall(r"^COPY \S+ (.+) \./", docker, re.MULTILINE):
+        for name in path.split():
+            assert (ROOT / name).exists(), name        # what the image copies exists
+    cfg = load()
+    assert cfg["docker"]["image"].endswith("/acl-dist:0.1.0")
+    assert not any("pip install" in c for c in cfg["setup_commands"])
+    assert cfg["file_mounts"]["/home/ray/acl-dist"] == "."
+
+
+def test_two_iam_roles_head_launches_workers_read_and_write_s3():
+    import json
+
+    head = json.loads((ROOT / "docs" / "iam" / "head-policy.json").read_text())
+    worker = json.loads((ROOT / "docs" / "iam" / "worker-policy.json").read_text())
+
+    def actions(policy):
+        return {a for st in policy["Statement"] for a in
+                ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])}
+    assert {"ec2:RunInstances", "ec2:TerminateInstances", "ec2:CreateTags",
+            "ec2:DescribeInstances", "iam:PassRole"} <= actions(head)
+    passrole = [st for st in head["Statement"] if st["Action"] == "iam:PassRole"]
+    assert passrole and all(st["Resource"].endswith(":role/acl-dist-worker") for st in passrole)
+    assert actions(worker) == {"s3:ListBucket", "s3:GetObject", "s3:PutObject",
+                               "s3:DeleteObject"}
+    assert {a for a in actions(head) if a.startswith("s3:")} == actions(worker)
+    nodes = load()["available_node_types"]
+    profiles = {n: t["node_config"]["IamInstanceProfile"]["Name"] for n, t in nodes.items()}
+    assert profiles == {"head": "acl-dist-head", "gpu_worker": "acl-dist-worker"}

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from acl_dist.config import RunConfig, load_config
+from acl_dist.errors import ConfigError
 from acl_dist.plan import describe_plan, resolve_config, run_plan
 from acl_dist.resources import (Capacity, NodeType, capacity_from, machine_cores,
                                 node_types_from_launcher, training_workers)
@@ -94,3 +95,36 @@ def test_explicit_settings_win_and_a_cpu_plan_stays_on_cpus(tiny_store):
 ])
 def test_training_workers(cpus, gpus, use_gpu, batch, k, expected):
     assert training_workers(cpus, gpus, use_gpu, batch, k) == expected
+
+
+def test_a_plan_the_cluster_can_never_hold_is_refused(tiny_store):
+    store, _ = tiny_store
+    cap = cold_cluster_yaml()
+    cfg = resolve_config(load_config("tiny", ["train.workers=40"], mode="unsupervised",
+                                     num_classes=4), FeatureStore.open(store),
+                         cpus=cap.sizing_cpus(), gpus=cap.max_gpus)
+    with pytest.raises(ConfigError, match=r"the plan needs 40 GPUs \(40 training workers x 1\) "
+                                          r"but the cluster can hold 32"):
+        run_plan(cfg, cap)
+
+
+def test_waiting_for_capacity_times_out_with_one_line(monkeypatch):
+    """A cluster that never brings up the GPUs asked for: the run stops after the timeout
+    with a line saying what was missing, and never falls back to CPUs."""
+    import ray
+    import ray.autoscaler.sdk as sdk
+
+    from acl_dist import ray_start
+    from acl_dist.errors import CapacityError
+
+    asked = []
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0})
+    monkeypatch.setattr(sdk, "request_resources", lambda bundles=None, **kw: asked.append(bundles))
+    with pytest.raises(CapacityError, match=r"within 0 s \(4 of 2 CPUs up, 0 of 2 GPUs up; "
+                                             r"short of 2 GPUs\)"):
+        ray_start.ensure_capacity([{"CPU": 1.0, "GPU": 1.0}] * 2, timeout_s=0.0, quiet=True)
+    assert asked == [[{"CPU": 1.0, "GPU": 1.0}] * 2]
+    # what is up already: nothing asked, nothing waited for
+    asked.clear()
+    ray_start.ensure_capacity([{"CPU": 1.0}] * 2, timeout_s=0.0, quiet=True)
+    assert asked == []
