@@ -57,25 +57,30 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write the synthetic benchmark (real timelines) as a store",
                        description="Synthetic two-stream features on the real THUMOS14 or "
                                    "ActivityNet-1.2 timelines, written as a feature store.")
-    p.add_argument("--preset", choices=list(SYNTH_PRESETS), default="thumos14")
+    p.add_argument("--preset", choices=list(SYNTH_PRESETS), default="thumos14",
+                   help="timelines and class set to imitate (default thumos14)")
     p.add_argument("--out", required=True, help="store directory or s3:// prefix")
     p.add_argument("--classes", type=_number(int, 2), help="keep the N most frequent classes")
     p.add_argument("--videos", type=POSITIVE_INT,
                    help="at most N training videos (test scaled alike)")
     p.add_argument("--dim", type=POSITIVE_INT, default=128,
                    help="feature dim per stream (default 128)")
-    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0,
+                   help="seed of the features, timelines and labels (default 0)")
     p.add_argument("--difficulty", type=POSITIVE_FLOAT, default=1.0,
                    help="scales scene, nuisance and noise against the action signal")
     p.add_argument("--scenes", type=POSITIVE_INT,
                    help="shared background scenes (default classes//5)")
-    p.add_argument("--dtype", choices=list(FEATURE_DTYPES), default="float16")
+    p.add_argument("--dtype", choices=list(FEATURE_DTYPES), default="float16",
+                   help="stored feature dtype (default float16)")
     p.add_argument("--npy-layout", metavar="DIR",
                    help="also write the per-video npy-split layout here (for ingest)")
     p.add_argument("--no-report", action="store_true",
                    help="skip the round-0 vs action-pooled clustering report")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing acl-dist store at --out (nothing else)")
+    p.add_argument("--quiet", action="store_true",
+                   help="only results and errors (no progress lines)")
     p.set_defaults(func=cmd_synth)
 
 
@@ -111,7 +116,8 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ingest", help="convert a feature layout into a store",
                        description="Streaming, validated, atomic conversion of precomputed "
                                    "features (FORMATS.md §1) into a feature store.")
-    p.add_argument("--layout", required=True, choices=sorted(LAYOUTS))
+    p.add_argument("--layout", required=True, choices=sorted(LAYOUTS),
+                   help="how the features are laid out on disk (FORMATS.md §1)")
     p.add_argument("--root", required=True, help="the layout's root directory (or s3://)")
     p.add_argument("--gt", help="annotation JSON (ActivityNet v1.2/v1.3, THUMOS gt.json, BSN)")
     p.add_argument("--gt-info", help="BSN video_info_new.csv (subsets for the BSN v1.3 form)")
@@ -121,7 +127,8 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
                    help="let numpy unpickle object arrays (wtalc layout; trusted files only)")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip bad videos / drop bad segments, recording them in the manifest")
-    p.add_argument("--dtype", choices=list(FEATURE_DTYPES), default="float16")
+    p.add_argument("--dtype", choices=list(FEATURE_DTYPES), default="float16",
+                   help="stored feature dtype (default float16)")
     p.add_argument("--fps", type=POSITIVE_FLOAT, default=25.0,
                    help="fps of the feature grid (25)")
     p.add_argument("--snippet-frames", type=POSITIVE_INT, default=16,
@@ -132,8 +139,10 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
                    help="tolerate RGB/flow length differences up to N snippets (trimmed)")
     p.add_argument("--shard-mb", type=POSITIVE_FLOAT, default=128.0,
                    help="MB of features per shard")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing acl-dist store at --out (nothing else)")
+    p.add_argument("--quiet", action="store_true",
+                   help="only results and errors (no progress lines)")
     p.set_defaults(func=cmd_ingest)
 
 
@@ -220,13 +229,21 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="the ACL rounds on Ray (unsupervised or weak)",
                        description="Clustering + co-attention localisation rounds on Ray, "
                                    "then detections and metrics in the run directory.")
-    p.add_argument("--store", help="feature store (local or s3://)")
-    p.add_argument("--out", help="run directory (local or s3://)")
-    p.add_argument("--mode", choices=choices(RunConfig, "mode"))
-    p.add_argument("--num-classes", type=int, help="C: clusters (unsupervised) or classes")
-    p.add_argument("--train-subset")
-    p.add_argument("--test-subset")
-    p.add_argument("--rounds", type=int)
+    p.add_argument("--store", help="feature store (local or s3://; required for a new run)")
+    p.add_argument("--out", help="run directory (local or s3://; required for a new run)")
+    p.add_argument("--mode", choices=choices(RunConfig, "mode"),
+                   help="unsupervised: no labels reach training or clustering; weak: the "
+                        "store's video labels (required for a new run)")
+    p.add_argument("--num-classes", type=int,
+                   help="C: clusters to form (unsupervised) or the store's classes (weak); "
+                        "default: the store's class count")
+    p.add_argument("--train-subset", help="subset to cluster and train on (default: the "
+                                          "store's training subset)")
+    p.add_argument("--test-subset", help="subset to localise and score (default: the "
+                                         "store's test/validation subset)")
+    p.add_argument("--rounds", type=int,
+                   help="clustering + training rounds (unsupervised; default 3, the "
+                        "paper: 4 on ActivityNet, 5 on THUMOS14)")
     p.add_argument("--config", help="YAML file or preset name (" + ", ".join(_presets()) + ")")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted override, e.g. --set train.lr=3e-4 (repeatable)")
@@ -248,7 +265,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scale-timeout", type=_number(float, 1), default=None, metavar="S",
                    help="on an autoscaling cluster, how long to wait for the plan's nodes "
                         "before failing (default 1200)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true",
+                   help="only results and errors (no progress lines)")
     p.set_defaults(func=cmd_run)
 
 
@@ -358,7 +376,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                                    "3 rounds of unsupervised ACL on it with the 'demo' preset "
                                    "(a few minutes on 2 CPU cores) and prints the results.")
     p.add_argument("--out", default="acl-dist-demo", help="directory for the store and run")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true",
+                   help="only results and errors (no progress lines)")
     p.set_defaults(func=cmd_demo)
 
 
@@ -427,7 +446,9 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
                                    "DIR/report.html.")
     p.add_argument("--store", help="feature store (local or s3://)")
     p.add_argument("--out", help="experiment directory (local or s3://)")
-    p.add_argument("--mode", choices=choices(RunConfig, "mode"), default="unsupervised")
+    p.add_argument("--mode", choices=choices(RunConfig, "mode"), default="unsupervised",
+                   help="mode of every trial (default unsupervised; weak tunes with the "
+                        "store's labels)")
     p.add_argument("--num-classes", type=int, help="C: clusters (unsupervised) or classes")
     p.add_argument("--rounds", type=int, help="rounds per trial (ASHA's max_t)")
     p.add_argument("--config", help="base YAML file or preset name (" + ", ".join(_presets())
@@ -437,7 +458,8 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--space", help="search space YAML (default: Z, K, lambda_sep, lambda_trip; "
                                    "see acl_dist/configs/search/default.yaml)")
     p.add_argument("--search", choices=choices(TuneSettings, "search"),
-                   default="random")
+                   default="random", help="searcher (default random; optuna and hyperopt "
+                                          "need their packages)")
     p.add_argument("--num-samples", type=int, default=8,
                    help="trials (with --search grid: repeats of the grid)")
     p.add_argument("--objective", choices=choices(TuneSettings, "objective"),
@@ -449,11 +471,13 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
                    help="training videos held out for validation when the store has no "
                         "validation subset (default 0.2)")
     p.add_argument("--grace-period", type=int, default=1, help="rounds before ASHA may stop")
-    p.add_argument("--reduction-factor", type=int, default=2)
+    p.add_argument("--reduction-factor", type=int, default=2,
+                   help="ASHA keeps 1 in this many trials at each rung (default 2)")
     p.add_argument("--seed", type=int, default=0, help="searcher seed")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="DIR",
                    help="continue an interrupted search (Tuner.restore; DIR or --out)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true",
+                   help="only results and errors (no progress lines)")
     p.set_defaults(func=cmd_tune)
 
 

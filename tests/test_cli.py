@@ -72,3 +72,17 @@ def test_errors_are_one_line_naming_the_problem(tmp_path, capsys):
     code, _, err = run_cli(capsys, "ingest", "--layout", "npy-split", "--root",
                            str(tmp_path / "missing"), "--out", str(tmp_path / "o"))
     assert code == 1 and "no such directory" in err
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    import argparse
+
+    from acl_dist.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions
+               if isinstance(a, argparse._SubParsersAction))
+    silent = {name: [a.option_strings[0] for a in p._actions
+                     if not a.help and not isinstance(a, argparse._HelpAction)]
+              for name, p in sub.choices.items()}
+    assert {name: opts for name, opts in silent.items() if opts} == {}
+    assert set(sub.choices) >= {"demo", "synth", "ingest", "run", "tune", "evaluate", "report"}
