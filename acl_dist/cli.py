@@ -515,7 +515,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if summary["best"] is None:
         raise AclDistError(f"no trial reported a result (see {out}/trials.csv for their "
                            "errors); no best_config.yaml was written")
-    print(f"\nexperiment directory: {out}  (trials.csv, summary.json, best_config.yaml, "
+    print(f"\n{summary['label_use']}")
+    print(f"experiment directory: {out}  (trials.csv, summary.json, best_config.yaml, "
           "report.html)")
     return 0
 

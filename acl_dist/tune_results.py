@@ -18,6 +18,22 @@ REPORTED = ("val_map", "val_map50", "nmi", "silhouette", "stability")
 OBJECTIVES = tuple(choices(TuneSettings, "objective"))
 
 
+def label_use(mode: str, objective: str) -> str:
+    """What labels a search used, said in its outputs (best_config.yaml, summary.json, the
+    CLI): ``val_map`` ranks trials by validation videos scored against their labels, so the
+    chosen config is label-supervised model selection even in unsupervised mode."""
+    if mode == "weak":
+        return ("labels used: weak mode trains on the store's video labels and selects by "
+                "validation mAP")
+    if objective == "val_map":
+        return ("labels used for selection: trials are ranked by validation mAP, validation "
+                "videos scored against their labels (clusters mapped to classes with the "
+                "training videos' labels); no label reached training or clustering. For a "
+                "label-free choice use --objective silhouette or stability")
+    return (f"label-free: no label reached training, clustering or selection (objective "
+            f"{objective}); NMI and val_map are reported beside it when the store has labels")
+
+
 def saved_status(exp_path: str) -> dict[str, str]:
     """Trial id -> status in the experiment's saved state (``TERMINATED``, ``ERROR``, or
     ``PENDING`` for a trial an interrupted search left to ``--resume``). Read back from
@@ -128,6 +144,7 @@ def summarize(results, meta: dict[str, Any], status: dict[str, str]) -> dict[str
     rows = trial_rows(results, meta, status)
     best = best_row(rows)
     return {"objective": meta["settings"]["objective"], "search": meta["settings"]["search"],
+            "label_use": label_use(meta["base"]["mode"], meta["settings"]["objective"]),
             "space": meta["space"], "validation": meta["validation"],
             "concurrent": meta["concurrent"], "resources": meta["resources"],
             "max_rounds": meta["max_rounds"], "trials": rows,
@@ -197,7 +214,7 @@ def write_results(out: str, summary: dict[str, Any], meta: dict[str, Any]) -> No
         cfg = best_config(meta, best)
         header = (f"# acl-dist tune: best of {len(summary['trials'])} trials by "
                   f"{summary['objective']} = {best['objective']:.4f} (trial {best['trial']}, "
-                  f"{best['rounds']} rounds)\n# searched: "
+                  f"{best['rounds']} rounds)\n# {summary['label_use']}\n# searched: "
                   + ", ".join(f"{k}={best[k]}" for k in keys)
                   + "\n# run it: acl-dist run --store STORE --mode "
                   f"{cfg.mode} --out RUN --config best_config.yaml\n")

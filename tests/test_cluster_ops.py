@@ -268,6 +268,10 @@ def test_tune_job_asha_interrupt_resume_on_s3_and_best_config(cluster, s3_endpoi
     assert "spearman" in fs.cat(f"{exp}/report.html").decode().lower()
     # 3. the best config, read from the bucket, is a valid `acl-dist run --config` for the
     # store (a run of it is the same code path as any --config run: tested elsewhere)
+    # the chosen config says that it was selected with labels (val_map)
+    assert summary["label_use"].startswith("labels used for selection")
+    assert "# labels used for selection: trials are ranked by validation mAP" in \
+        fs.cat(f"{exp}/best_config.yaml").decode()
     cfg = load_config(f"{exp}/best_config.yaml")
     assert cfg.train.lr == best["train.lr"] and cfg.train.steps == 20 and cfg.rounds == 2
     assert cfg.val_fraction == 0.0   # the rerun trains on every training video

@@ -285,3 +285,15 @@ def test_trial_rows_of_an_interrupted_search_with_a_trial_never_started():
     assert rows[0]["train.lr"] == 1e-3 and rows[0]["rounds"] == 1 and not rows[0]["unfinished"]
     assert rows[1]["train.lr"] is None and rows[1]["rounds"] == 0 and rows[1]["unfinished"]
     assert rows[0]["stopped_early"]   # finished, error-free, fewer rounds than planned
+
+
+def test_outputs_say_which_labels_a_search_used():
+    from acl_dist.tune_results import label_use
+
+    assert label_use("unsupervised", "val_map").startswith(
+        "labels used for selection: trials are ranked by validation mAP")
+    assert "no label reached training or clustering" in label_use("unsupervised", "val_map")
+    for objective in ("silhouette", "stability"):
+        assert label_use("unsupervised", objective).startswith(
+            "label-free: no label reached training, clustering or selection")
+    assert label_use("weak", "val_map").startswith("labels used: weak mode trains")
