@@ -304,6 +304,10 @@ def run_acl(store: str | None, out: str, cfg: RunConfig | None, resume: bool = F
     (default :func:`acl_dist.resources.default_max_failures`). ``scale_timeout_s``: how
     long a run on an autoscaling cluster waits for its plan's resources (default
     :data:`acl_dist.resources.SCALE_TIMEOUT_S`)."""
+    # local paths made absolute: Ray's workers run elsewhere than this process's cwd, and
+    # run.json names the store for --resume from any directory
+    store, out = (p if p is None or fsutil.is_remote(p) else os.path.abspath(p)
+                  for p in (store, out))
     kwargs = {"quiet": quiet, "label_map_given": label_map_given,
               "max_failures": resources.default_max_failures() if max_failures is None
               else max_failures,

@@ -51,25 +51,6 @@ def test_two_rounds_unsupervised_with_two_workers(unsupervised_run):
     assert list(state)[-1] == "finish" and "round_1.train" in state
 
 
-@pytest.mark.ray
-def test_weak_run_trains_on_video_labels_and_names_classes(ray_session, tiny_store, tmp_path):
-    """Weak mode through Ray: one round on the store's video labels, no clustering, and
-    detections named by the store's classes."""
-    store, _ = tiny_store
-    run = str(tmp_path / "weak")
-    metrics = pipeline.run_acl(store, run, load_config("tiny", mode="weak"), quiet=True)
-    assert metrics["mode"] == "weak" and metrics["label_map"] is None
-    assert [r["round"] for r in metrics["rounds"]] == [0] and metrics["average"] > 0
-    steps = json.loads(open(os.path.join(run, "state.json")).read())["steps"]
-    assert list(steps) == ["round_0.train", "round_0.attention", "round_0.evaluate",
-                           "finish"]
-    classes = json.loads(open(os.path.join(store, "manifest.json")).read())["classes"]
-    labels = {d.label for d in load_detections(os.path.join(run, "detections.json"))}
-    assert labels and labels <= set(classes)
-    ckpt = torch.load(os.path.join(run, "round_0", "model.pt"), weights_only=True)
-    assert ckpt["num_classes"] == len(classes)
-
-
 class FakeSteps:
     """Stand-ins for the Ray steps of :class:`pipeline.Run`: each records its call and
     writes its artifacts (small but readable) through the run's ``RunDir``, so the ledger
