@@ -97,7 +97,10 @@ class Run:
 
     def step_descriptors0(self) -> dict:
         ds = map_descriptors(self.store, self.cfg.train_subset)
-        return {"videos": write_dataset(ds, self.dir.descriptors_path())}
+        return {"videos": write_dataset(ds, self.dir.descriptors_path(),
+                                        "  round 0 descriptors",
+                                        self.store.num_videos(self.cfg.train_subset),
+                                        self.quiet)}
 
     def step_cluster(self, r: int) -> dict:
         """Cluster the training videos' round-``r`` descriptors (one Ray task)."""
@@ -162,7 +165,9 @@ class Run:
                            concurrency=self.attention_actors or self.plan["attention"]["actors"],
                            use_gpu=self.plan["attention"]["gpu"],
                            torch_threads=self._torch_threads())
-        return {"videos": write_dataset(ds, self.dir.outputs_path(r))}
+        total = sum(self.store.num_videos(s) for s in dict.fromkeys(subsets))
+        return {"videos": write_dataset(ds, self.dir.outputs_path(r),
+                                        f"  round {r} attention pass", total, self.quiet)}
 
     def step_finish(self) -> dict:
         videos = [m.video_id for m in self.store.metadata(self.cfg.test_subset)] \

@@ -51,3 +51,44 @@ def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str 
             print(f"{desc}: {count}{of} {unit}s, {now - start:.0f} s", file=sys.stderr, flush=True)
     print(f"{desc}: {count} {unit}s in {time.perf_counter() - start:.1f} s", file=sys.stderr,
           flush=True)
+
+
+class Meter:
+    """Progress counted in units of work (videos written, not batches): :meth:`add` after
+    each piece, :meth:`close` at the end; printed as :func:`progress` prints."""
+
+    def __init__(self, desc: str, total: int | None = None, unit: str = "it",
+                 quiet: bool | None = None, every_s: float = 10.0):
+        self.desc, self.total, self.unit, self.every_s = desc, total, unit, every_s
+        self.quiet = is_quiet(quiet)
+        self.count = 0
+        self.start = self.last = time.perf_counter()
+        self.bar = None
+        if not self.quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc=desc, total=total, unit=unit, file=sys.stderr)
+
+    def add(self, n: int) -> None:
+        self.count += n
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.perf_counter()
+        if now - self.last >= self.every_s:
+            self.last = now
+            of = f"/{self.total}" if self.total else ""
+            rate = self.count / max(now - self.start, 1e-9)
+            print(f"{self.desc}: {self.count}{of} {self.unit}s, {now - self.start:.0f} s "
+                  f"({rate:.0f} {self.unit}s/s)", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.close()
+            return
+        print(f"{self.desc}: {self.count} {self.unit}s in "
+              f"{time.perf_counter() - self.start:.1f} s", file=sys.stderr, flush=True)

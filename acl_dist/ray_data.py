@@ -21,6 +21,7 @@ from .clustering import contrast_descriptor, video_descriptor
 from .config import LocalizeConfig, from_dict, to_dict
 from .infer import load_models, predict
 from .localize import localize_video
+from .progress import Meter
 from .ray_start import cluster_gpus
 from .store import FeatureStore, feature_views
 from .timegrid import SnippetGrid
@@ -171,9 +172,12 @@ def map_attention(store: FeatureStore, subsets: list[str], checkpoint_path: str,
                                "descriptor": descriptor, "torch_threads": torch_threads})
 
 
-def write_dataset(ds, path: str) -> int:
-    """Stream a dataset's batches into one Parquet file, atomically; returns rows written."""
+def write_dataset(ds, path: str, desc: str | None = None, total: int | None = None,
+                  quiet: bool | None = None) -> int:
+    """Stream a dataset's batches into one Parquet file, atomically; returns rows written.
+    With ``desc``, a progress line every 10 s (videos written of ``total``, rate)."""
     rows = 0
+    meter = Meter(desc, total, "video", quiet) if desc else None
     if fsutil.is_remote(path):
         tmp_ctx = None
         target = path
@@ -193,9 +197,13 @@ def write_dataset(ds, path: str) -> int:
                     writer = pq.ParquetWriter(fh, table.schema, compression="none")
                 writer.write_table(table)
                 rows += table.num_rows
+                if meter is not None:
+                    meter.add(table.num_rows)
             if writer is None:
                 raise RuntimeError(f"no rows to write to {path}")
             writer.close()
+            if meter is not None:
+                meter.close()
         if tmp_ctx is not None:
             os.replace(target, path)
     except BaseException:

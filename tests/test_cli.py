@@ -86,3 +86,21 @@ def test_every_option_of_every_command_says_what_it_does():
               for name, p in sub.choices.items()}
     assert {name: opts for name, opts in silent.items() if opts} == {}
     assert set(sub.choices) >= {"demo", "synth", "ingest", "run", "tune", "evaluate", "report"}
+
+
+def test_meter_counts_units_and_prints_lines_off_a_terminal(capsys):
+    from acl_dist.progress import Meter
+
+    meter = Meter("  round 1 attention pass", total=10, unit="video", quiet=False,
+                  every_s=0.0)
+    meter.add(4)
+    meter.add(6)
+    meter.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("  round 1 attention pass: 4/10 videos, 0 s (")
+    assert lines[1].startswith("  round 1 attention pass: 10/10 videos")
+    assert lines[2].startswith("  round 1 attention pass: 10 videos in ")
+    quiet = Meter("x", quiet=True, every_s=0.0)
+    quiet.add(3)
+    quiet.close()
+    assert capsys.readouterr().err == "" and quiet.count == 3
