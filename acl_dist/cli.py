@@ -24,6 +24,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+QUIET_HELP = "only results and errors (no progress lines)"
+
+
 def _number(kind: type, low: float | None = None, low_open: bool = False,
             high: float | None = None) -> Callable[[str], float]:
     """An argparse type: ``kind`` (int or float) within ``[low, high]`` (``low_open``:
@@ -79,8 +82,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
                    help="skip the round-0 vs action-pooled clustering report")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing acl-dist store at --out (nothing else)")
-    p.add_argument("--quiet", action="store_true",
-                   help="only results and errors (no progress lines)")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(func=cmd_synth)
 
 
@@ -141,8 +143,7 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
                    help="MB of features per shard")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing acl-dist store at --out (nothing else)")
-    p.add_argument("--quiet", action="store_true",
-                   help="only results and errors (no progress lines)")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(func=cmd_ingest)
 
 
@@ -265,8 +266,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scale-timeout", type=_number(float, 1), default=None, metavar="S",
                    help="on an autoscaling cluster, how long to wait for the plan's nodes "
                         "before failing (default 1200)")
-    p.add_argument("--quiet", action="store_true",
-                   help="only results and errors (no progress lines)")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(func=cmd_run)
 
 
@@ -335,12 +335,9 @@ def _print_plan(store: str | None, out: str, cfg: Any, args: argparse.Namespace)
     else:
         _, _, plan = plan_new_run(store, cfg, quiet)
     if args.wait and resources.on_a_cluster():
-        timeout = args.scale_timeout or resources.SCALE_TIMEOUT_S
-        try:
-            ray_start.ensure_capacity(plan["request"], timeout, quiet)
+        with ray_start.capacity_held(plan["request"],
+                                     args.scale_timeout or resources.SCALE_TIMEOUT_S, quiet):
             plan["scaled_to"] = ray_start.cluster_capacity(quiet).to_dict()
-        finally:
-            ray_start.release_capacity()
     print(json.dumps(plan, indent=1) if args.json else "\n".join(describe_plan(plan)))
     return 0
 
@@ -376,8 +373,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                                    "3 rounds of unsupervised ACL on it with the 'demo' preset "
                                    "(a few minutes on 2 CPU cores) and prints the results.")
     p.add_argument("--out", default="acl-dist-demo", help="directory for the store and run")
-    p.add_argument("--quiet", action="store_true",
-                   help="only results and errors (no progress lines)")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(func=cmd_demo)
 
 
@@ -476,8 +472,7 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="searcher seed")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="DIR",
                    help="continue an interrupted search (Tuner.restore; DIR or --out)")
-    p.add_argument("--quiet", action="store_true",
-                   help="only results and errors (no progress lines)")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(func=cmd_tune)
 
 

@@ -21,6 +21,7 @@ is marked done, so ``--resume`` reruns exactly the first unfinished step and wha
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from functools import partial
@@ -216,22 +217,18 @@ class Run:
             self.dir.write_plan(self.plan)
         for line in describe_plan(self.plan):
             log(line, self.quiet)
-        asked = self._scale_up()
-        try:
+        with self._scale_up():
             self._run_steps()
-        finally:
-            if asked:
-                ray_start.release_capacity()
         return self.dir.read_metrics()
 
-    def _scale_up(self) -> bool:
-        """On a cluster, before the first training still to run: ask the autoscaler for
-        the plan's resources and wait for them. Whether it asked."""
-        pending = any(not self.dir.done(n) for n, _ in self.schedule() if n.endswith(".train"))
+    def _scale_up(self) -> contextlib.AbstractContextManager:
+        """On a cluster, before the first training still to run: the plan's resources,
+        asked of the autoscaler and waited for, held while the steps run."""
+        done = self.dir.state()["steps"]
+        pending = any(n not in done for n, _ in self.schedule() if n.endswith(".train"))
         if self.scale_timeout_s is None or not pending or not resources.on_a_cluster():
-            return False
-        ray_start.ensure_capacity(self.plan["request"], self.scale_timeout_s, self.quiet)
-        return True
+            return contextlib.nullcontext()
+        return ray_start.capacity_held(self.plan["request"], self.scale_timeout_s, self.quiet)
 
     def _run_steps(self) -> None:
         for name, action in self.schedule():

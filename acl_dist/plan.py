@@ -99,6 +99,13 @@ def resolve_config(cfg: RunConfig, store: FeatureStore, cpus: int | None = None,
                                "steps": steps, "cpus_per_worker": cpw, "max_len": max_len})
 
 
+def worker_resources(cfg: RunConfig) -> dict[str, float]:
+    """The Ray resources of one training worker of a resolved config: its CPUs, and one GPU
+    when it trains on GPUs (the bundle an autoscaler is asked for, per worker)."""
+    tc = cfg.train
+    return {"CPU": float(tc.cpus_per_worker), **({"GPU": 1.0} if tc.use_gpu else {})}
+
+
 def run_plan(cfg: RunConfig, capacity: resources.Capacity) -> dict[str, Any]:
     """Where each step of a resolved run runs, and what the run asks the cluster for
     (``plan.json``; ``acl-dist run --plan --json``). A GPU run puts every step on GPUs and a
@@ -112,7 +119,7 @@ def run_plan(cfg: RunConfig, capacity: resources.Capacity) -> dict[str, Any]:
     """
     tc = cfg.train
     gpu = bool(tc.use_gpu)
-    worker = {"CPU": float(tc.cpus_per_worker), **({"GPU": 1.0} if gpu else {})}
+    worker = worker_resources(cfg)
     if capacity.on_cluster:   # a request the cluster can never hold would wait forever
         for key, most in (("GPU", capacity.max_gpus), ("CPU", capacity.max_cpus)):
             need = worker.get(key, 0.0) * tc.workers

@@ -1,5 +1,4 @@
-"""The clustering step as one Ray task (a GPU when the cluster has one and the backend
-can use it)."""
+"""The clustering step as one Ray task (on a GPU when the run's plan says so)."""
 
 from __future__ import annotations
 
@@ -8,23 +7,19 @@ from typing import Any
 import numpy as np
 
 from .clustering import run_clustering
-from .ray_start import cluster_gpus
 
 
 def run_clustering_task(descriptors: np.ndarray, n_clusters: int, cc: Any,
                         truth: list[str] | None, previous: np.ndarray | None,
-                        use_gpu: bool | None = None) -> dict:
+                        use_gpu: bool) -> dict:
     """Spectral clustering (:func:`acl_dist.clustering.run_clustering` with the round's
-    :class:`~acl_dist.config.ClusterConfig` ``cc``) as one Ray task; on a GPU when
-    ``use_gpu`` (the run's plan), else (None) when the cluster has one now and the backend
-    can use it."""
+    :class:`~acl_dist.config.ClusterConfig` ``cc``) as one Ray task, on a GPU when
+    ``use_gpu`` (the run's plan)."""
     import ray
 
-    wants_gpu = use_gpu if use_gpu is not None else \
-        cc.backend in ("auto", "torch", "cuml") and cluster_gpus() > 0
     # "DEFAULT", not inherited: inside a Tune trial a task would otherwise be captured by
     # the trial's placement group (0.01 CPU) and could never be scheduled.
-    task = ray.remote(num_cpus=1, num_gpus=1 if wants_gpu else 0,
+    task = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0,
                       scheduling_strategy="DEFAULT")(run_clustering)
     return ray.get(task.remote(descriptors, n_clusters, cc.backend, cc.seed, cc.n_init,
                                cc.sigma, truth, previous, cc.graph, cc.n_neighbors,

@@ -15,14 +15,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import fsutil, resources
+from . import fsutil
 from .artifacts import load_checkpoint, outputs_schema
 from .clustering import contrast_descriptor, video_descriptor
 from .config import LocalizeConfig, from_dict, to_dict
 from .infer import load_models, predict
 from .localize import localize_video
 from .progress import Meter
-from .ray_start import cluster_gpus
 from .store import FeatureStore, feature_views
 from .timegrid import SnippetGrid
 
@@ -146,18 +145,14 @@ def map_descriptors(store: FeatureStore, subset: str, concurrency: int = 1):
 def map_attention(store: FeatureStore, subsets: list[str], checkpoint_path: str,
                   detect_subsets: list[str], localize: LocalizeConfig,
                   describe_subset: str | None, detect_ids: list[str] = (),
-                  descriptor: str = "contrast", concurrency: int | None = None,
+                  descriptor: str = "contrast", concurrency: int = 1,
                   use_gpu: bool = False, torch_threads: int | None = None):
-    """The trained models over the videos of ``subsets``: an actor pool of
-    :class:`AttentionPass`, one actor per GPU (or per 4 CPUs without GPUs) by default.
+    """The trained models over the videos of ``subsets``: a pool of ``concurrency``
+    :class:`AttentionPass` actors (the run's plan: one per GPU it trains on, or per 4 CPUs).
     Videos of ``detect_subsets`` and ``detect_ids`` are localised; those of
     ``describe_subset`` (other than ``detect_ids``) get the next round's descriptor."""
-    import ray
     from ray.data import ActorPoolStrategy
 
-    if concurrency is None:
-        concurrency = resources.attention_actors(ray.cluster_resources().get("CPU", 1),
-                                                 cluster_gpus(), use_gpu)
     # a GPU actor asks for the GPU alone (Ray Data warns when a map asks for both)
     ask = {"num_gpus": 1} if use_gpu else {"num_cpus": 1}
     ds = store_dataset(store, subsets)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import Counter
 import os
 import socket
 from typing import Any, Iterator
@@ -169,11 +170,12 @@ def autoscaler_node_types() -> tuple[list[resources.NodeType], dict[str, float]]
 
 
 def ensure_capacity(bundles: list[dict[str, float]], timeout_s: float,
-                    quiet: bool = False) -> None:
+                    quiet: bool = False) -> bool:
     """Ask the autoscaler for ``bundles`` (``ray.autoscaler.sdk.request_resources``: it
     scales up now, not task by task) and wait until the cluster has their CPUs and GPUs up,
     with a progress line every 30 s. Raises :class:`CapacityError` after ``timeout_s``;
-    a run never falls back to another device."""
+    a run never falls back to another device. Returns whether it asked (nothing is asked
+    when the resources are up already)."""
     import time
 
     import ray
@@ -181,24 +183,24 @@ def ensure_capacity(bundles: list[dict[str, float]], timeout_s: float,
 
     need = {k: sum(b.get(k, 0.0) for b in bundles) for k in ("CPU", "GPU")}
 
-    def short() -> dict[str, float]:
-        up = ray.cluster_resources()
+    def missing(up: dict[str, float]) -> dict[str, float]:
         return {k: v - up.get(k, 0.0) for k, v in need.items() if up.get(k, 0.0) < v}
-    if not short():
-        return
-    shape = ", ".join(f"{n} x {b}" for b, n in _count(bundles))
+    up = ray.cluster_resources()
+    if not missing(up):
+        return False
+    shapes = Counter(tuple(sorted(b.items())) for b in bundles)
+    shape = ", ".join(f"{n} x {dict(b)}" for b, n in shapes.items())
     request_resources(bundles=bundles)
     log(f"asked the autoscaler for {shape}; waiting for it (up to {timeout_s:.0f} s)", quiet)
     start = last = time.monotonic()
-    while missing := short():
+    while short := missing(up):
         now = time.monotonic()
-        up = ray.cluster_resources()
         status = ", ".join(f"{up.get(k, 0):g} of {v:g} {k}s up" for k, v in need.items()
                            if v)
         if now - start >= timeout_s:
-            short = ", ".join(f"{v:g} {k}s" for k, v in missing.items())
+            lacking = ", ".join(f"{v:g} {k}s" for k, v in short.items())
             raise CapacityError(f"the cluster did not bring up the plan's resources within "
-                                f"{timeout_s:.0f} s ({status}; short of {short}): see "
+                                f"{timeout_s:.0f} s ({status}; short of {lacking}): see "
                                 "`ray status` and the autoscaler's log, or size the run to "
                                 "what is up (train.workers, train.use_gpu)")
         if now - last >= 30:
@@ -206,8 +208,24 @@ def ensure_capacity(bundles: list[dict[str, float]], timeout_s: float,
                 f"({timeout_s - (now - start):.0f} s left)", quiet)
             last = now
         time.sleep(1)
-    log("  the cluster has scaled up: " + ", ".join(
-        f"{ray.cluster_resources().get(k, 0):g} {k}s" for k in need), quiet)
+        up = ray.cluster_resources()
+    log("  the cluster has scaled up: " + ", ".join(f"{up.get(k, 0):g} {k}s" for k in need),
+        quiet)
+    return True
+
+
+@contextlib.contextmanager
+def capacity_held(bundles: list[dict[str, float]], timeout_s: float,
+                  quiet: bool = False) -> Iterator[None]:
+    """:func:`ensure_capacity` for the block; the request, if one was made, is withdrawn
+    after it (the autoscaler may then scale down). What runs, Tune searches and
+    ``run --plan --wait`` hold their resources with."""
+    asked = ensure_capacity(bundles, timeout_s, quiet)
+    try:
+        yield
+    finally:
+        if asked:
+            release_capacity()
 
 
 def release_capacity() -> None:
@@ -215,21 +233,3 @@ def release_capacity() -> None:
     from ray.autoscaler.sdk import request_resources
 
     request_resources(bundles=[])
-
-
-def _count(bundles: list[dict[str, float]]) -> list[tuple[dict[str, float], int]]:
-    out: list[tuple[dict[str, float], int]] = []
-    for b in bundles:
-        for i, (shape, n) in enumerate(out):
-            if shape == b:
-                out[i] = (shape, n + 1)
-                break
-        else:
-            out.append((b, 1))
-    return out
-
-
-def cluster_gpus() -> float:
-    import ray
-
-    return float(ray.cluster_resources().get("GPU", 0.0))

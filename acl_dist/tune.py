@@ -215,7 +215,7 @@ def _plan_search(store: str, out: str, base: RunConfig, space: dict[str, dict],
                  settings: TuneSettings, quiet: bool) -> dict[str, Any]:
     """A new search's plan (``EXP/tune.json``): the validation split, the base config
     resolved against the store and the cluster, trials at a time and their threads."""
-    from .plan import resolve_config
+    from .plan import resolve_config, worker_resources
     from .ray_start import cluster_capacity
     from .store import FeatureStore
 
@@ -244,7 +244,7 @@ def _plan_search(store: str, out: str, base: RunConfig, space: dict[str, dict],
                                         settings.max_concurrent)
     rounds_dim = space.get("rounds")
     tc = resolved.train
-    worker = {"CPU": float(tc.cpus_per_worker), **({"GPU": 1.0} if tc.use_gpu else {})}
+    worker = worker_resources(resolved)
     return {"store": store, "root": out, "settings": asdict(settings), "space": space,
             "user_config": user_config, "base": to_dict(resolved),
             "capacity": capacity.describe(),
@@ -298,11 +298,8 @@ def _fit_scaled(tuner, meta: dict[str, Any], quiet: bool):
 
     if not (resources.on_a_cluster() and meta.get("request")):
         return tuner.fit()
-    ray_start.ensure_capacity(meta["request"], resources.SCALE_TIMEOUT_S, quiet)
-    try:
+    with ray_start.capacity_held(meta["request"], resources.SCALE_TIMEOUT_S, quiet):
         return tuner.fit()
-    finally:
-        ray_start.release_capacity()
 
 
 def _run_tune(store: str, out: str, base: RunConfig | None, space: dict[str, dict] | None,
