@@ -29,33 +29,20 @@ def log(message: str, quiet: bool | None = None) -> None:
 
 def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it",
              quiet: bool | None = None, every_s: float = 10.0) -> Iterator[T]:
-    """Iterate ``items`` showing progress (see module doc)."""
-    if is_quiet(quiet):
-        yield from items
-        return
+    """Iterate ``items`` showing progress (see module doc), one unit per item."""
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
-    if sys.stderr.isatty():
-        from tqdm import tqdm
-
-        yield from tqdm(items, desc=desc, total=total, unit=unit, file=sys.stderr)
-        return
-    start = last = time.perf_counter()
-    count = 0
-    for count, item in enumerate(items, 1):
+    meter = Meter(desc, total, unit, quiet, every_s)
+    for item in items:
         yield item
-        now = time.perf_counter()
-        if now - last >= every_s:
-            last = now
-            of = f"/{total}" if total else ""
-            print(f"{desc}: {count}{of} {unit}s, {now - start:.0f} s", file=sys.stderr, flush=True)
-    print(f"{desc}: {count} {unit}s in {time.perf_counter() - start:.1f} s", file=sys.stderr,
-          flush=True)
+        meter.add(1)
+    meter.close()
 
 
 class Meter:
     """Progress counted in units of work (videos written, not batches): :meth:`add` after
-    each piece, :meth:`close` at the end; printed as :func:`progress` prints."""
+    each piece, :meth:`close` at the end. A tqdm bar in a terminal; elsewhere a line every
+    ``every_s`` seconds (done/total, elapsed, rate) and one at the end."""
 
     def __init__(self, desc: str, total: int | None = None, unit: str = "it",
                  quiet: bool | None = None, every_s: float = 10.0):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -81,14 +80,17 @@ def autoscaling_cluster(tmp_path_factory):
         stop_nodes(c.procs)
 
 
-def job_plan(c: Cluster, args: list[str]) -> tuple[dict, str]:
+def job_logs(c: Cluster, args: list[str]) -> str:
+    """The logs of a job of ``args`` that must succeed."""
     job = c.submit(*args)
-    deadline = time.time() + 300
-    while (state := c.status(job)) not in ("SUCCEEDED", "FAILED", "STOPPED"):
-        assert time.time() < deadline, c.logs(job)
-        time.sleep(2)
+    state = c.wait(job, timeout=300)
     logs = c.logs(job)
     assert state == "SUCCEEDED", logs
+    return logs
+
+
+def job_plan(c: Cluster, args: list[str]) -> tuple[dict, str]:
+    logs = job_logs(c, args)
     lines = logs.splitlines()
     start, end = lines.index("{"), len(lines) - lines[::-1].index("}")
     return json.loads("\n".join(lines[start:end])), logs
@@ -124,13 +126,7 @@ def test_a_cold_gpu_cluster_plans_gpu_training_and_scales_up(autoscaling_cluster
         assert cold[key] == expected[key], key
     # a warm cluster (the node stays for the idle timeout): the same plan as text, nothing
     # asked for or waited on
-    job = c.submit(*args, "--plan", "--wait")
-    deadline = time.time() + 300
-    while (state := c.status(job)) not in ("SUCCEEDED", "FAILED", "STOPPED"):
-        assert time.time() < deadline, c.logs(job)
-        time.sleep(2)
-    logs = c.logs(job)
-    assert state == "SUCCEEDED", logs
+    logs = job_logs(c, [*args, "--plan", "--wait"])
     start = logs.index("plan on ")
     warm = logs[start:].splitlines()[:4]
     print("\n".join(["cold:", *describe_plan(cold), "warm:", *warm]))   # for the record
