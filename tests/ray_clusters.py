@@ -115,6 +115,15 @@ class Cluster:
         return sum(int(n) for n in re.findall(rf"^\s*(\d+) {node_type}$", active,
                                               re.MULTILINE))
 
+    def wait_nodes(self, node_type: str, at_least: int, timeout: float = 60) -> int:
+        """Active nodes of ``node_type`` once ``ray status`` lists at least ``at_least``
+        (or at ``timeout``): ``ray status`` shows the autoscaler's last report, which lags
+        the GCS (a job saw the new node's GPUs while ``ray status`` still listed none, CI)."""
+        deadline = time.time() + timeout
+        while (n := self.nodes(node_type)) < at_least and time.time() < deadline:
+            time.sleep(1)
+        return n
+
     def cli(self, *args: str, env: dict[str, str] | None = None, check: bool = True,
             timeout: float = 120) -> subprocess.CompletedProcess:
         proc = subprocess.run([RAY, *args], env=env or self.env, capture_output=True,

@@ -115,7 +115,7 @@ def test_a_cold_gpu_cluster_plans_gpu_training_and_scales_up(autoscaling_cluster
     # ... asked for, and brought up by the autoscaler (one 4-GPU gpu_worker)
     assert cold["request"] == [{"CPU": 1.0, "GPU": 1.0}] * 4
     assert cold["scaled_to"]["gpus"] >= 4
-    assert c.nodes("gpu_worker") >= 1
+    assert c.wait_nodes("gpu_worker", 1) >= 1
     # the same plan as the pure sizing of the real cluster.yaml on a cold cluster
     cap = capacity_from({"CPU": 0.0}, node_types_from_launcher(launcher), on_cluster=True)
     expected = run_plan(resolve_config(load_config("tiny", mode="unsupervised",
