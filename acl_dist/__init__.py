@@ -10,6 +10,7 @@ The public Python API (docs/api.md runs every step of it)::
     cfg = acl_dist.load_config("tiny", mode="weak")       # a preset, a YAML file, overrides
     plan = acl_dist.plan_run("store", cfg)                # workers, GPUs, where steps run
     metrics = acl_dist.run("store", "run", cfg)           # the rounds on Ray (resumable)
+    acl_dist.predict("run", "new_store", "new_dets.json") # the final model on new videos
     result = acl_dist.evaluate_detections("store/gt.json", "run/detections.json",
                                           subset="test", tiou_thresholds=[0.5])
     page = acl_dist.build_report("run")                   # report.html
@@ -41,6 +42,7 @@ _API = {
     "load_config": ("acl_dist.config", "load_config"),
     "plan_run": ("acl_dist.api", "plan_run"),
     "run": ("acl_dist.pipeline", "run_acl"),
+    "predict": ("acl_dist.detect", "predict"),
     "evaluate_detections": ("acl_dist.evaluate", "evaluate_detections"),
     "load_detections": ("acl_dist.evaluate", "load_detections"),
     "build_report": ("acl_dist.report", "build_report"),

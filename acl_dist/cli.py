@@ -366,6 +366,43 @@ def results_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    from .detect import CLUSTERS
+
+    p = sub.add_parser("predict", help="a finished run's final model over a store's videos",
+                       description="Detections of a finished run's final model on the videos "
+                                   "of any store with the model's feature streams (videos the "
+                                   "run never saw), with the run's localisation settings, as "
+                                   "ActivityNet result JSON. Score them with acl-dist evaluate "
+                                   "when the store has annotations.")
+    p.add_argument("--run", required=True, help="a finished run directory (local or s3://)")
+    p.add_argument("--store", required=True, help="feature store of the videos (local or s3://)")
+    p.add_argument("--subset", dest="subsets", action="append", metavar="S",
+                   help="subset to predict (repeatable; default: every subset of the store)")
+    p.add_argument("--out", required=True, help="detections JSON to write (local or s3://)")
+    p.add_argument("--label-map", choices=[*choices(RunConfig, "label_map"), CLUSTERS],
+                   help="name an unsupervised run's detections by classes through this "
+                        "cluster->class mapping of the run, or by its clusters (default: the "
+                        "run's label_map when it has a mapping, else clusters; a weak run's "
+                        "are its classes)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import torch  # noqa: F401  (before Ray and pyarrow: see cmd_run)
+
+    from .detect import predict
+
+    s = predict(args.run, args.store, args.out, args.subsets, args.label_map,
+                overwrite=args.overwrite, quiet=args.quiet)
+    print(f"{s['detections']} detections of {s['videos']} videos ({s['labels']}) -> {s['out']}")
+    print(f"score them: acl-dist evaluate --detections {s['out']} --gt {args.store} "
+          f"--subset {s['subsets'][0]}")
+    return 0
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="synthetic THUMOS-like benchmark + unsupervised ACL, "
                                     "end to end on a local Ray instance",
@@ -521,13 +558,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="acl-dist",
         description="Unsupervised temporal action localisation (ACL, CVPR 2020) on Ray.")
     parser.add_argument("--version", action="version", version=f"acl-dist {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{demo,synth,ingest,run,tune,evaluate,"
-                                                        "report}")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,synth,ingest,run,predict,tune,"
+                                                        "evaluate,report}")
     sub.required = True
     _add_demo(sub)
     _add_synth(sub)
     _add_ingest(sub)
     _add_run(sub)
+    _add_predict(sub)
     _add_tune(sub)
     _add_evaluate(sub)
     _add_report(sub)

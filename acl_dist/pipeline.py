@@ -290,7 +290,8 @@ def new_run(store: str, out: str, cfg: RunConfig, **run_kwargs: Any) -> Run:
             run_kwargs.get("quiet", False))
     cfg, split, plan = plan_new_run(store, cfg, run_kwargs.get("quiet", False))
     run = Run(store, out, cfg, split=split, plan=plan, **run_kwargs)  # split is sizing-free
-    rundir.write_config(cfg, {"store": store,
+    # the store's classes: what `acl-dist predict` checks a new store against
+    rundir.write_config(cfg, {"store": store, "classes": run.store.classes,
                               "label_map_given": bool(run_kwargs.get("label_map_given"))})
     rundir.write_plan(plan)
     return run

@@ -142,6 +142,26 @@ def run_plan(cfg: RunConfig, capacity: resources.Capacity) -> dict[str, Any]:
             "config": to_dict(cfg)}
 
 
+def predict_plan(capacity: resources.Capacity, videos: int,
+                 batch_videos: int = 128) -> dict[str, Any]:
+    """Where ``acl-dist predict`` runs a trained model over ``videos`` videos: GPU actors
+    when the cluster has GPUs up (one per GPU) or, on an autoscaling cluster, can bring one
+    up (then one GPU is asked for: a prediction pass is no reason to scale a cluster out);
+    else CPU actors, one per 4 CPUs. Never more actors than batches of ``batch_videos``.
+    ``request``: the bundles the autoscaler is asked for (empty when what is up serves)."""
+    gpu = capacity.gpus > 0 or (capacity.on_cluster and capacity.max_gpus > 0)
+    if gpu:
+        actors = max(1, int(capacity.gpus))
+    else:
+        actors = resources.attention_actors(capacity.cpus if capacity.on_cluster
+                                            else resources.machine_cores(), 0.0, False)
+    actors = max(1, min(actors, math.ceil(videos / batch_videos)))
+    need_up = gpu and capacity.gpus < actors
+    return {"capacity": {**capacity.to_dict(), "summary": capacity.describe()},
+            "actors": actors, "gpu": gpu,
+            "request": [{"GPU": 1.0}] * actors if need_up else []}
+
+
 def describe_plan(plan: dict[str, Any]) -> list[str]:
     """The plan as the lines a run prints at its start."""
     t, c, a = plan["train"], plan["cluster"], plan["attention"]

@@ -167,6 +167,22 @@ def map_attention(store: FeatureStore, subsets: list[str], checkpoint_path: str,
                                "descriptor": descriptor, "torch_threads": torch_threads})
 
 
+def collect_detections(ds, desc: str, total: int, quiet: bool | None = None
+                       ) -> list[tuple[str, list]]:
+    """(video, [(output index, score, start s, end s), ...]) of every row of an attention
+    pass's dataset, in arrival order; only these two columns reach the driver (not the
+    CAS), with a progress line every 10 s."""
+    meter = Meter(desc, total, "video", quiet)
+    out = []
+    for batch in ds.select_columns(["video_id", "detections"]).iter_batches(
+            batch_format="pyarrow", batch_size=None):
+        ids = batch.column("video_id").to_pylist()
+        out += [(v, json.loads(d)) for v, d in zip(ids, batch.column("detections").to_pylist())]
+        meter.add(len(ids))
+    meter.close()
+    return out
+
+
 def write_dataset(ds, path: str, desc: str | None = None, total: int | None = None,
                   quiet: bool | None = None) -> int:
     """Stream a dataset's batches into one Parquet file, atomically; returns rows written.

@@ -56,3 +56,8 @@ def test_the_documented_script_runs(ray_session, tmp_path, monkeypatch, capsys):
                                                             "detections.json"))}
     assert labels and labels <= set(classes)
     assert (tmp_path / "run" / "report.html").exists()
+    n_new = acl_dist.FeatureStore.open(str(tmp_path / "new_store")).num_videos("test")
+    assert "predicted: " in out and f"of {n_new} videos, labels: classes" in out
+    assert "new videos: mAP@0.5 " in out
+    new = json.loads((tmp_path / "new_dets.json").read_text())
+    assert len(new["results"]) == n_new and "weak" in new["external_data"]["details"]
