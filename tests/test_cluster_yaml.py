@@ -74,16 +74,18 @@ def test_resources_fit_what_the_jobs_request():
 
 def test_image_is_built_from_the_dockerfile_on_the_pinned_ray():
     """Checked statically (this machine has a Docker client but no daemon, and no registry
-    to pull Ray's image from): the Dockerfile starts from the Ray release pyproject.toml
-    pins, installs the package with its GPU extra at build time, and cluster.yaml runs that
+    to pull Ray's image from): the Dockerfile starts from the Ray release CI tests
+    (constraints.txt), installs the torch release CI tests and the package with its GPU extra at build time, and cluster.yaml runs that
     image with nothing left to install at boot."""
     import re
 
     docker = (ROOT / "docker" / "Dockerfile").read_text()
-    pin = re.search(r'"ray\[[^\]]*\]==([\d.]+)"', (ROOT / "pyproject.toml").read_text())[1]
+    tested = (ROOT / "constraints.txt").read_text()
+    pin = re.search(r"^ray==([\d.]+)$", tested, re.MULTILINE)[1]
+    torch = re.search(r"^torch==([\d.]+)$", tested, re.MULTILINE)[1]
     base = re.search(r"^FROM (\S+)$", docker, re.MULTILINE)[1]
     assert base == f"rayproject/ray:{pin}-py311-gpu"
-    assert "pip install --no-cache-dir -e '.[gpu]'" in docker
+    assert f"pip install --no-cache-dir -e '.[gpu]' torch=={torch}" in docker
     for path in re.findall(r"^COPY \S+ (.+) \./", docker, re.MULTILINE):
         for name in path.split():
             assert (ROOT / name).exists(), name        # what the image copies exists
