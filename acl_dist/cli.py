@@ -17,8 +17,27 @@ from .config import FEATURE_DTYPES, SYNTH_PRESETS, RunConfig, TuneSettings, choi
 from .errors import AclDistError, find_cause
 
 
+class _DefaultsHelp(argparse.HelpFormatter):
+    """Every option's help ends with its default unless the text already says it (many
+    say it in words: "default: the store's class count"); flags and unset options have
+    none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or not action.option_strings or default is None or \
+                default is False or default == [] or default is argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse with the CLI's error convention: one line naming the option, exit 2."""
+    """argparse with the CLI's error convention (one line naming the option, exit 2) and
+    the defaults in every option's help."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("formatter_class", _DefaultsHelp)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -63,9 +82,9 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", choices=list(SYNTH_PRESETS), default="thumos14",
                    help="timelines and class set to imitate (default thumos14)")
     p.add_argument("--out", required=True, help="store directory or s3:// prefix")
-    p.add_argument("--classes", type=_number(int, 2), help="keep the N most frequent classes")
+    p.add_argument("--classes", type=_number(int, 2), help="keep the N most frequent classes (default: all)")
     p.add_argument("--videos", type=POSITIVE_INT,
-                   help="at most N training videos (test scaled alike)")
+                   help="at most N training videos, test scaled alike (default: all)")
     p.add_argument("--dim", type=POSITIVE_INT, default=128,
                    help="feature dim per stream (default 128)")
     p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0,
@@ -77,7 +96,8 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=list(FEATURE_DTYPES), default="float16",
                    help="stored feature dtype (default float16)")
     p.add_argument("--npy-layout", metavar="DIR",
-                   help="also write the per-video npy-split layout here (for ingest)")
+                   help="also write the per-video npy-split layout here, for ingest "
+                        "(default: none)")
     p.add_argument("--no-report", action="store_true",
                    help="skip the round-0 vs action-pooled clustering report")
     p.add_argument("--overwrite", action="store_true",
@@ -121,9 +141,12 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layout", required=True, choices=sorted(LAYOUTS),
                    help="how the features are laid out on disk (FORMATS.md §1)")
     p.add_argument("--root", required=True, help="the layout's root directory (or s3://)")
-    p.add_argument("--gt", help="annotation JSON (ActivityNet v1.2/v1.3, THUMOS gt.json, BSN)")
-    p.add_argument("--gt-info", help="BSN video_info_new.csv (subsets for the BSN v1.3 form)")
-    p.add_argument("--classes", dest="classes_file", help="class list file (one per line/CSV)")
+    p.add_argument("--gt", help="annotation JSON (ActivityNet v1.2/v1.3, THUMOS gt.json, "
+                                  "BSN; default: none, an unannotated store)")
+    p.add_argument("--gt-info", help="BSN video_info_new.csv (subsets for the BSN v1.3 "
+                                       "form; default: none)")
+    p.add_argument("--classes", dest="classes_file", help="class list file (one per line/CSV; "
+                                                        "default: the annotation's classes)")
     p.add_argument("--out", required=True, help="store directory or s3:// prefix")
     p.add_argument("--allow-pickle", action="store_true",
                    help="let numpy unpickle object arrays (wtalc layout; trusted files only)")
@@ -132,11 +155,12 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=list(FEATURE_DTYPES), default="float16",
                    help="stored feature dtype (default float16)")
     p.add_argument("--fps", type=POSITIVE_FLOAT, default=25.0,
-                   help="fps of the feature grid (25)")
+                   help="fps of the feature grid")
     p.add_argument("--snippet-frames", type=POSITIVE_INT, default=16,
-                   help="frames per snippet (16)")
+                   help="frames per snippet")
     p.add_argument("--feature-stride", type=POSITIVE_INT,
-                   help="cmcs-npz: frames between stored vectors (subsampled to a snippet)")
+                   help="cmcs-npz: frames between stored vectors, subsampled to a snippet "
+                        "(default: the layout's own)")
     p.add_argument("--max-trim", type=NON_NEGATIVE_INT, default=0,
                    help="tolerate RGB/flow length differences up to N snippets (trimmed)")
     p.add_argument("--shard-mb", type=POSITIVE_FLOAT, default=128.0,
@@ -181,9 +205,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tiou", help="anet (0.5:0.05:0.95, default), thumos (0.1:0.1:0.7), "
                                   "a comma list, or lo:hi:step")
     p.add_argument("--videos", help="evaluate only these videos: a list file, or thumos210 / "
-                                    "thumos212 (THUMOS14 test-set conventions)")
+                                    "thumos212 (THUMOS14 test-set conventions; default: all)")
     p.add_argument("--ambiguous", help="drop predictions overlapping Ambiguous segments: a "
-                                       "THUMOS Ambiguous_test.txt, or 'thumos'")
+                                       "THUMOS Ambiguous_test.txt, or 'thumos' (default: none)")
     p.add_argument("--ignore-unknown-labels", action="store_true",
                    help="drop detections whose label has no ground truth in the subset "
                         "(the official code stops with KeyError)")
@@ -235,24 +259,26 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=choices(RunConfig, "mode"),
                    help="unsupervised: no labels reach training or clustering; weak: the "
                         "store's video labels (required for a new run)")
-    p.add_argument("--num-classes", type=int,
-                   help="C: clusters to form (unsupervised) or the store's classes (weak); "
-                        "default: the store's class count")
+    p.add_argument("--num-clusters", "--num-classes", dest="num_classes", type=POSITIVE_INT,
+                   metavar="C", help="C: clusters to form (unsupervised) or the store's "
+                                     "classes (weak; --num-classes reads better there); "
+                                     "default: the store's class count")
     p.add_argument("--train-subset", help="subset to cluster and train on (default: the "
                                           "store's training subset)")
     p.add_argument("--test-subset", help="subset to localise and score (default: the "
                                          "store's test/validation subset)")
-    p.add_argument("--rounds", type=int,
+    p.add_argument("--rounds", type=POSITIVE_INT,
                    help="clustering + training rounds (unsupervised; default 3, the "
                         "paper: 4 on ActivityNet, 5 on THUMOS14)")
-    p.add_argument("--config", help="YAML file or preset name (" + ", ".join(_presets()) + ")")
+    p.add_argument("--config", help="YAML file or preset name (" + ", ".join(_presets()) +
+                   "; default: the built-in defaults, docs/config.md)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="dotted override, e.g. --set train.lr=3e-4 (repeatable)")
+                   help="dotted override, e.g. --set train.lr=3e-4 (repeatable; default: none)")
     p.add_argument("--label-map", choices=choices(RunConfig, "label_map"),
                    help="name detections.json's labels by this cluster->class mapping "
                         "(metrics use it too; default for metrics: hungarian)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
-                   help="continue a run at its first unfinished step (RUN or --out)")
+                   help="continue a run at its first unfinished step (RUN, default: --out)")
     p.add_argument("--max-failures", type=_number(int, -1), default=None,
                    help="Ray Train worker failures tolerated per round (restored from the "
                         "last checkpoint; -1: no limit; default 3 on a cluster, 0 locally)")
@@ -477,17 +503,21 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
                                    "between rounds. Writes DIR/trials.csv, DIR/summary.json, "
                                    "DIR/best_config.yaml (for `acl-dist run --config`) and "
                                    "DIR/report.html.")
-    p.add_argument("--store", help="feature store (local or s3://)")
-    p.add_argument("--out", help="experiment directory (local or s3://)")
+    p.add_argument("--store", help="feature store (local or s3://; required for a new search)")
+    p.add_argument("--out", help="experiment directory (local or s3://; required for a new "
+                                  "search)")
     p.add_argument("--mode", choices=choices(RunConfig, "mode"), default="unsupervised",
                    help="mode of every trial (default unsupervised; weak tunes with the "
                         "store's labels)")
-    p.add_argument("--num-classes", type=int, help="C: clusters (unsupervised) or classes")
-    p.add_argument("--rounds", type=int, help="rounds per trial (ASHA's max_t)")
+    p.add_argument("--num-clusters", "--num-classes", dest="num_classes", type=POSITIVE_INT,
+                   metavar="C", help="C: clusters (unsupervised) or classes (weak); default: "
+                                     "the store's class count")
+    p.add_argument("--rounds", type=POSITIVE_INT,
+                   help="rounds per trial, ASHA's max_t (default: the base config's)")
     p.add_argument("--config", help="base YAML file or preset name (" + ", ".join(_presets())
-                   + ")")
+                   + "; default: the built-in defaults)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="dotted override of the base config (repeatable)")
+                   help="dotted override of the base config (repeatable; default: none)")
     p.add_argument("--space", help="search space YAML (default: Z, K, lambda_sep, lambda_trip; "
                                    "see acl_dist/configs/search/default.yaml)")
     p.add_argument("--search", choices=choices(TuneSettings, "search"),
@@ -508,7 +538,13 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
                    help="ASHA keeps 1 in this many trials at each rung (default 2)")
     p.add_argument("--seed", type=int, default=0, help="searcher seed")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="DIR",
-                   help="continue an interrupted search (Tuner.restore; DIR or --out)")
+                   help="continue an interrupted search (Tuner.restore; DIR, default: "
+                        "--out)")
+    p.add_argument("--plan", action="store_true",
+                   help="print the search's plan (resolved base config, trials at a time, "
+                        "each trial's workers and device, label use) and exit without "
+                        "starting a trial or writing anything")
+    p.add_argument("--json", action="store_true", help="with --plan: print it as JSON")
     p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(func=cmd_tune)
 
@@ -525,7 +561,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     out = args.resume if isinstance(args.resume, str) else args.out
     if not out:
         raise ConfigError("--out is required (or --resume DIR)")
+    if args.json and not args.plan:
+        raise ConfigError("--json goes with --plan")
     if args.resume:
+        if args.plan:
+            raise ConfigError("--plan shows a new search; a resumed one keeps its plan "
+                              f"({out}/tune.json)")
         summary = run_tune(args.store, out, None, None, None, resume=True, quiet=args.quiet)
     else:
         if not args.store:
@@ -537,6 +578,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
                                 grace_period=args.grace_period,
                                 reduction_factor=args.reduction_factor,
                                 val_fraction=args.val_fraction, seed=args.seed)
+        if args.plan:
+            from .tune import describe_tune_plan, plan_tune
+
+            meta = plan_tune(args.store, out, cfg, load_space(args.space), settings,
+                             quiet=args.quiet or args.json)
+            print(json.dumps(meta, indent=1) if args.json else
+                  "\n".join(describe_tune_plan(meta)))
+            return 0
         summary = run_tune(args.store, out, cfg, load_space(args.space), settings,
                            quiet=args.quiet)
     print(trials_table(summary))

@@ -211,6 +211,40 @@ def run_tune(store: str, out: str, base: RunConfig | None, space: dict[str, dict
             pass
 
 
+def plan_tune(store: str, out: str, base: RunConfig, space: dict[str, dict],
+              settings: TuneSettings, quiet: bool = False) -> dict[str, Any]:
+    """A new search's plan (``acl-dist tune --plan``), as it would be saved in
+    ``EXP/tune.json``, with ``label_use``: the base config resolved against the store and
+    the cluster, trials at a time and why, what the autoscaler would be asked for. Starts
+    no trial and writes nothing."""
+    from .ray_start import init_ray
+    from .tune_results import label_use
+
+    init_ray(quiet=quiet)
+    store, out = (p if fsutil.is_remote(p) else os.path.abspath(p) for p in (store, out))
+    if fsutil.exists(fsutil.join(out, "tune.json")):
+        raise ConfigError(f"{out} already holds a search; use --resume or another --out")
+    meta = _plan_search(store, out, base, space, settings, quiet)
+    return {**meta, "label_use": label_use(base.mode, settings.objective)}
+
+
+def describe_tune_plan(meta: dict[str, Any]) -> list[str]:
+    """The lines ``acl-dist tune --plan`` prints."""
+    s, b = meta["settings"], meta["base"]
+    t = b["train"]
+    return [f"search plan on {meta['capacity']}:",
+            f"  {s['num_samples']} trial(s) by {s['search']} over {', '.join(meta['space'])};"
+            f" {meta['concurrent']} at a time ({meta['resources']})",
+            f"  each trial: {b['mode']} ACL, up to {meta['max_rounds']} round(s) (ASHA, grace "
+            f"{s['grace_period']}, reduction {s['reduction_factor']}), {t['workers']} Ray "
+            f"Train worker(s) on {'GPU' if t['use_gpu'] else 'CPU'}s, {t['steps']} steps of "
+            f"{t['batch_size']} videos per round",
+            f"  objective {s['objective']}; validation: {meta['validation']}",
+            f"  on a cluster: {len(meta['request'])} bundle(s) asked of the autoscaler "
+            f"first; trial failures retried: {meta['max_failures']}",
+            f"  {meta['label_use']}"]
+
+
 def _plan_search(store: str, out: str, base: RunConfig, space: dict[str, dict],
                  settings: TuneSettings, quiet: bool) -> dict[str, Any]:
     """A new search's plan (``EXP/tune.json``): the validation split, the base config

@@ -1,7 +1,7 @@
 """Ray job: the ACL rounds on the cluster this job runs on.
 
     ray job submit --working-dir . -- python jobs/run_acl.py --store s3://bucket/stores/anet12 \
-        --out s3://bucket/runs/anet12-u1 --mode unsupervised --num-classes 100 --config anet12
+        --out s3://bucket/runs/anet12-u1 --mode unsupervised --num-clusters 100 --config anet12
 
 Takes exactly the arguments of ``acl-dist run``. Inside a job, Ray is already running
 (``RAY_ADDRESS`` is set), so the run is sized to what the cluster can hold (its autoscaler's

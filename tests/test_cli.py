@@ -85,7 +85,21 @@ def test_every_option_of_every_command_says_what_it_does():
                      if not a.help and not isinstance(a, argparse._HelpAction)]
               for name, p in sub.choices.items()}
     assert {name: opts for name, opts in silent.items() if opts} == {}
-    assert set(sub.choices) >= {"demo", "synth", "ingest", "run", "tune", "evaluate", "report"}
+    assert set(sub.choices) >= {"demo", "synth", "ingest", "run", "predict", "tune",
+                                "evaluate", "report"}
+    # ... and its default: shown by the formatter, or said in words (what "unset" means)
+    from acl_dist.cli import _DefaultsHelp
+
+    no_default = {name: [a.option_strings[0] for a in p._actions
+                         if a.option_strings and a.nargs != 0 and not a.required
+                         and not any(w in _DefaultsHelp(name)._get_help_string(a)
+                                     for w in ("default", "required"))]
+                  for name, p in sub.choices.items()}
+    assert {name: opts for name, opts in no_default.items() if opts} == {}
+    text = sub.choices["tune"].format_help()
+    assert "trials (with --search grid: repeats of the grid) (default: 8)" in " ".join(
+        text.split())
+    assert "--num-clusters C, --num-classes C" in sub.choices["run"].format_help()
 
 
 def test_meter_counts_units_and_prints_lines_off_a_terminal(capsys):

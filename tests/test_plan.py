@@ -128,3 +128,34 @@ def test_waiting_for_capacity_times_out_with_one_line(monkeypatch):
     asked.clear()
     ray_start.ensure_capacity([{"CPU": 1.0}] * 2, timeout_s=0.0, quiet=True)
     assert asked == []
+
+
+@pytest.mark.ray
+def test_run_and_tune_plans_print_and_write_nothing(ray_session, tiny_store, tmp_path,
+                                                    capsys):
+    """``run --plan --json`` and ``tune --plan --json`` on the local instance: the resolved
+    config and where each step runs, without training, starting a trial or writing."""
+    import json
+
+    from acl_dist.cli import main
+
+    store, _ = tiny_store
+    out = tmp_path / "never"
+    args = ["--store", store, "--out", str(out), "--num-classes", "4", "--config", "tiny"]
+    assert main(["run", *args, "--mode", "unsupervised", "--plan", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["config"]["num_classes"] == 4 and plan["config"]["train"]["steps"] > 0
+    assert plan["train"]["workers"] == plan["config"]["train"]["workers"] >= 1
+    assert not plan["train"]["use_gpu"] and plan["attention"] == {"actors": 1, "gpu": False}
+    assert plan["capacity"]["summary"].startswith("local Ray instance on")
+    assert main(["run", *args, "--mode", "unsupervised", "--plan"]) == 0
+    assert capsys.readouterr().out.splitlines() == describe_plan(plan)
+    assert main(["tune", *args, "--num-samples", "3", "--plan", "--json"]) == 0
+    meta = json.loads(capsys.readouterr().out)
+    assert meta["settings"]["num_samples"] == 3 and meta["concurrent"] >= 1
+    assert meta["base"]["num_classes"] == 4 and meta["base"]["val_fraction"] == 0.2
+    assert "label" in meta["label_use"] and set(meta["space"]) >= {"train.clusters_per_batch"}
+    assert main(["tune", *args, "--plan"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("search plan on local Ray instance") and "8 trial(s)" in text
+    assert not out.exists()
