@@ -259,7 +259,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=choices(RunConfig, "mode"),
                    help="unsupervised: no labels reach training or clustering; weak: the "
                         "store's video labels (required for a new run)")
-    p.add_argument("--num-clusters", "--num-classes", dest="num_classes", type=POSITIVE_INT,
+    p.add_argument("--num-clusters", "--num-classes", dest="num_classes", type=int,
                    metavar="C", help="C: clusters to form (unsupervised) or the store's "
                                      "classes (weak; --num-classes reads better there); "
                                      "default: the store's class count")
@@ -267,7 +267,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                                           "store's training subset)")
     p.add_argument("--test-subset", help="subset to localise and score (default: the "
                                          "store's test/validation subset)")
-    p.add_argument("--rounds", type=POSITIVE_INT,
+    p.add_argument("--rounds", type=int,
                    help="clustering + training rounds (unsupervised; default 3, the "
                         "paper: 4 on ActivityNet, 5 on THUMOS14)")
     p.add_argument("--config", help="YAML file or preset name (" + ", ".join(_presets()) +
@@ -509,10 +509,10 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=choices(RunConfig, "mode"), default="unsupervised",
                    help="mode of every trial (default unsupervised; weak tunes with the "
                         "store's labels)")
-    p.add_argument("--num-clusters", "--num-classes", dest="num_classes", type=POSITIVE_INT,
+    p.add_argument("--num-clusters", "--num-classes", dest="num_classes", type=int,
                    metavar="C", help="C: clusters (unsupervised) or classes (weak); default: "
                                      "the store's class count")
-    p.add_argument("--rounds", type=POSITIVE_INT,
+    p.add_argument("--rounds", type=int,
                    help="rounds per trial, ASHA's max_t (default: the base config's)")
     p.add_argument("--config", help="base YAML file or preset name (" + ", ".join(_presets())
                    + "; default: the built-in defaults)")
