@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, Callable, Sequence
 
@@ -621,12 +622,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Commands that run Ray: their stderr goes through :mod:`acl_dist.console`'s filter, and
+#: a local instance they start is shut down inside it.
+RAY_COMMANDS = ("demo", "run", "predict", "tune")
+
+
+def _run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    if args.command not in RAY_COMMANDS:
+        return int(func(args) or 0)
+    from .console import filtered_output
+
+    # Ray's log deduplication folds our per-step lines from workers into "[repeated Nx
+    # across cluster]" (read by Ray when it is first imported: the CLI has not yet)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    with filtered_output():
+        ray_before = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+        try:
+            return int(func(args) or 0)
+        finally:
+            ray = sys.modules.get("ray")
+            if not ray_before and ray is not None and ray.is_initialized():
+                ray.shutdown()    # inside the filter: its chatter is filtered too
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return int(func(args) or 0)
+        return _run_command(func, args)
     except KeyboardInterrupt:
         print(f"acl-dist {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130

@@ -21,6 +21,22 @@ def is_quiet(quiet: bool | None = None) -> bool:
     return os.environ.get("ACL_DIST_QUIET", "") not in ("", "0")
 
 
+#: The terminal's width while :mod:`acl_dist.console` filters stderr (the filter's pipe
+#: is no terminal itself), None when stderr is not a terminal; unset: ask stderr.
+FILTERED_TERMINAL_COLUMNS: list[int | None] = []
+
+
+def stderr_terminal() -> int | None:
+    """The width of the terminal stderr shows on, or None when it is not a terminal."""
+    if FILTERED_TERMINAL_COLUMNS:
+        return FILTERED_TERMINAL_COLUMNS[-1]
+    if not sys.stderr.isatty():
+        return None
+    import shutil
+
+    return shutil.get_terminal_size().columns
+
+
 def log(message: str, quiet: bool | None = None) -> None:
     """One progress/status line on stderr (not in quiet mode)."""
     if not is_quiet(quiet):
@@ -51,10 +67,12 @@ class Meter:
         self.count = 0
         self.start = self.last = time.perf_counter()
         self.bar = None
-        if not self.quiet and sys.stderr.isatty():
+        terminal = stderr_terminal()
+        if not self.quiet and terminal is not None:
             from tqdm import tqdm
 
-            self.bar = tqdm(desc=desc, total=total, unit=unit, file=sys.stderr)
+            self.bar = tqdm(desc=desc, total=total, unit=unit, file=sys.stderr,
+                            ncols=terminal)
 
     def add(self, n: int) -> None:
         self.count += n

@@ -189,6 +189,14 @@ def run_tune(store: str, out: str, base: RunConfig | None, space: dict[str, dict
     from .ray_start import init_ray
 
     init_ray(quiet=quiet)
+    # Tune warns (three lines) whenever two experiment snapshots fall within 5 s, i.e.
+    # after nearly every round report of short trials; a search saves its state after
+    # each report on purpose (--resume). Its own switch, unless the user set it.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's default reporter prints an experiment banner and a TensorBoard hint into
+    # Ray's temp dir even at verbose=0; the legacy one at verbose=0 prints nothing (our
+    # Progress callback reports the trials)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Absolute paths, and a driver cwd that nothing replaces: in a job the cwd is the
     # runtime env's working_dir, which a runtime-env agent sharing the node's disk may
     # re-extract (seen with two Ray nodes on one machine); Tune's listing of an s3://

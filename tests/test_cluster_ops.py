@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from acl_dist.console import is_noise
 from ray_clusters import Cluster, cluster_env, free_port, stop_nodes
 
 pytestmark = pytest.mark.ray
@@ -156,6 +158,7 @@ def test_s3_two_node_run_survives_a_node_kill_and_resumes_after_a_driver_kill(
     # progress reaches `ray job logs`; Ray Data's own bars do not
     assert "test mAP (%)" in logs and "round 1 step 120/120" in logs
     assert "ReadFilesParquet" not in logs
+    assert not [line for line in logs.splitlines() if is_noise(line.encode())]
     fs.invalidate_cache()
     assert fs.info(f"{run}/round_0/model.pt")["ETag"] == model_etag
     after = json.loads(fs.cat(f"{run}/state.json"))["steps"]
@@ -224,6 +227,10 @@ def test_tune_job_asha_interrupt_resume_on_s3_and_best_config(cluster, s3_endpoi
     logs = cluster.logs(resumed)
     assert state == "SUCCEEDED", logs
     assert "resuming the search" in logs
+    # the job log holds our lines and real problems, not Ray's chatter (acl_dist.console)
+    assert not [line for line in logs.splitlines() if is_noise(line.encode())]
+    assert "Configuration for experiment" not in logs and "View detailed" not in logs
+    assert "repeated" not in logs and "trials are ranked by validation mAP" in logs
     fs.invalidate_cache()
     meta = json.loads(fs.cat(f"{exp}/tune.json"))
     assert meta["concurrent"] == 2                   # 4 CPUs / (1 worker x 1 CPU + 1)

@@ -1,0 +1,85 @@
+"""The output filter of Ray commands (acl_dist.console): Ray's routine chatter, as Ray
+2.60 printed it in a tune and a run here, is dropped; everything else passes, from this
+process and from processes started inside the filter, in order, bars included."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from acl_dist.console import is_noise
+
+# lines captured from `acl-dist tune` / `acl-dist run` on this machine (Ray 2.60.0)
+RAY_CHATTER = [
+    "2026-11-30 11:50:34,796\tWARNING authentication_token_setup.py:85 -- Token "
+    "authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.",
+    "[2026-11-30 11:50:45,146 E 17697 17762] core_worker.cc:2465: Actor with class name: "
+    "'MapWorker(MapBatches(UniformDescriptors))' and ID: '0b7df4f7bde53a65464ded1b01000000' "
+    "has constructor arguments in the object store and max_restarts > 0. If the arguments "
+    "in the object store go out of scope or are lost, the actor restart will fail.",
+    "[2026-11-30 11:51:06,392 E 18061 18118] core_worker.cc:2465: Actor with class name: "
+    "'PreemptionWatcher' and ID: '6730220a35404576211b10b201000000' has constructor "
+    "arguments in the object store and max_restarts > 0. If the arguments ...",
+    "Progress bars disabled. To enable, set `ray.data.DataContext.get_current()."
+    "enable_progress_bars = True`.",
+    "✔️  Dataset dataset_0356Xx5dKBsxR7FaxcuReL_0 execution finished in 3.07 seconds",
+    "\x1b[33m(raylet)\x1b[0m WARNING: 8 PYTHON worker processes have been started on node: "
+    "46f0fb2e with address: 192.0.2.2, which is 4x the maximum expected startup concurrency",
+    "(raylet, ip=10.0.0.3) WARNING: 14 PYTHON worker processes have been started on node",
+]
+OURS = [
+    "starting a local Ray instance (4 logical CPUs)",
+    "  round 0 step 3/6 loss 3.786 (421 videos/s)",
+    "  round 1 attention pass: 47 videos in 3.1 s",
+    "  trial 43ae0_00001 round 1: val_map 4.180  val_map50 3.125  nmi 0.282",
+    "acl-dist run: error: /data/store: no feature store at /data/store",
+    "Traceback (most recent call last):",
+    "ray.exceptions.RayTaskError(ValueError): ray::train_fn() (pid=1, ip=1) ...",
+    "(raylet) WARNING: the node is running low on memory",
+    "",
+]
+
+
+@pytest.mark.parametrize("line", RAY_CHATTER)
+def test_rays_chatter_is_dropped(line):
+    assert is_noise(line.encode())
+
+
+@pytest.mark.parametrize("line", OURS)
+def test_our_lines_and_real_problems_pass(line):
+    assert not is_noise(line.encode())
+
+
+SCRIPT = textwrap.dedent(r"""
+    import os, subprocess, sys
+    from acl_dist.console import filtered_output
+
+    NOISE = "Progress bars disabled. To enable, set x"
+    with filtered_output():
+        print("out 1"); print(NOISE); sys.stdout.flush()
+        print("err 1", file=sys.stderr); print(NOISE, file=sys.stderr, flush=True)
+        os.write(2, b"\r bar 10%")              # a bar redrawing: passes without a newline
+        os.write(2, b"\r bar 100%\n")
+        # a process started inside (as a local Ray instance is) writes through the filter
+        subprocess.run([sys.executable, "-c", "import sys; print('child out'); "
+                        f"print({NOISE!r}); print('child err', file=sys.stderr); "
+                        f"print({NOISE!r}, file=sys.stderr)"], check=True)
+        print("out 2", flush=True)
+    print("after", flush=True)
+    print("err after", file=sys.stderr, flush=True)
+""")
+
+
+def test_the_filter_sits_on_the_descriptors_of_this_process_and_its_children(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, timeout=60,
+                          cwd=tmp_path)      # bytes: a text pipe would turn "\r" into "\n"
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [b"out 1", b"child out", b"out 2", b"after"]
+    assert proc.stderr == b"err 1\n\r bar 10%\r bar 100%\nchild err\nerr after\n"
+    off = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
+                         timeout=60, cwd=tmp_path, env={**__import__("os").environ,
+                                                        "ACL_DIST_RAY_OUTPUT": "all"})
+    assert off.stdout.count("Progress bars disabled") == 2       # the switch turns it off
