@@ -15,6 +15,7 @@ Run directory (local or ``s3://``)::
     RUN/round_<r>/outputs.parquet       attention pass: descriptors, test CAS/attention/dets
     RUN/round_<r>/eval.json, val.json   the round's test / validation mAP
     RUN/detections.json, RUN/detections_<mapping>.json, RUN/metrics.json
+    RUN/tensorboard/round_<r>/, RUN/tensorboard/rounds/   TensorBoard events (acl_dist.board)
 
 Safety rule: nothing in a run directory, a store or a checkpoint is ever unpickled.
 Checkpoints hold tensors and plain data only (dicts, lists, strings, numbers; the config
@@ -347,6 +348,11 @@ class RunDir:
     def detections_path(self, mapping: str | None = None) -> str:
         """``detections.json``, or ``detections_<mapping>.json`` (labels mapped to classes)."""
         return self.path(f"detections_{mapping}.json" if mapping else "detections.json")
+
+    def tensorboard_dir(self, name: str) -> str:
+        """``RUN/tensorboard/<name>/``: ``round_<r>`` (a round's training) or ``rounds``
+        (one point per round); see :mod:`acl_dist.board`."""
+        return self.path("tensorboard", name)
 
     def save_model(self, r: int, ckpt: dict[str, Any]) -> None:
         save_checkpoint(self.model_path(r), ckpt)

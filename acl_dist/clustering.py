@@ -33,10 +33,12 @@ code includes the zero diagonal in that mean).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
+import time
 import warnings
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 
@@ -206,17 +208,34 @@ def backend_choice(backend: str) -> tuple[str, str]:
     return ("cuml", f"auto: GPU and {why}") if ok else ("torch", f"auto: GPU, {why}")
 
 
+class Phases(dict):
+    """Seconds per phase of a clustering (``graph``, ``embedding`` (the eigensolver),
+    ``kmeans``, ``scores``; ``spectral`` when one library call does both), filled by
+    ``with phases("name"): ...``; what the run's clustering line reports."""
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[name] = self.get(name, 0.0) + time.perf_counter() - started
+
+
 def spectral_clustering(affinity: np.ndarray, n_clusters: int, seed: int = 0,
                         backend: str = "sklearn", n_init: int = 10,
-                        device: str | None = None) -> np.ndarray:
+                        device: str | None = None,
+                        phases: Phases | None = None) -> np.ndarray:
     """Spectral clustering of a precomputed ``(N, N)`` affinity into ``n_clusters``.
 
     ``affinity`` may be a scipy sparse matrix for the ``sklearn`` and ``cuml`` backends (the
-    kNN graph; cuML gets it on the device when CuPy is there).
+    kNN graph; cuML gets it on the device when CuPy is there). ``phases`` receives the
+    seconds of the embedding and of k-means.
 
     Returns:
         ``(N,)`` int cluster ids in ``[0, n_clusters)``.
     """
+    phases = Phases() if phases is None else phases
     n = affinity.shape[0]
     if n_clusters < 1 or n_clusters > n:
         raise ValueError(f"cannot make {n_clusters} clusters of {n} videos")
@@ -224,13 +243,23 @@ def spectral_clustering(affinity: np.ndarray, n_clusters: int, seed: int = 0,
         return np.zeros(n, dtype=np.int64)
     backend = resolve_backend(backend)
     if backend == "sklearn":
-        from sklearn.cluster import SpectralClustering
+        # SpectralClustering(affinity="precomputed", assign_labels="kmeans").fit's two
+        # steps, with its one RandomState shared by both (identical labels), timed apart
+        from sklearn.cluster import k_means
+        from sklearn.manifold import spectral_embedding
+        from sklearn.utils import check_array, check_random_state
 
-        model = SpectralClustering(n_clusters=n_clusters, affinity="precomputed",
-                                   random_state=seed, assign_labels="kmeans", n_init=n_init)
-        return model.fit_predict(affinity).astype(np.int64)
+        matrix = check_array(affinity, accept_sparse=["csr", "csc", "coo"],
+                             dtype=np.float64, ensure_min_samples=2)
+        state = check_random_state(seed)
+        with phases("embedding"):
+            maps = spectral_embedding(matrix, n_components=n_clusters, random_state=state,
+                                      eigen_tol="auto", drop_first=False)
+        with phases("kmeans"):
+            _, labels, _ = k_means(maps, n_clusters, random_state=state, n_init=n_init)
+        return labels.astype(np.int64)
     if backend == "torch":
-        return spectral_clustering_torch(affinity, n_clusters, seed, n_init, device)
+        return spectral_clustering_torch(affinity, n_clusters, seed, n_init, device, phases)
     from cuml.cluster import SpectralClustering as CuSpectral
 
     matrix = affinity.astype(np.float32)
@@ -243,7 +272,8 @@ def spectral_clustering(affinity: np.ndarray, n_clusters: int, seed: int = 0,
             pass
     model = CuSpectral(n_clusters=n_clusters, affinity="precomputed", random_state=seed,
                        n_init=n_init)
-    labels = model.fit_predict(matrix)
+    with phases("spectral"):      # cuML's one call: eigensolver and k-means
+        labels = model.fit_predict(matrix)
     return np.asarray(labels.get() if hasattr(labels, "get") else labels, dtype=np.int64)
 
 
@@ -391,7 +421,8 @@ def gaussian_affinity_torch(descriptors, sigma: float | None = None,
 
 
 def spectral_clustering_torch(affinity, n_clusters: int, seed: int = 0,
-                              n_init: int = 10, device: str | None = None) -> np.ndarray:
+                              n_init: int = 10, device: str | None = None,
+                              phases: Phases | None = None) -> np.ndarray:
     """The ``torch`` backend: dense spectral clustering on ``device`` (default: GPU if any).
 
     Float64 on the CPU (exact agreement with scikit-learn's embedding), float32 on a GPU.
@@ -404,8 +435,11 @@ def spectral_clustering_torch(affinity, n_clusters: int, seed: int = 0,
         w = affinity.to(device=dev, dtype=dtype)
     else:
         w = torch.as_tensor(np.asarray(affinity), dtype=dtype, device=dev)
-    emb = spectral_embedding_torch(w, n_clusters)
-    return kmeans_torch(emb, n_clusters, seed, n_init).cpu().numpy().astype(np.int64)
+    phases = Phases() if phases is None else phases
+    with phases("embedding"):
+        emb = spectral_embedding_torch(w, n_clusters)
+    with phases("kmeans"):
+        return kmeans_torch(emb, n_clusters, seed, n_init).cpu().numpy().astype(np.int64)
 
 
 # --------------------------------------------------------------------------- kNN-sparse path
@@ -527,25 +561,31 @@ def _to_scipy(affinity):
 def spectral_clustering_knn(descriptors, n_clusters: int, seed: int = 0,
                             backend: str = "torch", n_init: int = 10,
                             n_neighbors: int = 100, sigma: float | None = None,
-                            device: str | None = None) -> tuple[np.ndarray, float]:
+                            device: str | None = None, phases: Phases | None = None
+                            ) -> tuple[np.ndarray, float]:
     """Spectral clustering on the kNN-sparse Gaussian affinity (no ``(N, N)`` matrix).
 
     Returns: (``(N,)`` int64 cluster ids, sigma)
     """
+    phases = Phases() if phases is None else phases
     n = len(descriptors)
     if n_clusters < 1 or n_clusters > n:
         raise ValueError(f"cannot make {n_clusters} clusters of {n} videos")
     backend = resolve_backend(backend)
     if backend == "sklearn" and device is None:
         device = "cpu"
-    w, sig = knn_affinity(descriptors, n_neighbors, sigma, device)
+    with phases("graph"):
+        w, sig = knn_affinity(descriptors, n_neighbors, sigma, device)
     if n_clusters == 1:
         return np.zeros(n, dtype=np.int64), sig
     if backend == "torch":
-        emb = spectral_embedding_sparse_torch(w, n_clusters, seed)
-        return kmeans_torch(emb, n_clusters, seed, n_init).cpu().numpy().astype(np.int64), sig
+        with phases("embedding"):
+            emb = spectral_embedding_sparse_torch(w, n_clusters, seed)
+        with phases("kmeans"):
+            labels = kmeans_torch(emb, n_clusters, seed, n_init)
+        return labels.cpu().numpy().astype(np.int64), sig
     return spectral_clustering(_to_scipy(w), n_clusters, seed=seed, backend=backend,
-                               n_init=n_init), sig
+                               n_init=n_init, phases=phases), sig
 
 
 def cluster_descriptors(descriptors: np.ndarray, n_clusters: int, seed: int = 0,
@@ -571,41 +611,45 @@ def run_clustering(descriptors: np.ndarray, n_clusters: int, backend: str = "aut
         graph: ``auto`` | ``dense`` | ``knn`` (see :func:`choose_graph`).
         n_neighbors: neighbours per video of the ``knn`` graph.
     Returns:
-        ``{"labels", "backend", "graph", "sigma", "seconds", "sizes", "silhouette",
-        "scores"?, "stability"?}`` (``stability``: NMI between ``previous`` and the new
-        labels; ``silhouette`` and ``stability`` are the label-free scores Tune can use).
+        ``{"labels", "backend", "graph", "sigma", "seconds", "phases", "sizes",
+        "silhouette", "scores"?, "stability"?}`` (``phases``: seconds of the graph, the
+        eigensolver (``embedding``), ``kmeans`` (or cuML's one ``spectral`` call) and the
+        ``scores``; ``stability``: NMI between ``previous`` and the new labels;
+        ``silhouette`` and ``stability`` are the label-free scores Tune can use).
     """
-    import time
-
     from .evaluate import clustering_scores
 
     started = time.perf_counter()
+    phases = Phases()
     used, why = backend_choice(backend)
     kind = choose_graph(len(descriptors), graph, dense_max)
     if kind == "dense":
         # the torch backend on a GPU builds the affinity there, not in host memory
         build = (gaussian_affinity_torch if used == "torch" and gpu_available()
                  else gaussian_affinity)
-        affinity, sig = build(descriptors, sigma)
+        with phases("graph"):
+            affinity, sig = build(descriptors, sigma)
         labels = spectral_clustering(affinity, n_clusters, seed=seed, backend=used,
-                                     n_init=n_init)
+                                     n_init=n_init, phases=phases)
     else:
         labels, sig = spectral_clustering_knn(descriptors, n_clusters, seed=seed,
                                               backend=used, n_init=n_init,
-                                              n_neighbors=n_neighbors, sigma=sigma)
+                                              n_neighbors=n_neighbors, sigma=sigma,
+                                              phases=phases)
     out = {"labels": labels, "backend": used, "backend_reason": why, "graph": kind,
-           "sigma": sig,
-           "seconds": time.perf_counter() - started,
-           "sizes": np.bincount(labels, minlength=n_clusters).tolist()}
+           "sigma": sig, "sizes": np.bincount(labels, minlength=n_clusters).tolist()}
     if kind == "knn":
         out["n_neighbors"] = int(min(n_neighbors, len(descriptors) - 1))
-    if truth is not None:
-        out["scores"] = clustering_scores(labels, truth)
-    out["silhouette"] = silhouette(descriptors, labels, seed=seed)
-    if previous is not None:
-        from sklearn.metrics import normalized_mutual_info_score
+    with phases("scores"):
+        if truth is not None:
+            out["scores"] = clustering_scores(labels, truth)
+        out["silhouette"] = silhouette(descriptors, labels, seed=seed)
+        if previous is not None:
+            from sklearn.metrics import normalized_mutual_info_score
 
-        out["stability"] = float(normalized_mutual_info_score(previous, labels))
+            out["stability"] = float(normalized_mutual_info_score(previous, labels))
+    out["seconds"] = time.perf_counter() - started
+    out["phases"] = {k: round(v, 3) for k, v in phases.items()}
     return out
 
 

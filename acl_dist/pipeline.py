@@ -8,8 +8,8 @@ clustering. After the last round the final detections and ``metrics.json`` are w
 
 The run directory's files are read and written only through
 :class:`acl_dist.artifacts.RunDir` (its module doc lists them); ``RUN/ray_train/`` is Ray
-Train's storage and ``RUN/tensorboard/round_<r>/`` the TensorBoard events (loss terms per
-network, lr, videos/s).
+Train's storage and ``RUN/tensorboard/`` the TensorBoard events (:mod:`acl_dist.board`:
+per round's training, and one point per round of clustering quality and mAP).
 
 With a validation split (``val_subset``, or ``val_fraction`` of the training videos held
 out by :func:`holdout_split`), its videos are never clustered or trained on; the attention
@@ -31,6 +31,7 @@ import numpy as np
 
 from . import fsutil, ray_start, resources
 from .artifacts import CONFIG, RUN_INFO, RunDir, label_names, verify_train_storage
+from .board import round_scalars, write_points
 from .config import RunConfig, with_updates
 from .errors import ConfigError
 from .evaluate import MAPPING_MODES, cluster_class_mapping, cluster_name
@@ -85,9 +86,9 @@ class Run:
         self.results = RunResults(self.dir, cfg, store_path, self.split, self.label_names,
                                   with_test, label_map_given, quiet)
 
-    def _absolute(self, *parts: str) -> str:
+    @staticmethod
+    def _absolute(path: str) -> str:
         """A run path handed to Ray workers: independent of their working directory."""
-        path = self.dir.path(*parts)
         return path if fsutil.is_remote(path) else os.path.abspath(path)
 
     def _torch_threads(self) -> int:
@@ -119,18 +120,21 @@ class Run:
         truth = self.split.truth if self.split.has_truth else None
         cc = with_updates(self.cfg.cluster, seed=self.cfg.seed + self.cfg.cluster.seed)
         res = run_clustering_task(desc[[order[v] for v in ids]], self.cfg.num_classes, cc,
-                                  truth, previous, use_gpu=self.plan["cluster"]["gpu"])
+                                  truth, previous, use_gpu=self.plan["cluster"]["gpu"],
+                                  desc=f"  round {r} clustering", quiet=self.quiet)
         out = {"round": r, **{k: res[k] for k in ("backend", "backend_reason", "graph",
-                                                   "sigma", "seconds", "sizes")},
+                                                   "sigma", "seconds", "phases", "sizes")},
                "labels": {v: int(k) for v, k in zip(ids, res["labels"])}}
         if "scores" in res:
             out["scores"] = res["scores"]
             out["mapping"] = {mode: {cluster_name(k): v for k, v in cluster_class_mapping(
                 res["labels"], truth, mode).items()} for mode in MAPPING_MODES}
         s = res.get("scores")
+        phases = ", ".join(f"{k} {v:.1f} s" for k, v in res["phases"].items())
         log(f"  round {r} clustering ({res['backend']}: {res['backend_reason']}; "
-            f"{res['graph']} graph)" + (f": NMI {s['nmi']:.3f} ARI {s['ari']:.3f} "
-                                        f"purity {s['purity']:.3f}" if s else ""), self.quiet)
+            f"{res['graph']} graph; {phases})" + (
+                f": NMI {s['nmi']:.3f} ARI {s['ari']:.3f} purity {s['purity']:.3f}"
+                if s else ""), self.quiet)
         out.update({k: res[k] for k in ("stability", "silhouette") if res.get(k) is not None})
         self.dir.write_clusters(r, out)
         return {"backend": res["backend"]}
@@ -140,7 +144,7 @@ class Run:
                                             + 1000 * r})   # the seeding rule: TrainConfig
         labels = self.split.weak_labels if cfg.mode == "weak" else \
             {v: [k] for v, k in self.dir.read_clusters(r)["labels"].items()}
-        storage = self._absolute("ray_train")
+        storage = self._absolute(self.dir.path("ray_train"))
         # an interrupted round restarts from its latest Ray Train checkpoint: check them
         # here, so a refused or corrupt file is one line naming it, not a worker traceback
         verify_train_storage(storage, f"round_{r}")
@@ -148,7 +152,8 @@ class Run:
                             self.label_names, r, storage, f"round_{r}",
                             torch_threads=self._torch_threads(),
                             max_failures=self.max_failures, quiet=self.quiet,
-                            tensorboard_dir=self._absolute("tensorboard", f"round_{r}"))
+                            tensorboard_dir=self._absolute(
+                                self.dir.tensorboard_dir(f"round_{r}")))
         self.dir.save_model(r, ckpt)
         last = ckpt["history"][-1] if ckpt.get("history") else {}
         return {"steps": cfg.train.steps, "final_loss": last.get("loss")}
@@ -234,7 +239,8 @@ class Run:
         for name, action in self.schedule():
             if not name:
                 action()
-            elif self.dir.done(name):
+                continue
+            if self.dir.done(name):
                 log(f"[{name}] done earlier, skipped", self.quiet)
             else:
                 log(f"[{name}] ...", self.quiet)
@@ -243,6 +249,19 @@ class Run:
                 seconds = time.perf_counter() - started
                 self.dir.mark(name, seconds, **info)
                 log(f"[{name}] {seconds:.1f} s", self.quiet)
+            self._board_points(name)
+
+    def _board_points(self, step: str) -> None:
+        """A clustering's or an evaluation's numbers as one point per round in
+        ``RUN/tensorboard/rounds/`` (:mod:`acl_dist.board`), also for resumed steps."""
+        tag, _, kind = step.partition(".")
+        if kind not in ("cluster", "evaluate"):
+            return
+        r = int(tag.split("_")[1])
+        points = round_scalars(self.dir.read_clusters(r), {}) if kind == "cluster" else \
+            round_scalars(None, {s: self.dir.read_eval(r, s) for s in ("test", "val")})
+        write_points(self.dir.tensorboard_dir("rounds"),
+                     f"events.out.tfevents.{kind}_{r:03d}", points, r)
 
 
 def load_run_config(out: str, store: str | None = None) -> tuple[str, RunConfig, dict]:

@@ -8,8 +8,6 @@ PyTorch); this module feeds it a shard and reports for it.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import sys
 import tempfile
 import warnings
@@ -17,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from . import fsutil
 from .artifacts import ArtifactError, load_train_checkpoint, save_train_checkpoint
 from .config import RunConfig, from_dict, to_dict
 from .errors import find_cause
@@ -48,39 +45,28 @@ def _no_drop_data_config():
 
 
 class _Board:
-    """TensorBoard event files of one round (losses per term and stream, lr, throughput).
-
-    Written locally by rank 0 and copied into the run directory at the end of the round
-    (the run directory may be on S3, where an event file cannot be appended to)."""
+    """TensorBoard events of one round's training (losses per term and stream, lr,
+    throughput) as ``round_<r>/<tag>`` (:class:`acl_dist.board.EventFile`)."""
 
     def __init__(self, target: str | None, round_index: int):
-        self.target = target
-        self.writer = None
-        if target:
-            from tensorboardX import SummaryWriter
+        from .board import EventFile
 
-            self.local = tempfile.mkdtemp(prefix="acl-tb-")
-            self.writer = SummaryWriter(self.local)
-            self.round = round_index
+        self.events = EventFile(target) if target else None
+        self.round = round_index
 
     def add(self, metrics: dict[str, float], step: int) -> None:
-        if self.writer is None:
+        if self.events is None:
             return
         for key, value in metrics.items():
             if key in ("step", "worker_videos"):
                 continue
             tag = key if "/" in key else f"train/{key}"
-            self.writer.add_scalar(f"round_{self.round}/{tag}", value, step)
+            self.events.add(f"round_{self.round}/{tag}", value, step)
 
     def close(self) -> None:
-        if self.writer is None:
-            return
-        self.writer.close()
-        for name in os.listdir(self.local):
-            with open(os.path.join(self.local, name), "rb") as fh:
-                fsutil.write_bytes_atomic(fsutil.join(self.target, name), fh.read())
-        shutil.rmtree(self.local, ignore_errors=True)
-        self.writer = None
+        if self.events is not None:
+            self.events.close()
+            self.events = None
 
 
 def _quiet_train_reports() -> None:

@@ -153,3 +153,26 @@ def test_run_clustering_stability():
     x, truth = planted()
     out = run_clustering(x, 4, backend="sklearn", previous=truth)
     assert out["stability"] > 0.95
+
+
+@pytest.mark.parametrize("n,k,seed", [(200, 20, 0), (120, 7, 3)])
+def test_sklearn_path_is_spectral_clusterings_two_steps_timed_apart(n, k, seed):
+    """The sklearn backend runs SpectralClustering(affinity="precomputed").fit's embedding
+    and k-means itself (to report each phase's seconds): the labels are identical."""
+    from sklearn.cluster import SpectralClustering
+
+    from acl_dist.clustering import Phases, run_clustering, spectral_clustering
+
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((k, 16)) * 2
+    x = (centres[np.arange(n) % k] + rng.standard_normal((n, 16))).astype(np.float32)
+    affinity, _ = gaussian_affinity(x)
+    want = SpectralClustering(n_clusters=k, affinity="precomputed", random_state=seed,
+                              assign_labels="kmeans", n_init=10).fit_predict(affinity)
+    phases = Phases()
+    got = spectral_clustering(affinity, k, seed=seed, backend="sklearn", phases=phases)
+    assert (got == want).all() and set(phases) == {"embedding", "kmeans"}
+    out = run_clustering(x, k, backend="sklearn", seed=seed, graph="dense")
+    assert (out["labels"] == want).all()
+    assert set(out["phases"]) == {"graph", "embedding", "kmeans", "scores"}
+    assert sum(out["phases"].values()) <= out["seconds"] + 1e-3

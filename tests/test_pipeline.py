@@ -86,6 +86,8 @@ class FakeSteps:
         monkeypatch.setattr(pipeline.RunResults, "evaluate",
                             lambda results, r: write(self.run, f"round_{r}.evaluate"))
         monkeypatch.setattr(pipeline.Run, "step_finish", lambda self: write(self, "finish"))
+        # the stand-ins' files hold no numbers to plot
+        monkeypatch.setattr(pipeline.Run, "_board_points", lambda self, step: None)
         original = pipeline.Run.execute
 
         def execute(run, resume=False):
@@ -171,6 +173,21 @@ def test_tensorboard_events_per_round(unsupervised_run):
                 f"round_{r}/train/lr", f"round_{r}/train/videos_per_s"} <= set(scalars)
         assert [step for step, _ in scalars[f"round_{r}/train/loss"]] == [3, 6]
         assert all(v > 0 for _, v in scalars[f"round_{r}/train/loss"])
+    # one point per round: clustering quality (rounds 0-2) and mAP (rounds 0-1), the
+    # numbers of metrics.json
+    points = read_scalars(run / "tensorboard" / "rounds")
+    rounds = json.loads((run / "metrics.json").read_text())["rounds"]
+    def steps_values(tag):
+        return [s for s, _ in points[tag]], [v for _, v in points[tag]]
+
+    steps, nmi = steps_values("clustering/nmi")
+    assert steps == [0, 1, 2] and nmi == pytest.approx([r["nmi"] for r in rounds])
+    assert steps_values("clustering/purity")[0] == [0, 1, 2]
+    assert steps_values("clustering/stability")[0] == [1, 2]
+    steps, average = steps_values("test/map_avg")
+    assert steps == [0, 1] and average == pytest.approx([r["test_average"]
+                                                         for r in rounds[:2]])
+    assert steps_values("test/map50")[0] == [0, 1]
 
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",

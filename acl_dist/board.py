@@ -1,0 +1,79 @@
+"""TensorBoard event files of a run (``RUN/tensorboard/``): each written locally by
+tensorboardX, then copied whole into the run directory, which may be on S3 where a file
+cannot be appended to.
+
+* ``RUN/tensorboard/round_<r>/``: one round's training, from Ray Train's rank 0 (every
+  loss term per network, ``train/loss``, ``train/lr``, ``train/videos_per_s``);
+* ``RUN/tensorboard/rounds/``: one point per round: the clustering's NMI, ARI, purity
+  (when the training videos have labels) and its label-free silhouette and stability,
+  and the round's test and validation mAP (average and at tIoU 0.5). One file per step
+  of the ledger, named by it, so a resumed run rewrites rather than repeats a point.
+
+No Ray, no torch.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from . import fsutil
+
+
+class EventFile:
+    """Scalars written to one local event file, copied to ``target`` (a directory, local
+    or ``s3://``) by :meth:`close`, as ``name`` when given (TensorBoard reads any file
+    whose name holds ``tfevents``)."""
+
+    def __init__(self, target: str, name: str | None = None):
+        from tensorboardX import SummaryWriter
+
+        self.target, self.name = target, name
+        self.local = tempfile.mkdtemp(prefix="acl-tb-")
+        self.writer = SummaryWriter(self.local)
+
+    def add(self, tag: str, value: float, step: int) -> None:
+        self.writer.add_scalar(tag, value, step)
+
+    def close(self) -> None:
+        if self.writer is None:
+            return
+        self.writer.close()
+        for name in os.listdir(self.local):
+            with open(os.path.join(self.local, name), "rb") as fh:
+                fsutil.write_bytes_atomic(fsutil.join(self.target, self.name or name),
+                                          fh.read())
+        shutil.rmtree(self.local, ignore_errors=True)
+        self.writer = None
+
+
+def round_scalars(clusters: dict[str, Any] | None, evals: dict[str, dict | None]
+                  ) -> dict[str, float]:
+    """The per-round points of ``RUN/tensorboard/rounds/`` from a round's ``clusters.json``
+    and its ``eval.json`` / ``val.json`` (``evals``: split -> content or None)."""
+    out: dict[str, float] = {}
+    if clusters is not None:
+        for key, value in (clusters.get("scores") or {}).items():
+            if key in ("nmi", "ari", "purity"):
+                out[f"clustering/{key}"] = float(value)
+        for key in ("silhouette", "stability"):
+            if clusters.get(key) is not None:
+                out[f"clustering/{key}"] = float(clusters[key])
+    for split, ev in evals.items():
+        if ev is not None and "average" in ev:
+            out[f"{split}/map_avg"] = float(ev["average"])
+            if 0.5 in ev["tiou"]:
+                out[f"{split}/map50"] = float(ev["map"][ev["tiou"].index(0.5)])
+    return out
+
+
+def write_points(target: str, name: str, points: dict[str, float], step: int) -> None:
+    """``points`` at ``step`` as one event file ``target/name`` (replacing it)."""
+    if not points:
+        return
+    events = EventFile(target, name)
+    for tag, value in points.items():
+        events.add(tag, value, step)
+    events.close()
