@@ -19,6 +19,7 @@ import numpy as np
 
 from . import fsutil
 from .artifacts import RunDir, label_names as run_label_names
+from .errors import ArtifactError
 from .plots import figure_png, pyplot
 from .evaluate import cluster_class_mapping, cluster_name, contingency
 from .store import FeatureStore
@@ -174,6 +175,22 @@ def _rounds_section(metrics: dict[str, Any]) -> Section:
             {"rounds.png": png} if png else {})
 
 
+def _plan_section(rundir: RunDir) -> Section:
+    """Where the run ran: its plan (``plan.json``) as printed at its start, and the
+    resolved config it ran with."""
+    from .config import to_yaml
+    from .plan import describe_plan
+
+    try:
+        plan = rundir.read_plan()
+    except ArtifactError:       # runs from before plan.json
+        return "", {}
+    lines = "\n".join(describe_plan(plan))
+    return (f"<h2>Plan</h2><pre>{html.escape(lines)}</pre><details><summary>resolved "
+            f"config</summary><pre>{html.escape(to_yaml(rundir.read_config()))}</pre>"
+            "</details>"), {}
+
+
 def _clusters_section(cfg: Any, store: FeatureStore, clusters: dict[str, Any] | None,
                       r: int) -> Section:
     """Round ``r``'s cluster x class confusion and per-cluster purity (unsupervised runs
@@ -250,7 +267,7 @@ def build_report(run: str, sample: int = 6, seed: int = 0) -> str:
     store = FeatureStore.open(metrics["store"])
     last = cfg.rounds - 1
     clusters = rundir.read_clusters(last) if cfg.mode == "unsupervised" else None
-    parts = [_map_section(metrics), _rounds_section(metrics),
+    parts = [_map_section(metrics), _rounds_section(metrics), _plan_section(rundir),
              _clusters_section(cfg, store, clusters, last),
              _strips_section(rundir, cfg, store, clusters, sample, seed)]
     images = {name: png for _, pngs in parts for name, png in pngs.items()}

@@ -218,8 +218,9 @@ def test_report_opens_in_a_browser_with_every_image(unsupervised_run, tmp_path, 
     page = run / "report.html"
     assert capsys.readouterr().out.strip() == str(page)
     text = page.read_text()
-    for heading in ("Detection mAP", "Rounds", "Clusters of round 1", "Test videos"):
+    for heading in ("Detection mAP", "Rounds", "Plan", "Clusters of round 1", "Test videos"):
         assert heading in text
+    assert "plan on local Ray instance" in text and "training: 2 Ray Train worker(s)" in text
     assert "src='data:image/png;base64," in text and "http" not in text.split("<body>")[1]
     pngs = sorted(p.name for p in (run / "report_files").iterdir())
     assert {"rounds.png", "confusion.png", "clusters.png"} <= set(pngs)
