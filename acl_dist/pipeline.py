@@ -130,9 +130,10 @@ class Run:
             out["mapping"] = {mode: {cluster_name(k): v for k, v in cluster_class_mapping(
                 res["labels"], truth, mode).items()} for mode in MAPPING_MODES}
         s = res.get("scores")
-        phases = ", ".join(f"{k} {v:.1f} s" for k, v in res["phases"].items())
+        took = f"{res['seconds']:.1f} s" + (": " + ", ".join(
+            f"{k} {v:.1f} s" for k, v in res["phases"].items()) if res["seconds"] >= 1 else "")
         log(f"  round {r} clustering ({res['backend']}: {res['backend_reason']}; "
-            f"{res['graph']} graph; {phases})" + (
+            f"{res['graph']} graph; {took})" + (
                 f": NMI {s['nmi']:.3f} ARI {s['ari']:.3f} purity {s['purity']:.3f}"
                 if s else ""), self.quiet)
         out.update({k: res[k] for k in ("stability", "silhouette") if res.get(k) is not None})
