@@ -159,3 +159,19 @@ def test_run_and_tune_plans_print_and_write_nothing(ray_session, tiny_store, tmp
     text = capsys.readouterr().out
     assert text.startswith("search plan on local Ray instance") and "8 trial(s)" in text
     assert not out.exists()
+
+
+def test_predict_runs_on_gpus_when_the_cluster_has_or_can_start_them():
+    from acl_dist.plan import predict_plan
+
+    cold = predict_plan(cold_cluster_yaml(), videos=5000)        # cluster.yaml, head only
+    assert (cold["gpu"], cold["actors"], cold["request"]) == (True, 1, [{"GPU": 1.0}])
+    warm = capacity_from({"CPU": 96.0, "GPU": 8.0}, [], on_cluster=True)
+    assert predict_plan(warm, videos=5000)["actors"] == 8            # one per GPU up
+    assert predict_plan(warm, videos=200)["actors"] == 2             # no more than batches
+    assert predict_plan(warm, videos=5000)["request"] == []
+    cpus = capacity_from({"CPU": 32.0}, [], on_cluster=True)
+    plan = predict_plan(cpus, videos=5000)
+    assert (plan["gpu"], plan["actors"], plan["request"]) == (False, 8, [])
+    local = predict_plan(capacity_from({"CPU": 4.0}, [], on_cluster=False), videos=100)
+    assert (local["gpu"], local["actors"]) == (False, 1)
