@@ -197,8 +197,8 @@ def test_mapping_uses_only_the_labels_passed():
         mapping = cluster_class_mapping(train_clusters, train_labels, mode)
         assert set(mapping) == {0, 1}, mode
         assert mapping[0][0] == ("a", 1.0) and mapping[1][0] == ("b", 1.0), mode
-        # Different test labels change nothing: the mapping is a function of its inputs only.
-        assert mapping == cluster_class_mapping(list(train_clusters), list(train_labels), mode)
+        # what the test videos would say differs: adding them changes the mapping (the
+        # pipeline never does: test_the_runs_mapping_reads_only_training_labels)
         assert mapping != cluster_class_mapping(train_clusters + test_clusters,
                                                 train_labels + test_labels, mode)
 
@@ -214,3 +214,78 @@ def test_mapping_uses_only_the_labels_passed():
     r = evaluate_detections(gt, mapped, subset="test", tiou_thresholds=[0.5],
                             unknown_labels="ignore")
     assert r.classes == ["b"] and r.map[0] == 0.0
+
+
+def _relabelled(store: str, out: str, change) -> str:
+    """A copy of ``store`` whose videos with ``change(record)`` True get their labels (and
+    segment labels) rotated to the next class: the same features, other annotations."""
+    from acl_dist.annotations import Segment
+    from acl_dist.store import FeatureStore, StoreWriter
+
+    fs = FeatureStore.open(store)
+    rotate = {c: fs.classes[(i + 1) % len(fs.classes)] for i, c in enumerate(fs.classes)}
+    with StoreWriter(out, fs.streams, fs.classes, dtype=fs.dtype,
+                     source=fs.manifest.get("source")) as w:
+        for rec in fs.iter_videos():
+            if change(rec):
+                rec.labels = [rotate[c] for c in rec.labels]
+                rec.segments = [Segment(rotate[g.label], g.start, g.end) for g in rec.segments]
+            w.add(rec)
+    return out
+
+
+def test_the_runs_mapping_reads_only_training_labels(tiny_store, tmp_path):
+    """Through the pipeline's own path (the videos' roles from ``split_videos``, the
+    mapping from ``RunResults``): relabelling every test video and every held-out
+    validation video leaves the cluster -> class mapping unchanged; relabelling training
+    videos changes it (so the check can fail)."""
+    from acl_dist.artifacts import RunDir
+    from acl_dist.config import load_config
+    from acl_dist.plan import resolve_config, split_videos
+    from acl_dist.results import RunResults
+    from acl_dist.store import FeatureStore
+
+    store = tiny_store[0]
+    base = load_config("tiny", ["val_fraction=0.25"], mode="unsupervised", num_classes=4)
+
+    def mappings(path: str) -> tuple[dict, set]:
+        fs = FeatureStore.open(path)
+        cfg = resolve_config(base, fs, cpus=2)
+        split = split_videos(cfg, fs)
+        run = RunDir(str(tmp_path / f"run-{len(list(tmp_path.iterdir()))}"))
+        ids = [m.video_id for m in split.train]
+        run.write_clusters(0, {"labels": {v: i % 4 for i, v in enumerate(sorted(ids))}})
+        results = RunResults(run, cfg, path, split, [cluster_name(k) for k in range(4)])
+        return {m: results.mapping(0, m) for m in ("hungarian", "majority", "soft")}, \
+            split.val_ids
+
+    want, held_out = mappings(store)
+    assert held_out          # the validation split exists and is relabelled below
+    other = _relabelled(store, str(tmp_path / "other-test-labels"),
+                        lambda rec: rec.subset == "test" or rec.video_id in held_out)
+    got, held_again = mappings(other)
+    assert held_again == held_out and got == want
+    train_changed = _relabelled(store, str(tmp_path / "other-train-labels"),
+                                lambda rec: rec.subset != "test" and
+                                rec.video_id not in held_out)
+    assert mappings(train_changed)[0] != want
+
+
+def test_soft_mapping_can_lower_map_relative_to_majority():
+    """docs/method.md's example: soft copies a cluster's detections to a second class at
+    half the score; where that class is absent the copy is a false positive that can rank
+    above a true one (100.0 with majority, 75.0 with soft)."""
+    train_clusters, train_labels = expand({0: {"a": 2, "b": 1}, 1: {"b": 2}})
+    dets = [Detection("t1", "cluster_00", 0.9, 0.0, 10.0),
+            Detection("t2", "cluster_01", 0.4, 0.0, 10.0)]
+    gt = {"database": {"t1": {"subset": "test", "annotations": [{"label": "a",
+                                                                 "segment": [0, 10]}]},
+                       "t2": {"subset": "test", "annotations": [{"label": "b",
+                                                                 "segment": [0, 10]}]}}}
+    scores = {}
+    for mode in ("majority", "soft"):
+        mapped = map_detections(dets, cluster_class_mapping(train_clusters, train_labels,
+                                                            mode))
+        scores[mode] = evaluate_detections(gt, mapped, subset="test",
+                                           tiou_thresholds=[0.5]).average
+    assert scores == {"majority": pytest.approx(100.0), "soft": pytest.approx(75.0)}
