@@ -177,6 +177,8 @@ class TrainConfig:
         placement_strategy: how the workers' bundles are placed: ``PACK`` (few nodes, the
             default), ``SPREAD``, ``STRICT_PACK`` (one node) or ``STRICT_SPREAD`` (one worker
             per node).
+        sampling: ``epoch``: every video once per epoch (acl-dist's); ``replacement``:
+            clusters, pair members and fill drawn with replacement (the paper's).
         log_every: steps between metric reports.
         checkpoint_every: steps between mid-round checkpoints (0: only the final one).
         seed: offset of this part's seed: training of round r is seeded with
@@ -196,6 +198,7 @@ class TrainConfig:
     use_gpu: bool | None = None
     cpus_per_worker: float | None = None
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    sampling: Literal["epoch", "replacement"] = "epoch"
     log_every: int = 25
     checkpoint_every: int = 0
     seed: int = 0
@@ -261,10 +264,19 @@ class LocalizeConfig:
             ones; 0.5..2.5 won on a validation split of the THUMOS-like training videos
             (+12 mAP avg) and serves long actions through the lower thresholds.
         upsample: linear upsampling factor of the signal before thresholding.
+        frame_rate: upsample to the video's frame rate instead (``snippet_frames`` points
+            per snippet: the paper's form; ``upsample`` is then unused).
+        smoothing: ``savgol``: the paper's Savitzky-Golay filter on the upsampled signal
+            (order 1, window max(min(255, len // 16), 3), odd); ``none``: acl-dist's.
+        dilation_frames: binary dilation of each thresholded mask by this many frames
+            (paper: 20, 1.25 snippets; 0: none, acl-dist's).
+        keep_top_class: always keep the top class even below ``class_threshold``
+            (acl-dist's: every video gets detections; the paper keeps none then).
         outer_ratio: outer-inner contrast context, as a fraction of the segment length.
         gamma: weight of the video-level class score added to each segment's score.
         nms_iou: class-wise NMS threshold (seconds, no "+1").
-        max_per_video: keep at most this many detections per video (after NMS).
+        max_per_video: keep at most this many detections per video (after NMS; 0: all,
+            the paper's).
     """
 
     rgb_weight: float = 2 / 3
@@ -272,6 +284,10 @@ class LocalizeConfig:
     signal: Literal["cas", "cas_attention"] = "cas"
     thresholds: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5)
     upsample: int = 8
+    frame_rate: bool = False
+    smoothing: Literal["none", "savgol"] = "none"
+    dilation_frames: int = 0
+    keep_top_class: bool = True
     outer_ratio: float = 0.25
     gamma: float = 0.25
     nms_iou: float = 0.65
@@ -280,7 +296,8 @@ class LocalizeConfig:
     def __post_init__(self) -> None:
         check_ranges("localize.", self, {
             "rgb_weight": (0, 1), "class_threshold": (0, 1), "upsample": (1,),
-            "outer_ratio": (0,), "gamma": (0,), "nms_iou": (0, 1, True), "max_per_video": (1,)})
+            "dilation_frames": (0,), "outer_ratio": (0,), "gamma": (0,),
+            "nms_iou": (0, 1, True), "max_per_video": (0,)})
         if not self.thresholds or any(t <= 0 for t in self.thresholds):
             raise ConfigError(f"localize.thresholds: need at least one threshold, each > 0, "
                               f"got {list(self.thresholds)}")

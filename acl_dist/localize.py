@@ -5,11 +5,13 @@ Per video, on the fused outputs (the early-fused network's, or the stream networ
 averaged with ``rgb_weight`` under ``model.fusion=late``):
 
 1. class gate: keep classes whose softmax video score exceeds ``class_threshold`` (the top
-   class always);
+   class always, unless ``keep_top_class`` is off as in the paper);
 2. signal per kept class: the min-max normalised CAS column (the paper's ``score`` metric),
    optionally times the min-max normalised class-agnostic attention;
-3. linear upsampling by ``upsample`` (sub-snippet boundaries), then for each relative
-   threshold t: runs where signal > t * mean(signal);
+3. linear upsampling by ``upsample`` (sub-snippet boundaries), or to the frame rate with
+   the paper's Savitzky-Golay smoothing (``frame_rate``, ``smoothing``), then for each
+   relative threshold t: runs where signal > t * mean(signal), each mask dilated by
+   ``dilation_frames`` first when set (the paper: 20 frames);
 4. each run scored by outer-inner contrast (mean inside minus mean over ``outer_ratio`` of
    its length on each side; 0 when there is no outside) plus ``gamma`` * video score;
 5. proposals of all thresholds pooled per class, class-wise NMS (tIoU in seconds, no "+1").
@@ -58,6 +60,35 @@ def upsample(signal: np.ndarray, factor: int) -> np.ndarray:
         return signal.astype(np.float64)
     centres = (np.arange(t * factor) + 0.5) / factor - 0.5
     return np.interp(centres, np.arange(t), signal.astype(np.float64))
+
+
+def savgol_window(length: int) -> int:
+    """The paper's Savitzky-Golay window for a signal of ``length`` points:
+    max(min(255, length // 16), 3), made odd (METHOD.md §10)."""
+    window = max(min(255, length // 16), 3)
+    return window if window % 2 else window + 1
+
+
+def smooth(signal: np.ndarray) -> np.ndarray:
+    """The paper's smoothing: a first-order Savitzky-Golay filter (scipy's, edges by
+    polynomial fit) with :func:`savgol_window`; signals shorter than the window (or than 3
+    points) are returned as they are."""
+    from scipy.signal import savgol_filter
+
+    window = savgol_window(len(signal))
+    if len(signal) < window:
+        return signal
+    return savgol_filter(signal, window, 1)
+
+
+def dilate(mask: np.ndarray, width: int) -> np.ndarray:
+    """Binary dilation of a 1-D mask by a centred structuring element of ``width`` points
+    (scipy.ndimage's; width <= 1 changes nothing)."""
+    if width <= 1:
+        return mask
+    from scipy.ndimage import binary_dilation
+
+    return binary_dilation(mask, structure=np.ones(width, dtype=bool))
 
 
 def runs(binary: np.ndarray) -> np.ndarray:
@@ -113,25 +144,32 @@ def localize_video(cas: np.ndarray, attention: np.ndarray, video_logits: np.ndar
         video_logits: ``(C,)`` fused video logits p.
         grid: the video's snippet grid. duration: seconds (detections are clipped to it).
     Returns:
-        Segments sorted by score, at most ``cfg.max_per_video``.
+        Segments sorted by score, at most ``cfg.max_per_video`` (all when 0).
     """
     t_len, n_cls = cas.shape
     probs = softmax(video_logits.astype(np.float64))
     classes = set(np.flatnonzero(probs > cfg.class_threshold).tolist())
-    classes.add(int(np.argmax(probs)))
-    step = grid.seconds_per_snippet / max(cfg.upsample, 1)
+    if cfg.keep_top_class:
+        classes.add(int(np.argmax(probs)))
+    factor = grid.snippet_frames if cfg.frame_rate else max(cfg.upsample, 1)
+    step = grid.seconds_per_snippet / factor
+    # the dilation in frames, as points of the upsampled signal
+    widen = round(cfg.dilation_frames * factor / grid.snippet_frames) \
+        if cfg.dilation_frames else 0
     att = minmax(attention) if cfg.signal == "cas_attention" else None
     out: list[ScoredSegment] = []
     for c in sorted(classes):
         signal = minmax(cas[:, c])
         if att is not None:
             signal = signal * att
-        up = upsample(signal, cfg.upsample)
+        up = upsample(signal, factor)
+        if cfg.smoothing == "savgol":
+            up = smooth(up)
         mean = up.mean()
         if not mean > 0:
             continue
-        spans = np.concatenate([runs(up > th * mean) for th in cfg.thresholds], axis=0) \
-            if cfg.thresholds else np.zeros((0, 2), int)
+        spans = np.concatenate([runs(dilate(up > th * mean, widen)) for th in cfg.thresholds],
+                               axis=0) if cfg.thresholds else np.zeros((0, 2), int)
         if len(spans) == 0:
             continue
         spans = np.unique(spans, axis=0)
@@ -142,7 +180,7 @@ def localize_video(cas: np.ndarray, attention: np.ndarray, video_logits: np.ndar
         for i in nms(seconds, scores, cfg.nms_iou):
             out.append(ScoredSegment(c, float(scores[i]), float(seconds[i, 0]), float(seconds[i, 1])))
     out.sort(key=lambda s: -s.score)
-    return out[: cfg.max_per_video]
+    return out[: cfg.max_per_video] if cfg.max_per_video else out
 
 
 def fuse(rgb: np.ndarray, flow: np.ndarray, rgb_weight: float) -> np.ndarray:

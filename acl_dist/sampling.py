@@ -2,7 +2,8 @@
 
 An epoch is a stream of videos; :class:`ClusterBatcher` holds at most ``buffer_size`` of
 them and emits batches until the stream is used up, so **every video of the epoch appears
-in exactly one batch** (no loss, no duplicates; the paper's sampler drew with replacement).
+in exactly one batch** (no loss, no duplicates). The paper's sampler, which draws with
+replacement, is :func:`batches_with_replacement` (``train.sampling=replacement``).
 Each batch takes up to Z clusters that have at least two videos in the buffer and up to K
 videos from each (clusters with fewer than K give what they have: the loss functions take
 ``-1``-padded groups), then fills up to the batch size with other buffered videos, which
@@ -109,6 +110,36 @@ class ClusterBatcher:
                 yield emit()
         while buffer:
             yield emit()
+
+
+def batches_with_replacement(items: Sequence[T], labels_of: Callable[[T], Sequence[int]],
+                             clusters_per_batch: int, videos_per_cluster: int,
+                             batch_size: int, seed: int = 0) -> Iterator[Batch[T]]:
+    """The paper's sampler (METHOD.md §6, §8.8): endless batches, each of Z clusters drawn
+    uniformly *with replacement* from those with a video, K videos drawn with replacement
+    from each (a pair may be one video twice, and two groups one cluster), and the rest of
+    the batch filled with videos drawn uniformly with replacement (they enter L_cls only).
+    A video with several labels belongs to each of their clusters."""
+    if videos_per_cluster < 2:
+        raise ValueError("videos_per_cluster (K) must be at least 2")
+    if not items:
+        raise ValueError("no videos to sample")
+    rng = random.Random(f"replacement/{seed}")
+    members: dict[int, list[int]] = {}
+    for i, item in enumerate(items):
+        for c in dict.fromkeys(labels_of(item)):
+            members.setdefault(c, []).append(i)
+    clusters = sorted(members)
+    z = min(clusters_per_batch, max(0, batch_size // videos_per_cluster)) if clusters else 0
+    while True:
+        picked: list[int] = []
+        groups, group_labels = [], []
+        for c in rng.choices(clusters, k=z):
+            groups.append(list(range(len(picked), len(picked) + videos_per_cluster)))
+            group_labels.append(c)
+            picked += rng.choices(members[c], k=videos_per_cluster)
+        picked += rng.choices(range(len(items)), k=max(0, batch_size - len(picked)))
+        yield Batch([items[i] for i in picked], groups, group_labels)
 
 
 def shard_indices(n: int, rank: int, world_size: int, seed: int = 0, epoch: int = 0

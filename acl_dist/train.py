@@ -24,7 +24,7 @@ from torch import nn
 from .config import RunConfig, to_dict
 from .losses import total_loss
 from .model import StreamModels, pad_batch
-from .sampling import Batch, ClusterBatcher, shuffled
+from .sampling import Batch, ClusterBatcher, batches_with_replacement, shuffled
 
 
 @dataclass
@@ -82,10 +82,16 @@ def terms_to_floats(terms: dict[str, torch.Tensor]) -> dict[str, float]:
 
 def batch_stream(items: Sequence[VideoItem], cfg: RunConfig, rank: int, world_size: int
                  ) -> Iterable[Batch[VideoItem]]:
-    """Endless batches of a worker's items: epoch after epoch, each video once per epoch."""
+    """Endless batches of a worker's items: epoch after epoch, each video once per epoch;
+    or, with ``train.sampling=replacement``, the paper's draws with replacement."""
     tc = cfg.train
     per_worker = max(1, math.ceil(tc.batch_size / world_size))
     z = max(1, round(tc.clusters_per_batch / world_size)) if tc.clusters_per_batch else 0
+    if tc.sampling == "replacement":
+        yield from batches_with_replacement(items, lambda it: it.labels, z,
+                                            tc.videos_per_cluster, per_worker,
+                                            seed=tc.seed * 1009 + rank)
+        return
     batcher = ClusterBatcher(z, tc.videos_per_cluster, per_worker, seed=tc.seed * 1009 + rank)
     epoch = 0
     while True:

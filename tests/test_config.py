@@ -33,8 +33,16 @@ def test_paper_preset_is_the_paper_schedule():
     assert cfg.model.fusion == "late" and cfg.model.global_context   # the paper's network
     assert cfg.model.dilations == (2, 3)
     assert cfg.model.base_kernel == 3 and cfg.model.local_kernel == 3
+    assert cfg.train.sampling == "replacement"                       # the paper's sampler
+    loc = cfg.localize                                               # and localisation
+    assert (loc.frame_rate, loc.smoothing, loc.dilation_frames) == (True, "savgol", 20)
+    assert not loc.keep_top_class and loc.max_per_video == 0
+    assert loc.thresholds == tuple(round(0.1 * i, 1) for i in range(1, 11))
     default = load_config().model                                    # acl-dist's defaults
     assert default.fusion == "early" and (default.base_kernel, default.local_kernel) == (1, 1)
+    ours = load_config()
+    assert ours.train.sampling == "epoch" and not ours.localize.frame_rate
+    assert ours.localize.keep_top_class and ours.localize.max_per_video == 200
 
 
 @pytest.mark.parametrize("key", ["base_kernel", "local_kernel"])

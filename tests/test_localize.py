@@ -79,3 +79,70 @@ def test_cas_attention_signal_uses_the_attention():
     segs = localize_video(cas, att, logits, GRID, 64.0, LocalizeConfig(signal="cas_attention"))
     top = max(segs, key=lambda s: s.score)
     assert top.start == pytest.approx(38.4, abs=0.33)
+
+
+# --------------------------------------------------------------------------- the paper's forms
+
+
+def test_savgol_window_and_smoothing_by_hand():
+    from acl_dist.localize import savgol_window, smooth
+
+    # max(min(255, len // 16), 3), made odd
+    assert [savgol_window(n) for n in (10, 48, 64, 100, 160, 5000)] == [3, 3, 5, 7, 11, 255]
+    # order 1 on a window of 3: inside, the mean of the 3 points (a straight-line fit's
+    # centre value); at the edges, the line fitted to the first / last 3 points
+    x = np.array([0.0, 0.0, 3.0, 0.0, 0.0, 6.0, 0.0, 0.0])
+    y = smooth(x)
+    np.testing.assert_allclose(y[1:-1], [1.0, 1.0, 1.0, 2.0, 2.0, 2.0])
+    # the lines fitted to (0, 0, 3) and (6, 0, 0), at the first and last points
+    np.testing.assert_allclose(y[[0, -1]], [-0.5, -1.0])
+    assert smooth(np.array([1.0, 2.0])).tolist() == [1.0, 2.0]      # shorter than a window
+
+
+def test_dilation_by_hand():
+    from acl_dist.localize import dilate
+
+    mask = np.array([0, 0, 1, 0, 0, 0, 1, 0, 0], bool)
+    # a centred element of 3 points widens each run by one point on each side
+    assert dilate(mask, 3).astype(int).tolist() == [0, 1, 1, 1, 0, 1, 1, 1, 0]
+    # of 5 points: by two, and the gap of three between the runs closes
+    assert runs(dilate(mask, 5)).tolist() == [[0, 9]]
+    assert (dilate(mask, 1) == mask).all() and (dilate(mask, 0) == mask).all()
+
+
+def test_paper_localisation_frame_rate_dilation_and_gate():
+    """The paper's form on the planted video: frame-rate points (16 per snippet), a
+    20-frame dilation that joins runs 10 frames apart, no detection for a video whose every
+    class is gated out, and no cap on detections."""
+    paper = LocalizeConfig(frame_rate=True, smoothing="savgol", dilation_frames=20,
+                           keep_top_class=False, max_per_video=0,
+                           thresholds=tuple(round(0.1 * i, 1) for i in range(1, 11)))
+    cas, att, logits = planted_video()
+    segs = localize_video(cas, att, logits, GRID, 64.0, paper)
+    assert segs and {s.label for s in segs} == {1}
+    step = GRID.seconds_per_snippet / 16                   # one frame: 0.04 s
+    for s in segs:                                          # boundaries on the frame grid
+        assert s.start / step == pytest.approx(round(s.start / step), abs=1e-6)
+    # two planted runs of one class 10 frames apart: apart without dilation, one with it
+    cas2 = np.full((40, 2), -2.0)
+    cas2[10:20, 0] = cas2[20:30, 0] = 3.0
+    cas2[20, 0] = -2.0                                      # a one-snippet (16-frame) dip
+    two = LocalizeConfig(frame_rate=True, thresholds=(1.0,), keep_top_class=True)
+    logits2 = np.array([5.0, -5.0])
+    apart = localize_video(cas2, att[:40], logits2, GRID, 40 * 0.64, two)
+    joined = localize_video(cas2, att[:40], logits2, GRID, 40 * 0.64,
+                            LocalizeConfig(frame_rate=True, thresholds=(1.0,),
+                                           dilation_frames=20))
+    assert len(apart) == 2 and len(joined) == 1
+    assert joined[0].start < 10 * 0.64 and joined[0].end > 29 * 0.64
+    # the gate: every class at 1/3 under a 0.5 threshold -> the paper keeps none, acl-dist
+    # the top one (class 0 of equal scores, given a planted run)
+    flat = np.zeros(3)
+    cas[40:50, 0] = 1.0
+    assert localize_video(cas, att, flat, GRID, 64.0,
+                          LocalizeConfig(class_threshold=0.5, keep_top_class=False)) == []
+    assert localize_video(cas, att, flat, GRID, 64.0, LocalizeConfig(class_threshold=0.5))
+    # the cap: 0 keeps every detection, 1 keeps the best
+    many = localize_video(cas, att, logits, GRID, 64.0, LocalizeConfig(max_per_video=0))
+    assert len(many) > 1 and localize_video(cas, att, logits, GRID, 64.0,
+                                            LocalizeConfig(max_per_video=1)) == many[:1]

@@ -84,3 +84,28 @@ def test_shards_are_disjoint_and_cover_everything():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="K"):
         ClusterBatcher(2, 1, 8)
+
+
+def test_the_papers_sampler_draws_with_replacement():
+    from acl_dist.sampling import batches_with_replacement
+
+    labels = {f"v{i}": [i % 3] for i in range(7)} | {"w": [0, 2]}   # w in clusters 0 and 2
+    items = list(labels)
+    stream = batches_with_replacement(items, labels.get, clusters_per_batch=2,
+                                      videos_per_cluster=2, batch_size=6, seed=5)
+    batches = [next(stream) for _ in range(300)]
+    for b in batches:
+        assert len(b.items) == 6 and len(b.groups) == 2
+        assert b.groups == [[0, 1], [2, 3]]                 # Z x K first, then 2 fill
+        for g, c in zip(b.groups, b.group_labels):
+            assert all(c in labels[b.items[i]] for i in g)
+    # with replacement: a pair of one video twice, and one cluster drawn for both groups
+    assert any(b.items[0] == b.items[1] for b in batches)
+    assert any(b.group_labels[0] == b.group_labels[1] for b in batches)
+    # every cluster and every video appears; the same seed gives the same stream
+    assert {c for b in batches for c in b.group_labels} == {0, 1, 2}
+    assert {v for b in batches for v in b.items} == set(items)
+    again = batches_with_replacement(items, labels.get, 2, 2, 6, seed=5)
+    assert [next(again).items for _ in range(5)] == [b.items for b in batches[:5]]
+    with pytest.raises(ValueError, match="K"):
+        next(batches_with_replacement(items, labels.get, 2, 1, 6))

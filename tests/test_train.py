@@ -118,3 +118,14 @@ def test_training_learns_the_labels_and_a_shuffled_control_does_not(tmp_path):
                 for it, j in zip(train, perm)]
     control, _ = test_accuracy(shuffled)
     assert control <= 0.5 and accuracy - control >= 0.4, (accuracy, control)   # chance 0.25
+
+
+def test_the_papers_sampling_trains():
+    cfg = load_config("tiny", ["train.steps=4", "train.batch_size=4", "train.max_len=0",
+                               "train.clusters_per_batch=2", "train.sampling=replacement"])
+    result = fit(_items(), cfg, 2, DIMS)
+    assert result.steps == 4 and np.isfinite(result.history[-1]["loss"])
+    epoch = fit(_items(), load_config("tiny", ["train.steps=4", "train.batch_size=4",
+                                               "train.max_len=0",
+                                               "train.clusters_per_batch=2"]), 2, DIMS)
+    assert result.history[-1]["loss"] != epoch.history[-1]["loss"]   # other batches
