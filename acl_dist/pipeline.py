@@ -31,7 +31,6 @@ import numpy as np
 
 from . import fsutil, ray_start, resources
 from .artifacts import CONFIG, RUN_INFO, RunDir, label_names, verify_train_storage
-from .board import round_scalars, write_points
 from .config import RunConfig, with_updates
 from .errors import ConfigError
 from .evaluate import MAPPING_MODES, cluster_class_mapping, cluster_name
@@ -250,19 +249,7 @@ class Run:
                 seconds = time.perf_counter() - started
                 self.dir.mark(name, seconds, **info)
                 log(f"[{name}] {seconds:.1f} s", self.quiet)
-            self._board_points(name)
-
-    def _board_points(self, step: str) -> None:
-        """A clustering's or an evaluation's numbers as one point per round in
-        ``RUN/tensorboard/rounds/`` (:mod:`acl_dist.board`), also for resumed steps."""
-        tag, _, kind = step.partition(".")
-        if kind not in ("cluster", "evaluate"):
-            return
-        r = int(tag.split("_")[1])
-        points = round_scalars(self.dir.read_clusters(r), {}) if kind == "cluster" else \
-            round_scalars(None, {s: self.dir.read_eval(r, s) for s in ("test", "val")})
-        write_points(self.dir.tensorboard_dir("rounds"),
-                     f"events.out.tfevents.{kind}_{r:03d}", points, r)
+            self.results.board_points(name)
 
 
 def load_run_config(out: str, store: str | None = None) -> tuple[str, RunConfig, dict]:

@@ -96,6 +96,20 @@ class RunResults:
                 log(f"  round {r} {split} mAP@{out['tiou'][k]} {out['map'][k]:.2f}  "
                     f"avg {out['average']:.2f}", self.quiet)
 
+    def board_points(self, step: str) -> None:
+        """After a clustering or an evaluation step (run now or earlier): its numbers as
+        one point per round in ``RUN/tensorboard/rounds/`` (:mod:`acl_dist.board`)."""
+        from .board import round_scalars, write_points
+
+        tag, _, kind = step.partition(".")
+        if kind not in ("cluster", "evaluate"):
+            return
+        r = int(tag.split("_")[1])
+        points = round_scalars(self.dir.read_clusters(r), {}) if kind == "cluster" else \
+            round_scalars(None, {s: self.dir.read_eval(r, s) for s in ("test", "val")})
+        write_points(self.dir.tensorboard_dir("rounds"),
+                     f"events.out.tfevents.{kind}_{r:03d}", points, r)
+
     def round_metrics(self, r: int) -> dict[str, Any]:
         """What a round reports to Tune: validation mAP of round ``r``'s models and the
         quality of the clustering their descriptors give (``round_{r+1}``'s clusters:

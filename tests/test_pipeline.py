@@ -87,7 +87,7 @@ class FakeSteps:
                             lambda results, r: write(self.run, f"round_{r}.evaluate"))
         monkeypatch.setattr(pipeline.Run, "step_finish", lambda self: write(self, "finish"))
         # the stand-ins' files hold no numbers to plot
-        monkeypatch.setattr(pipeline.Run, "_board_points", lambda self, step: None)
+        monkeypatch.setattr(pipeline.RunResults, "board_points", lambda self, step: None)
         original = pipeline.Run.execute
 
         def execute(run, resume=False):
