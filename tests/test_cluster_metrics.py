@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
+from store_helpers import relabelled
+
 from acl_dist.errors import DataError
 from acl_dist.evaluate import (
     Detection,
@@ -216,24 +218,6 @@ def test_mapping_uses_only_the_labels_passed():
     assert r.classes == ["b"] and r.map[0] == 0.0
 
 
-def _relabelled(store: str, out: str, change) -> str:
-    """A copy of ``store`` whose videos with ``change(record)`` True get their labels (and
-    segment labels) rotated to the next class: the same features, other annotations."""
-    from acl_dist.annotations import Segment
-    from acl_dist.store import FeatureStore, StoreWriter
-
-    fs = FeatureStore.open(store)
-    rotate = {c: fs.classes[(i + 1) % len(fs.classes)] for i, c in enumerate(fs.classes)}
-    with StoreWriter(out, fs.streams, fs.classes, dtype=fs.dtype,
-                     source=fs.manifest.get("source")) as w:
-        for rec in fs.iter_videos():
-            if change(rec):
-                rec.labels = [rotate[c] for c in rec.labels]
-                rec.segments = [Segment(rotate[g.label], g.start, g.end) for g in rec.segments]
-            w.add(rec)
-    return out
-
-
 def test_the_runs_mapping_reads_only_training_labels(tiny_store, tmp_path):
     """Through the pipeline's own path (the videos' roles from ``split_videos``, the
     mapping from ``RunResults``): relabelling every test video and every held-out
@@ -261,11 +245,11 @@ def test_the_runs_mapping_reads_only_training_labels(tiny_store, tmp_path):
 
     want, held_out = mappings(store)
     assert held_out          # the validation split exists and is relabelled below
-    other = _relabelled(store, str(tmp_path / "other-test-labels"),
+    other = relabelled(store, str(tmp_path / "other-test-labels"),
                         lambda rec: rec.subset == "test" or rec.video_id in held_out)
     got, held_again = mappings(other)
     assert held_again == held_out and got == want
-    train_changed = _relabelled(store, str(tmp_path / "other-train-labels"),
+    train_changed = relabelled(store, str(tmp_path / "other-train-labels"),
                                 lambda rec: rec.subset != "test" and
                                 rec.video_id not in held_out)
     assert mappings(train_changed)[0] != want

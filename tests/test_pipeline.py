@@ -143,6 +143,48 @@ def test_resume_reruns_the_interrupted_step_only(tiny_store, tmp_path, monkeypat
     assert steps.calls == SCHEDULE[SCHEDULE.index("round_0.train"):]
 
 
+@pytest.mark.ray
+def test_no_label_reaches_an_unsupervised_run(ray_session, tiny_store, tmp_path):
+    """A one-round unsupervised run (its clustering, training, attention pass and the next
+    round's clustering) on the tiny store and on a copy that differs only in every video's
+    labels (permuted to the next class): the same clusters, bitwise-equal checkpoints and
+    the same descriptors and raw detections. Only what is scored with the labels (the
+    cluster -> class mappings, mAP) may differ. One training worker: with two, Ray Data's
+    split of the videos between the workers varies from run to run."""
+    import io
+    from contextlib import redirect_stdout
+
+    import pyarrow.parquet as pq
+    from store_helpers import relabelled
+
+    stores = {"labels": tiny_store[0],
+              "permuted": relabelled(tiny_store[0], str(tmp_path / "permuted"),
+                                     lambda rec: True)}
+    runs = {}
+    for name, store in stores.items():
+        runs[name] = tmp_path / f"run-{name}"
+        with redirect_stdout(io.StringIO()):
+            assert main(["run", "--store", store, "--out", str(runs[name]), "--mode",
+                         "unsupervised", "--num-classes", "4", "--config", "tiny",
+                         "--rounds", "1", "--set", "train.workers=1", "--quiet"]) == 0
+    a, b = runs["labels"], runs["permuted"]
+
+    def clusters(d, r):
+        return json.loads((d / f"round_{r}" / "clusters.json").read_text())
+
+    # the labels did reach what is scored with them: the mappings name other classes
+    assert clusters(a, 0)["mapping"] != clusters(b, 0)["mapping"]
+    for r in (0, 1):
+        assert clusters(a, r)["labels"] == clusters(b, r)["labels"], r
+    ca, cb = (torch.load(d / "round_0" / "model.pt", weights_only=True) for d in (a, b))
+    assert ca["model"].keys() == cb["model"].keys()
+    assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"])
+    columns = ["video_id", "descriptor", "detections"]
+    ta, tb = (pq.read_table(d / "round_0" / "outputs.parquet", columns=columns)
+              .sort_by("video_id") for d in (a, b))
+    assert ta.num_rows > 0 and ta.equals(tb)
+
+
 def read_scalars(folder):
     """tag -> [(step, value)] from TensorBoard event files (TFRecord framing: length,
     length CRC, an Event protobuf, its CRC), read with tensorboardX's own protobufs."""
