@@ -11,7 +11,9 @@ them ours. The rest were lines that every run prints and no user can act on:
 * Ray Data's "Progress bars disabled" (we turn them off: our own progress lines replace
   them) and "Dataset ... execution finished in" (our line says the same per pass);
 * Tune's "experiment state snapshotting has been triggered multiple times" (three lines per
-  trial report; switched off through Tune's own variable in :mod:`acl_dist.tune`).
+  trial report; switched off through Tune's own variable in :mod:`acl_dist.tune`);
+* on S3, botocore's "Found credentials in environment variables" and "Found endpoint for
+  s3 via" from every S3 client of every worker (two per trial round in a Tune job).
 
 On stdout, Tune's experiment banner, its "View detailed results" and TensorBoard hints
 (into Ray's temp dir; switched off with Tune's legacy reporter at verbosity 0) and the
@@ -47,6 +49,9 @@ NOISE: tuple[tuple[re.Pattern[bytes], str], ...] = (
      "acl-dist turns Ray Data's bars off on purpose; its own progress lines replace them"),
     (re.compile(rb"Dataset \S+ execution finished in [\d.]+ seconds"),
      "the pass's own progress line says the same"),
+    (re.compile(rb"^(\x1b\[[\d;]*m)?(\([^)]*\) ?)?(\x1b\[[\d;]*m)?\s*Found (credentials in "
+                rb"environment variables|endpoint for s3 via: )"),
+     "botocore's INFO lines, one per S3 client of every Ray worker: nothing to act on"),
     (re.compile(rb"\(raylet[^)]*\)\S* WARNING: \d+ PYTHON worker processes have been "
                 rb"started"),
      "fractional CPUs per training worker are by design on small machines"),

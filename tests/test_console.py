@@ -29,6 +29,9 @@ RAY_CHATTER = [
     "\x1b[33m(raylet)\x1b[0m WARNING: 8 PYTHON worker processes have been started on node: "
     "46f0fb2e with address: 192.0.2.2, which is 4x the maximum expected startup concurrency",
     "(raylet, ip=10.0.0.3) WARNING: 14 PYTHON worker processes have been started on node",
+    "Found credentials in environment variables.",
+    "Found endpoint for s3 via: environment_global.",
+    "\x1b[36m(trial pid=123)\x1b[0m Found credentials in environment variables.",
 ]
 OURS = [
     "starting a local Ray instance (4 logical CPUs)",
@@ -39,6 +42,8 @@ OURS = [
     "Traceback (most recent call last):",
     "ray.exceptions.RayTaskError(ValueError): ray::train_fn() (pid=1, ip=1) ...",
     "(raylet) WARNING: the node is running low on memory",
+    "botocore.exceptions.NoCredentialsError: Unable to locate credentials",
+    "s3://bucket/run: Found credentials in environment variables? no: AccessDenied",
     "",
 ]
 
