@@ -316,6 +316,10 @@ class RunConfig:
         label_map: cluster -> class mapping for reporting unsupervised detections
             (``hungarian``, ``majority``, ``soft``); from training labels only.
         tiou: evaluation thresholds (``thumos``, ``anet`` or a list); None = by dataset.
+        test_videos: which test videos are scored: ``auto`` (a real THUMOS14 store's test
+            subset: the community's 210-video list; otherwise every video of the subset),
+            ``all``, ``thumos210`` (BaSNet/UM/CoLA) or ``thumos212`` (W-TALC/ACM-Net);
+            FORMATS.md §2.5. Detections are written for every test video either way.
         val_subset: a labelled store subset to validate on each round (never the test
             subset); its videos are localised and scored, never trained or clustered on.
         val_fraction: without ``val_subset``, hold out this fraction of the training videos
@@ -332,6 +336,7 @@ class RunConfig:
     test_subset: str | None = None
     label_map: Literal["hungarian", "majority", "soft"] = "hungarian"
     tiou: str | None = None
+    test_videos: Literal["auto", "all", "thumos210", "thumos212"] = "auto"
     val_subset: str | None = None
     val_fraction: float = 0.0
     seed: int = 0

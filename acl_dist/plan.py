@@ -185,6 +185,30 @@ def guess_tiou(store: FeatureStore) -> str:
     return "thumos" if meta is not None and meta.video_id.startswith("video_") else "anet"
 
 
+def scored_test_videos(cfg: RunConfig, store: FeatureStore,
+                       ids: Iterable[str]) -> tuple[set[str] | None, str]:
+    """Which of the test subset's videos (``ids``) are scored, and the sentence that says
+    so in ``eval.json``, ``metrics.json`` and the report: ``cfg.test_videos`` (``auto``: a
+    real THUMOS14 store's test videos (ids ``video_test_*``, not the synthetic benchmark's
+    copies of their timelines) are scored on the community's 210-video list; otherwise
+    every video). None: every video."""
+    ids = set(ids)
+    choice = cfg.test_videos
+    if choice == "auto":
+        synthetic = store.manifest.get("source", {}).get("layout") == "synthetic"
+        thumos = bool(ids) and all(v.startswith("video_test_") for v in ids)
+        choice = "thumos210" if thumos and not synthetic else "all"
+    if choice == "all":
+        return None, f"all {len(ids)} videos of subset {cfg.test_subset!r}"
+    from .evaluate import thumos_test_videos
+
+    listed = thumos_test_videos(choice[len("thumos"):])
+    kept = ids & listed
+    return kept, (f"the THUMOS14 {choice[len('thumos'):]}-video test list (FORMATS.md "
+                  f"§2.5): {len(kept)} of the {len(ids)} videos of subset "
+                  f"{cfg.test_subset!r}")
+
+
 # --------------------------------------------------------------------------- the videos' roles
 
 

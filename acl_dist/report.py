@@ -151,8 +151,11 @@ def _map_section(metrics: dict[str, Any]) -> Section:
     per_class = "".join(
         f"<tr><td>{html.escape(c)}</td>" + "".join(f"<td>{v:.1f}</td>" for v in aps) +
         "</tr>" for c, aps in sorted(metrics.get("per_class", {}).items()))
+    scored = (f" Scored against <code>{html.escape(metrics['annotation'])}</code> on "
+              f"{html.escape(metrics['test_videos'])}." if metrics.get("annotation") and
+              metrics.get("test_videos") else "")
     return (f"<h2>Detection mAP on <code>{html.escape(metrics['test_subset'])}</code></h2>"
-            f"<p>{metrics['mode']} run; {how}.</p>"
+            f"<p>{metrics['mode']} run; {how}.{scored}</p>"
             f"<table class='num'><tr><th>tIoU</th>{head}<th>avg</th></tr>"
             f"<tr><th>mAP %</th>{vals}<td><b>{metrics['average']:.2f}</b></td></tr></table>"
             f"<details><summary>AP per class</summary><table class='num'><tr><th>class</th>"

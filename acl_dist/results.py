@@ -77,13 +77,30 @@ class RunResults:
             if not gt.classes:
                 raise ConfigError(f"the validation split ({self.split.val_source}) has no "
                                   "annotated actions to score")
+            scored = None
         else:
             gt = load_ground_truth(self.store_path, self.cfg.test_subset)
+            scored, out["videos"] = self.scored_test_videos(gt.videos)
+        out["annotation"] = self.annotation
         if gt.classes:
             res = evaluate_detections(gt, dets, tiou_thresholds=parse_tiou(self.cfg.tiou),
-                                      unknown_labels="ignore")
+                                      videos=scored, unknown_labels="ignore")
             out.update(res.as_dict())
         return out
+
+    @property
+    def annotation(self) -> str:
+        """The annotation the numbers are scored against: the store's ``gt.json``."""
+        from .store import FeatureStore
+
+        return FeatureStore.open(self.store_path).annotation_path
+
+    def scored_test_videos(self, ids: set[str]) -> tuple[set[str] | None, str]:
+        """:func:`acl_dist.plan.scored_test_videos` of this run."""
+        from .plan import scored_test_videos
+        from .store import FeatureStore
+
+        return scored_test_videos(self.cfg, FeatureStore.open(self.store_path), ids)
 
     def evaluate(self, r: int) -> None:
         """Score round ``r`` on the validation split and the test subset; write both."""
@@ -172,6 +189,7 @@ class RunResults:
                                 if k.startswith(f"round_{r}.")}
             rounds.append(entry)
         return {"mode": cfg.mode, "label_map": final.get("label_map"),
+                "annotation": final.get("annotation"), "test_videos": final.get("videos"),
                 "tiou": final.get("tiou", []), "map": final.get("map", []),
                 "average": final.get("average"), "per_class": final.get("per_class", {}),
                 "train_subset": cfg.train_subset, "test_subset": cfg.test_subset,

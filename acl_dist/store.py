@@ -504,6 +504,11 @@ class FeatureStore:
         """All videos' metadata and annotations, without features."""
         return list(self.iter_videos(subsets, streams=[], batch_rows=4096))
 
+    @property
+    def annotation_path(self) -> str:
+        """Where the store's ActivityNet-format annotation JSON lies (``STORE/gt.json``)."""
+        return fsutil.join(self.path, self.manifest.get("gt", GT_FILE))
+
     def ground_truth(self) -> dict:
         """The store's ActivityNet-format annotation JSON (``STORE/gt.json``)."""
-        return fsutil.read_json(fsutil.join(self.path, self.manifest.get("gt", GT_FILE)))
+        return fsutil.read_json(self.annotation_path)

@@ -263,6 +263,8 @@ def test_report_opens_in_a_browser_with_every_image(unsupervised_run, tmp_path, 
     for heading in ("Detection mAP", "Rounds", "Plan", "Clusters of round 1", "Test videos"):
         assert heading in text
     assert "plan on local Ray instance" in text and "training: 2 Ray Train worker(s)" in text
+    assert "Scored against <code>" in text and "gt.json</code> on all 23 videos of subset " \
+        "&#x27;test&#x27;" in text                       # the synthetic store: every video
     assert "src='data:image/png;base64," in text and "http" not in text.split("<body>")[1]
     pngs = sorted(p.name for p in (run / "report_files").iterdir())
     assert {"rounds.png", "confusion.png", "clusters.png"} <= set(pngs)

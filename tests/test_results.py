@@ -1,0 +1,114 @@
+"""What a run's numbers are scored against: the store's annotation and, on a real THUMOS14
+store, the community's 210-video test list; the run's own scoring path
+(``RunResults.evaluate_round``) against the official protocol on the published file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from acl_dist import fsutil
+from acl_dist.annotations import Segment
+from acl_dist.artifacts import RunDir, outputs_schema
+from acl_dist.config import load_config, with_updates
+from acl_dist.evaluate import (_data_file, evaluate_detections, load_ground_truth,
+                               parse_tiou, thumos_test_videos)
+from acl_dist.plan import resolve_config, scored_test_videos, split_videos
+from acl_dist.results import RunResults
+from acl_dist.store import FeatureStore, StoreWriter, VideoRecord
+
+PUBLISHED = _data_file("thumos14", "gt_acmnet.json.gz")
+
+
+@pytest.fixture(scope="module")
+def thumos_store(tmp_path_factory) -> str:
+    """A real THUMOS14 store as an ingest of the ACM-Net annotation file would make it:
+    its 200 validation and 213 test videos with their annotations as published, 2-d
+    features (their values do not matter here)."""
+    gt = fsutil.read_json(PUBLISHED)
+    classes = sorted({a["label"] for e in gt["database"].values() for a in e["annotations"]})
+    out = str(tmp_path_factory.mktemp("thumos") / "store")
+    rng = np.random.default_rng(0)
+    with StoreWriter(out, {"rgb": 2}, classes, source={"layout": "npy-split"}) as w:
+        for vid, e in sorted(gt["database"].items()):
+            segs = [Segment(a["label"], float(a["segment"][0]), float(a["segment"][1]))
+                    for a in e["annotations"]]
+            t = max(1, int(float(e["duration"]) * 25 / 16))
+            w.add(VideoRecord(vid, e["subset"], float(e["duration"]), 25.0, 16, t,
+                              sorted({s.label for s in segs}), segs,
+                              {"rgb": rng.standard_normal((t, 2)).astype(np.float32)}))
+    return out
+
+
+def test_which_test_videos_are_scored(thumos_store, tiny_store):
+    store = FeatureStore.open(thumos_store)
+    ids = {m.video_id for m in store.metadata("test")}
+    cfg = load_config(None, ["test_subset=test"])
+    kept, said = scored_test_videos(cfg, store, ids)       # auto, a real THUMOS store
+    assert kept == ids & thumos_test_videos("210") and len(kept) == 210 < len(ids)
+    assert said.startswith("the THUMOS14 210-video test list") and f"of the {len(ids)}" in said
+    kept, _ = scored_test_videos(with_updates(cfg, test_videos="thumos212"), store, ids)
+    assert kept == ids & thumos_test_videos("212") and len(kept) == 212
+    assert scored_test_videos(with_updates(cfg, test_videos="all"), store, ids) == (
+        None, f"all {len(ids)} videos of subset 'test'")
+    # the synthetic benchmark copies THUMOS timelines and ids: every video of it is scored
+    synth = FeatureStore.open(tiny_store[0])
+    synth_ids = {m.video_id for m in synth.metadata("test")}
+    assert all(v.startswith("video_test_") for v in synth_ids)
+    assert scored_test_videos(cfg, synth, synth_ids)[0] is None
+
+
+def test_a_runs_score_is_the_official_protocol_on_the_published_file(thumos_store, tmp_path):
+    """A weak run's round outputs holding known detections (every published test segment,
+    half of them shifted to tIoU 0.55, the 213th video's too): the run's scoring path
+    gives what eval_detection.py's protocol gives on the published annotation with the
+    210-video list, and says so."""
+    store = FeatureStore.open(thumos_store)
+    cfg = resolve_config(load_config(None, ["tiou=thumos"], mode="weak"), store, cpus=2)
+    assert (cfg.train_subset, cfg.test_subset) == ("validation", "test")
+    gt = fsutil.read_json(PUBLISHED)
+    index = {c: i for i, c in enumerate(store.classes)}
+    rows, official = [], []
+    f = 0.45 / 1.55                                     # a shift of f L: tIoU 0.55
+    for vid, e in sorted(gt["database"].items()):
+        if e["subset"] != "test":
+            continue
+        dets = []
+        for k, a in enumerate(e["annotations"]):
+            s, t = (float(x) for x in a["segment"])
+            d = f * (t - s) if k % 2 else 0.0
+            dets.append([index[a["label"]], 1.0 - 0.001 * k, s + d, t + d])
+        rows.append((vid, "test", json.dumps(dets)))
+        official += [(vid, store.classes[c], score, s, t) for c, score, s, t in dets]
+    run = RunDir(str(tmp_path / "run"))
+    schema = outputs_schema(store.streams)
+    table = pa.table({"video_id": [r[0] for r in rows], "subset": [r[1] for r in rows],
+                      "descriptor": [b""] * len(rows), "cas": [b""] * len(rows),
+                      "video_logits": [b""] * len(rows), "detections": [r[2] for r in rows],
+                      "attention_rgb": [b""] * len(rows)}, schema=schema)
+    fsutil.get_fs(run.outputs_path(0))[0].makedirs(str(tmp_path / "run" / "round_0"),
+                                                   exist_ok=True)
+    pq.write_table(table, run.outputs_path(0))
+    results = RunResults(run, cfg, thumos_store, split_videos(cfg, store), store.classes)
+    got = results.evaluate_round(0, "test")
+    from acl_dist.evaluate import Detection
+
+    want = evaluate_detections(PUBLISHED, [Detection(*d) for d in official], subset="test",
+                               tiou_thresholds=parse_tiou("thumos"),
+                               videos=thumos_test_videos("210"))
+    assert got["map"] == pytest.approx(list(want.as_dict()["map"]))
+    assert 0 < got["average"] < 100                      # the shifted half misses at 0.6+
+    assert got["annotation"] == store.annotation_path
+    assert got["videos"].startswith("the THUMOS14 210-video test list")
+    # the store's annotation is the published one for these videos
+    published = load_ground_truth(PUBLISHED, "test")
+    ours = load_ground_truth(thumos_store, "test")
+    assert ours.videos == published.videos and set(ours.classes) == set(published.classes)
+    for c in published.classes:
+        assert ours.segments[c].keys() == published.segments[c].keys()
+        for v, segs in published.segments[c].items():
+            np.testing.assert_array_equal(ours.segments[c][v], segs)
