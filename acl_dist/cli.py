@@ -152,7 +152,9 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-pickle", action="store_true",
                    help="let numpy unpickle object arrays (wtalc layout; trusted files only)")
     p.add_argument("--skip-bad", action="store_true",
-                   help="skip bad videos / drop bad segments, recording them in the manifest")
+                   help="skip bad videos (features, durations, ids) and segments of classes "
+                        "missing from the class list, recording them in the manifest; other "
+                        "segment problems never stop an ingest or edit gt.json")
     p.add_argument("--dtype", choices=list(FEATURE_DTYPES), default="float16",
                    help="stored feature dtype (default float16)")
     p.add_argument("--fps", type=POSITIVE_FLOAT, default=25.0,
@@ -189,8 +191,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print(f"skipped {len(s.skipped_videos)} videos (listed in the manifest), e.g. "
               f"{s.skipped_videos[0][0]}: {s.skipped_videos[0][1]}")
     if s.dropped_segments:
-        print(f"dropped {len(s.dropped_segments)} segments (listed in the manifest), e.g. "
-              f"{s.dropped_segments[0][0]}: {s.dropped_segments[0][1]}")
+        print(f"left {len(s.dropped_segments)} segments or labels out of the training "
+              f"metadata (listed in the manifest; gt.json keeps the segments of listed "
+              f"classes as published), e.g. {s.dropped_segments[0][0]}: "
+              f"{s.dropped_segments[0][1]}")
     if s.clipped_segments:
         print(f"clipped {s.clipped_segments} segments that ended < 1 snippet past their video")
     return 0

@@ -311,8 +311,10 @@ class StoreWriter:
         self._ctx.__exit__(exc_type, exc, tb)
         return False
 
-    def add(self, rec: VideoRecord) -> None:
-        """Append one video. Checks id uniqueness, subset name, streams, dims and T."""
+    def add(self, rec: VideoRecord, evaluation: VideoAnnotation | None = None) -> None:
+        """Append one video. Checks id uniqueness, subset name, streams, dims and T.
+        ``evaluation``: its annotation for ``gt.json`` when it differs from the record's
+        (ingest keeps the published segments there; default: the record's)."""
         if self._ctx is None:
             raise StoreError("StoreWriter.add outside its 'with' block")
         if rec.video_id in self._seen:
@@ -342,7 +344,7 @@ class StoreWriter:
         stats["snippets"] += rec.num_snippets
         stats["segments"] += len(rec.segments)
         stats["feature_bytes"] += nbytes
-        self._annotations.append(rec.annotation())
+        self._annotations.append(evaluation if evaluation is not None else rec.annotation())
 
     @property
     def stats(self) -> dict[str, dict[str, int]]:

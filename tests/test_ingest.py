@@ -709,33 +709,43 @@ def write_segment_case(tmp_path: Path, problem: str) -> tuple[Path, Path, list[V
     return root, classes, videos
 
 
+@pytest.mark.parametrize("skip_bad", [False, True])
 @pytest.mark.parametrize("problem", sorted(SEGMENT_PROBLEMS))
-def test_bad_segment_is_one_error_and_no_store(tmp_path, out, problem):
+def test_a_bad_segment_is_recorded_and_kept_as_published_for_evaluation(tmp_path, out,
+                                                                        problem, skip_bad):
+    """A segment that does not fit its video (or is malformed) is evaluation data: the
+    store's gt.json keeps it as published (the official protocol counts it), the training
+    metadata leaves it out, and the manifest records it with the problem, with or without
+    --skip-bad. A segment of a class missing from the class list stops the ingest, unless
+    --skip-bad leaves it out of both (it belongs to no class of the store), recorded."""
     root, classes, videos = write_segment_case(tmp_path, problem)
-    with pytest.raises(DataError, match=SEGMENT_PROBLEMS[problem][1]) as err:
-        ingest("npy-split", str(root), str(out), classes_file=str(classes), quiet=True)
-    assert err.value.video == "video_validation_0000051"
-    assert str(err.value).startswith("video_validation_0000051: ")
-    assert_no_output(out)
-
-
-@pytest.mark.parametrize("problem", sorted(SEGMENT_PROBLEMS))
-def test_bad_segment_dropped_with_skip_bad(tmp_path, out, problem):
-    root, classes, videos = write_segment_case(tmp_path, problem)
+    if problem == "unknown label" and not skip_bad:
+        # a class list missing an annotated class is a mistake: one error, no store
+        with pytest.raises(DataError, match=SEGMENT_PROBLEMS[problem][1]) as err:
+            ingest("npy-split", str(root), str(out), classes_file=str(classes), quiet=True)
+        assert str(err.value).startswith("video_validation_0000051: ")
+        assert_no_output(out)
+        return
     summary = ingest("npy-split", str(root), str(out), classes_file=str(classes),
-                     skip_bad=True, quiet=True)
+                     skip_bad=skip_bad, quiet=True)
     assert summary.skipped_videos == []
     assert [v for v, _ in summary.dropped_segments] == ["video_validation_0000051"]
     store, recs = read_store(out)
     assert store.classes == ["BaseballPitch", "CliffDiving", "HighJump", "PoleVault"]
     first = videos[0]
-    first.segments = first.segments[:1]  # the bad segment is gone, the good one kept
+    bad = first.segments[1]
+    first.segments = first.segments[:1]  # the training metadata: the good segment only
     for v in videos:
         assert_video(recs[v.id], v)
     (entry,) = store.manifest["skipped"]
     assert entry["video"] == first.id and entry["dropped"] == "segment"
     assert re.search(SEGMENT_PROBLEMS[problem][1], entry["problem"])
     assert store.manifest["subsets"]["train"]["segments"] == 4
+    assert any("gt.json keeps every segment" in n for n in store.manifest["notes"])
+    published = [(a["label"], *a["segment"])
+                 for a in store.ground_truth()["database"][first.id]["annotations"]]
+    kept = [tuple(first.segments[0])] + ([] if problem == "unknown label" else [bad])
+    assert [(lb, pytest.approx(a), pytest.approx(b)) for lb, a, b in kept] == published
 
 
 def test_segment_just_past_coverage_is_clipped(tmp_path, out):
@@ -750,6 +760,9 @@ def test_segment_just_past_coverage_is_clipped(tmp_path, out):
     assert tuple(segs[1]) == ("BaseballPitch", 5.0, pytest.approx(6.4))
     assert recs[videos[0].id].duration == pytest.approx(6.4)
     assert any("1 segments ended less than one snippet" in n for n in store.manifest["notes"])
+    # evaluation data as published: gt.json keeps the segment's end at 6.9 s
+    (_, second) = store.ground_truth()["database"][videos[0].id]["annotations"]
+    assert second["segment"] == [5.0, pytest.approx(6.9)]
     assert store.manifest["skipped"] == []
 
 

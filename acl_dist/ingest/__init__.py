@@ -2,8 +2,10 @@
 
 Streaming (one video's features in memory, plus one row group per subset in the writer),
 atomic (the store appears only when every video was written), validated (each problem is
-one message naming the video; ``skip_bad`` records skipped videos or dropped segments in the
-manifest instead of stopping).
+one message naming the video; ``skip_bad`` records skipped videos in the manifest instead of
+stopping). Annotations are evaluation data: the store's ``gt.json`` keeps every segment of
+a listed class as published; segments that do not fit their video are left out of the
+training metadata only, and recorded.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ def ingest(layout: str, root: str, out: str, *, gt: str | None = None,
         root: the layout's root (local or ``s3://``).
         gt, gt_info, classes_file: annotation JSON, BSN CSV, class list (see the layouts).
         allow_pickle: allow numpy to unpickle (needed by ``wtalc``; never the default).
-        skip_bad: skip bad videos / drop bad segments and record them, instead of stopping.
+        skip_bad: skip bad videos and record them, instead of stopping (segment problems
+            never stop an ingest: they are recorded, and gt.json keeps the segments).
         dtype: storage dtype, ``float16`` or ``float32``.
         fps, snippet_frames: the snippet grid of the features (25 fps, 16 frames standard).
         feature_stride: ``cmcs-npz`` only: frames between stored vectors (subsampled).
@@ -84,7 +87,7 @@ def ingest(layout: str, root: str, out: str, *, gt: str | None = None,
                 if raw.video_id in seen:
                     raise DataError(raw.video_id, "duplicate video id")
                 seen.add(raw.video_id)
-                record, notes, n_clipped = build_record(raw, checks, dropped)
+                record, notes, n_clipped, evaluation = build_record(raw, checks, dropped)
             except DataError as err:
                 if not skip_bad:
                     raise DataError(err.video, f"{err.problem} (--skip-bad skips such videos "
@@ -99,7 +102,7 @@ def ingest(layout: str, root: str, out: str, *, gt: str | None = None,
             for note in notes:
                 writer.note(note)
             clipped += n_clipped
-            writer.add(record)
+            writer.add(record, evaluation)
         if writer is None:
             raise DataError(None, f"{root}: no usable videos found"
                             + (f" ({len(skipped)} skipped, first: {skipped[0][0]}: "
@@ -110,7 +113,13 @@ def ingest(layout: str, root: str, out: str, *, gt: str | None = None,
             writer.skip(video, problem, "segment")
         if clipped:
             writer.note(f"{clipped} segments ended less than one snippet after their video "
-                        "and were clipped to its end")
+                        "and were clipped to its end in the training metadata; gt.json "
+                        "keeps them as published")
+        if dropped:
+            writer.note(f"{len(dropped)} segments or labels do not fit their video or the "
+                        "class list (listed under skipped): left out of the training "
+                        "metadata; gt.json keeps every segment of a listed class as "
+                        "published")
     except BaseException as exc:
         if writer is not None:
             writer.__exit__(type(exc), exc, exc.__traceback__)

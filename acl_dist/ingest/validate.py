@@ -92,12 +92,15 @@ def check_features(video: str, arrays: dict[str, np.ndarray], checks: Checks
 def check_segments(video: str, segments: list[Segment], video_end: float,
                    grid: SnippetGrid, checks: Checks, dropped: list[tuple[str, str]]
                    ) -> tuple[list[Segment], int]:
-    """Validate segments against the class list and the video's extent.
+    """The segments of the store's *training metadata* (each video's main class, the
+    report's strips): those that fit the class list and the video's extent.
 
     A segment ending less than one snippet after the video's end is clipped to it (feature
     extractors drop the last partial snippet, and ActivityNet's own annotations overshoot
-    by up to 0.35 s). Anything else wrong raises, or with ``skip_bad`` drops the segment and
-    records it in ``dropped``.
+    by up to 0.35 s); any other wrong segment is left out and recorded in ``dropped``. None
+    of this edits the evaluation annotation (the store's ``gt.json`` keeps every segment
+    as published: :func:`evaluation_annotation`). Only a segment of a class missing from the
+    class list stops the ingest (the list is wrong, or ``skip_bad`` says to leave it out).
 
     Returns:
         (kept segments, number clipped)
@@ -115,7 +118,9 @@ def check_segments(video: str, segments: list[Segment], video_end: float,
             problem = (f"segment [{seg.start}, {seg.end}] ({seg.label}) lies outside the video "
                        f"[0, {video_end:.2f}] s")
         if problem is not None:
-            if not checks.skip_bad:
+            if seg.label not in checks.classes and not checks.skip_bad:
+                # a class list that misses an annotated class is a mistake in the inputs
+                # (it would take the class out of the evaluation): stop, unless told
                 raise DataError(video, problem)
             dropped.append((video, problem))
             continue
@@ -126,12 +131,29 @@ def check_segments(video: str, segments: list[Segment], video_end: float,
     return kept, clipped
 
 
+def evaluation_annotation(raw: RawVideo, classes: set[str], duration: float
+                          ) -> VideoAnnotation | None:
+    """The video's annotation as published, for the store's ``gt.json`` (what every run,
+    ``evaluate`` and the report score against): every segment of a class of the store's
+    class list exactly as the source has it, also one that runs past the features or is
+    malformed (the official protocol counts it; a segment of a class outside the list
+    belongs to no class of this store's task). The duration is the source's when it has
+    one."""
+    ann = raw.annotation
+    if ann is None:
+        return None
+    return VideoAnnotation(raw.video_id, raw.subset,
+                           ann.duration if ann.duration is not None else duration,
+                           [g for g in ann.segments if g.label in classes],
+                           [lb for lb in ann.labels if lb in classes])
+
+
 def build_record(raw: RawVideo, checks: Checks, dropped: list[tuple[str, str]]
-                 ) -> tuple[VideoRecord, list[str], int]:
+                 ) -> tuple[VideoRecord, list[str], int, VideoAnnotation | None]:
     """Load and validate one video.
 
     Returns:
-        (record, notes, number of clipped segments)
+        (record, notes, number of clipped segments, the evaluation annotation)
     Raises:
         DataError naming the video, for a problem that loses the whole video.
     """
@@ -159,4 +181,4 @@ def build_record(raw: RawVideo, checks: Checks, dropped: list[tuple[str, str]]
             dropped.append((raw.video_id, f"video label {lb!r} is not in the class list"))
     record = VideoRecord(raw.video_id, raw.subset, float(duration), raw.grid.fps,
                          raw.grid.snippet_frames, num_snippets, labels, segments, arrays)
-    return record, notes, clipped
+    return record, notes, clipped, evaluation_annotation(raw, checks.classes, float(duration))
