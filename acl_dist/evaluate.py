@@ -174,7 +174,10 @@ def segment_iou(target: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     inter = (np.minimum(target[1], candidates[:, 1]) - np.maximum(target[0], candidates[:, 0]))
     inter = inter.clip(0)
     union = (candidates[:, 1] - candidates[:, 0]) + (target[1] - target[0]) - inter
-    return inter.astype(float) / union
+    # a reversed or zero-length published segment gives a zero union: NaN, which matches
+    # nothing, as in the official code (which warns about it; we do not)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return inter.astype(float) / union
 
 
 def interpolated_ap(precision: np.ndarray, recall: np.ndarray) -> float:

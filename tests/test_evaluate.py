@@ -539,3 +539,15 @@ def test_map_matches_brute_force(problem, tiou_spec):
     expected_map = np.mean([expected[c] for c in result.classes], axis=0)
     assert np.allclose(result.map, expected_map, rtol=0, atol=1e-9)
     assert math.isclose(result.average, float(np.mean(expected_map)), abs_tol=1e-9)
+
+
+def test_malformed_published_segments_are_misses_without_warnings(recwarn):
+    """The store keeps published segments as they are (reversed, zero-length, past the
+    video): each stays in the ground truth and, matching nothing, counts as a miss."""
+    gt = {"database": {"v": {"subset": "test", "annotations": [
+        {"label": "a", "segment": [5, 3]}, {"label": "a", "segment": [4, 4]},
+        {"label": "a", "segment": [0, 2]}]}}}
+    r = evaluate_detections(gt, [Detection("v", "a", 0.9, 0, 2), Detection("v", "a", 0.8, 3, 5)],
+                            subset="test", tiou_thresholds=[0.5])
+    assert r.average == pytest.approx(1 / 3)          # one of three found, at precision 1
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
