@@ -12,35 +12,33 @@ import pyarrow.parquet as pq
 import pytest
 
 from acl_dist import fsutil
-from acl_dist.annotations import Segment
 from acl_dist.artifacts import RunDir, outputs_schema
 from acl_dist.config import load_config, with_updates
 from acl_dist.evaluate import (_data_file, evaluate_detections, load_ground_truth,
                                parse_tiou, thumos_test_videos)
 from acl_dist.plan import resolve_config, scored_test_videos, split_videos
 from acl_dist.results import RunResults
-from acl_dist.store import FeatureStore, StoreWriter, VideoRecord
+from acl_dist.ingest import ingest
+from acl_dist.store import FeatureStore
 
 PUBLISHED = _data_file("thumos14", "gt_acmnet.json.gz")
 
 
 @pytest.fixture(scope="module")
 def thumos_store(tmp_path_factory) -> str:
-    """A real THUMOS14 store as an ingest of the ACM-Net annotation file would make it:
-    its 200 validation and 213 test videos with their annotations as published, 2-d
-    features (their values do not matter here)."""
+    """THUMOS14 ingested as a user would: the ACM-Net annotation file as published next to
+    one ``<video>.npy`` per video (the flat npy-concat layout; 2 + 2-d features, as many
+    snippets as the duration covers, so the features end before some annotations do)."""
     gt = fsutil.read_json(PUBLISHED)
-    classes = sorted({a["label"] for e in gt["database"].values() for a in e["annotations"]})
-    out = str(tmp_path_factory.mktemp("thumos") / "store")
+    root = tmp_path_factory.mktemp("thumos-layout")
+    (root / "gt.json").write_text(json.dumps(gt))
     rng = np.random.default_rng(0)
-    with StoreWriter(out, {"rgb": 2}, classes, source={"layout": "npy-split"}) as w:
-        for vid, e in sorted(gt["database"].items()):
-            segs = [Segment(a["label"], float(a["segment"][0]), float(a["segment"][1]))
-                    for a in e["annotations"]]
-            t = max(1, int(float(e["duration"]) * 25 / 16))
-            w.add(VideoRecord(vid, e["subset"], float(e["duration"]), 25.0, 16, t,
-                              sorted({s.label for s in segs}), segs,
-                              {"rgb": rng.standard_normal((t, 2)).astype(np.float32)}))
+    for vid, e in gt["database"].items():
+        t = max(1, int(float(e["duration"]) * 25 / 16) - 1)
+        np.save(root / f"{vid}.npy", rng.standard_normal((t, 4)).astype(np.float32))
+    out = str(tmp_path_factory.mktemp("thumos") / "store")
+    summary = ingest("npy-concat", str(root), out, quiet=True)
+    assert summary.videos == len(gt["database"])
     return out
 
 
@@ -89,7 +87,8 @@ def test_a_runs_score_is_the_official_protocol_on_the_published_file(thumos_stor
     table = pa.table({"video_id": [r[0] for r in rows], "subset": [r[1] for r in rows],
                       "descriptor": [b""] * len(rows), "cas": [b""] * len(rows),
                       "video_logits": [b""] * len(rows), "detections": [r[2] for r in rows],
-                      "attention_rgb": [b""] * len(rows)}, schema=schema)
+                      **{f"attention_{st}": [b""] * len(rows) for st in store.streams}},
+                     schema=schema)
     fsutil.get_fs(run.outputs_path(0))[0].makedirs(str(tmp_path / "run" / "round_0"),
                                                    exist_ok=True)
     pq.write_table(table, run.outputs_path(0))
@@ -104,7 +103,13 @@ def test_a_runs_score_is_the_official_protocol_on_the_published_file(thumos_stor
     assert 0 < got["average"] < 100                      # the shifted half misses at 0.6+
     assert got["annotation"] == store.annotation_path
     assert got["videos"].startswith("the THUMOS14 210-video test list")
-    # the store's annotation is the published one for these videos
+    # the store's annotation is the published one, segment for segment, also where a
+    # segment ends past the video's features (the training metadata clips or drops those)
+    ends = {m.video_id: m.num_snippets * m.grid.seconds_per_snippet
+            for m in store.metadata("test")}
+    past = [(v, a) for v, e in gt["database"].items() if e["subset"] == "test"
+            for a in e["annotations"] if float(a["segment"][1]) > ends[v]]
+    assert len(past) >= 20
     published = load_ground_truth(PUBLISHED, "test")
     ours = load_ground_truth(thumos_store, "test")
     assert ours.videos == published.videos and set(ours.classes) == set(published.classes)
