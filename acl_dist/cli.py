@@ -209,8 +209,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subset", required=True, help="subset to evaluate (exact name)")
     p.add_argument("--tiou", help="anet (0.5:0.05:0.95, default), thumos (0.1:0.1:0.7), "
                                   "a comma list, or lo:hi:step")
-    p.add_argument("--videos", help="evaluate only these videos: a list file, or thumos210 / "
-                                    "thumos212 (THUMOS14 test-set conventions; default: all)")
+    p.add_argument("--videos", help="evaluate only these videos: a list file, thumos210 / "
+                                    "thumos212 (THUMOS14 test-set conventions) or all "
+                                    "(default: as a run scores them: a real THUMOS14 store's "
+                                    "test videos on the 210 list, else all)")
     p.add_argument("--ambiguous", help="drop predictions overlapping Ambiguous segments: a "
                                        "THUMOS Ambiguous_test.txt, or 'thumos' (default: none)")
     p.add_argument("--ignore-unknown-labels", action="store_true",
@@ -224,12 +226,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from . import evaluate as ev
     from .annotations import load_ambiguous, load_video_list
 
-    videos = None
-    if args.videos:
+    videos, said = None, None
+    if args.videos and args.videos != "all":
         if args.videos in ("thumos210", "thumos212"):
             videos = ev.thumos_test_videos(args.videos[-3:])
         else:
             videos = set(load_video_list(args.videos))
+    elif not args.videos:
+        videos, said = _store_scored_videos(args.gt, args.subset)
     ambiguous = None
     if args.ambiguous:
         ambiguous = ev.thumos_ambiguous() if args.ambiguous == "thumos" else \
@@ -246,13 +250,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           "outside_videos": result.outside_videos}))
     else:
         print(f"subset {args.subset}: {len(gt.videos)} videos, "
-              f"{sum(gt.count(c) for c in gt.classes)} instances")
+              f"{sum(gt.count(c) for c in gt.classes)} instances"
+              + (f" ({said})" if said else ""))
         print(result.table())
     if result.outside_videos:
         print(f"note: {result.outside_videos} detection(s) on videos not in subset "
               f"{args.subset!r} were counted as false positives (as the official code does)",
               file=sys.stderr)
     return 0
+
+
+def _store_scored_videos(gt: str, subset: str) -> tuple[set[str] | None, str | None]:
+    """``evaluate --gt STORE`` scores the videos a run on that store scores
+    (:func:`acl_dist.plan.scored_test_videos` with ``test_videos=auto``); a JSON file
+    is scored whole."""
+    from .config import RunConfig
+    from .plan import scored_test_videos
+    from .store import FeatureStore, not_a_store
+
+    if not_a_store(gt) is not None:
+        return None, None
+    store = FeatureStore.open(gt)
+    if subset not in store.subsets:
+        return None, None      # load_ground_truth says so, naming the subset
+    ids = {m.video_id for m in store.metadata(subset)}
+    videos, said = scored_test_videos(RunConfig(test_subset=subset), store, ids)
+    return videos, said if videos is not None else None
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:

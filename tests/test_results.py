@@ -117,3 +117,32 @@ def test_a_runs_score_is_the_official_protocol_on_the_published_file(thumos_stor
         assert ours.segments[c].keys() == published.segments[c].keys()
         for v, segs in published.segments[c].items():
             np.testing.assert_array_equal(ours.segments[c][v], segs)
+
+
+def test_evaluate_on_a_store_scores_what_a_run_scores(thumos_store, tmp_path, capsys):
+    """``acl-dist evaluate --gt STORE`` on a real THUMOS14 store scores the 210-video list
+    by default, as a run does (and says so); ``--videos all`` scores every test video."""
+    from acl_dist.cli import main
+    from acl_dist.evaluate import Detection, detections_to_json
+
+    gt = fsutil.read_json(PUBLISHED)
+    dets = [Detection(v, a["label"], 1.0, float(a["segment"][0]), float(a["segment"][1]))
+            for v, e in gt["database"].items() if e["subset"] == "test"
+            for a in e["annotations"]][::2]                     # every other instance
+    path = tmp_path / "dets.json"
+    path.write_text(json.dumps(detections_to_json(dets)))
+    tiou = parse_tiou("thumos")
+
+    def cli(*extra):
+        assert main(["evaluate", "--detections", str(path), "--gt", thumos_store,
+                     "--subset", "test", "--tiou", "thumos", *extra]) == 0
+        return capsys.readouterr().out
+
+    want = evaluate_detections(PUBLISHED, dets, subset="test", tiou_thresholds=tiou,
+                               videos=thumos_test_videos("210"))
+    assert json.loads(cli("--json"))["map"] == pytest.approx(list(want.as_dict()["map"]))
+    assert "(the THUMOS14 210-video test list" in cli()
+    every = evaluate_detections(PUBLISHED, dets, subset="test", tiou_thresholds=tiou)
+    assert json.loads(cli("--json", "--videos", "all"))["map"] == pytest.approx(
+        list(every.as_dict()["map"]))
+    assert every.average != want.average
