@@ -136,8 +136,16 @@ class Cluster:
                env_vars: dict[str, str] | None = None) -> str:
         """``ray job submit --no-wait`` of ``script`` (with the AWS variables and
         ``env_vars``); returns the job id."""
+        # RAY_API_SERVER_ADDRESS: Ray Train's placement-group cleaner (in the job's
+        # controller actor) finds the State API by address discovery, which on this
+        # machine sees two instances (this cluster and the test session's own) and may
+        # pick the other one (seen: a Tune trial that never reported, the cleaner warning
+        # "Found multiple active Ray instances" every second); on a real cluster there is
+        # one instance per machine
         runtime_env = {"env_vars": {**{k: self.env[k] for k in self.env
-                                       if k.startswith("AWS_")}, **(env_vars or {})}}
+                                       if k.startswith("AWS_")},
+                                    "RAY_API_SERVER_ADDRESS": self.dashboard,
+                                    **(env_vars or {})}}
         args = ["job", "submit", "--address", self.dashboard, "--working-dir", str(REPO),
                 "--runtime-env-json", json.dumps(runtime_env), "--no-wait", "--",
                 sys.executable, script, *job_args]

@@ -123,7 +123,9 @@ def test_s3_two_node_run_survives_a_node_kill_and_resumes_after_a_driver_kill(
             break
         assert time.time() < deadline, "Ray Train registered no checkpoint of round 0"
         time.sleep(0.2)
-    workers = _train_workers(cluster)
+    deadline = time.time() + 30           # the State API lists actors with a short lag
+    while len(workers := _train_workers(cluster)) < 2 and time.time() < deadline:
+        time.sleep(0.5)
     assert len(workers) == 2 and workers[0][1] != workers[1][1], workers  # one per node
     # the second node dies whole (as a preempted spot instance: raylet, object store, its
     # training worker and whatever Ray Data ran there); a replacement joins, as the
