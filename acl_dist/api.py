@@ -20,10 +20,8 @@ def plan_run(store: str, cfg: RunConfig, quiet: bool = True) -> dict[str, Any]:
         >>> p["train"]["workers"], p["train"]["use_gpu"]
         (1, False)
     """
-    import os
-
     from . import fsutil
     from .pipeline import plan_new_run
 
-    return plan_new_run(store if fsutil.is_remote(store) else os.path.abspath(store), cfg,
+    return plan_new_run(fsutil.absolute(store), cfg,
                         quiet)[2]

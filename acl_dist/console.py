@@ -67,7 +67,7 @@ def is_noise(line: bytes) -> bool:
 
 
 class _Copier(threading.Thread):
-    """Copies the pipe to the real stderr line by line, dropping noise. A chunk that ends
+    """Copies a pipe to the real stream line by line, dropping noise. A chunk that ends
     without a newline but holds a carriage return (a bar redrawing itself) passes at once.
     Never raises: on a write error (a closed terminal) it keeps draining the pipe, so no
     writer ever blocks on a full pipe."""
@@ -75,7 +75,6 @@ class _Copier(threading.Thread):
     def __init__(self, read_fd: int, target_fd: int):
         super().__init__(name="acl-dist-output-filter", daemon=True)
         self.read_fd, self.target_fd = read_fd, target_fd
-        self.dropped = 0
         # written into the pipe when the block ends: once the copier reads it, all this
         # process wrote before has been copied (a pipe keeps order)
         self.marker = b"\0acl-dist-drained-" + os.urandom(8).hex().encode() + b"\0"
@@ -95,7 +94,6 @@ class _Copier(threading.Thread):
                 lines.remove(self.marker)
                 self.drained.set()
             kept = [line + b"\n" for line in lines if not is_noise(line)]
-            self.dropped += len(lines) - len(kept)
             if b"\r" in pending:
                 kept.append(pending)
                 pending = b""
@@ -114,11 +112,11 @@ class _Copier(threading.Thread):
 
 
 @contextlib.contextmanager
-def filtered_output(enabled: bool = True) -> Iterator[None]:
+def filtered_output() -> Iterator[None]:
     """File descriptors 1 and 2 through the noise filter for the block (module doc); a
-    no-op when ``enabled`` is False, ``ACL_DIST_RAY_OUTPUT=all`` is set, or a descriptor
-    cannot be replaced. Processes started inside the block inherit the filtered streams."""
-    if not enabled or os.environ.get(ENV, "") == "all":
+    no-op when ``ACL_DIST_RAY_OUTPUT=all`` is set or a descriptor cannot be replaced.
+    Processes started inside the block inherit the filtered streams."""
+    if os.environ.get(ENV, "") == "all":
         yield
         return
     from .progress import FILTERED_TERMINAL_COLUMNS, stderr_terminal

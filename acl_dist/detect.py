@@ -20,7 +20,6 @@ is said in its ``external_data.details``.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -161,7 +160,7 @@ def predict(run: str, store: str, out: str, subsets: list[str] | None = None,
         (36, 'classes (hungarian)')
     """
     started = time.perf_counter()
-    store, out = (p if fsutil.is_remote(p) else os.path.abspath(p) for p in (store, out))
+    store, out = fsutil.absolute(store), fsutil.absolute(out)
     trained = open_trained_run(run)
     mapping = resolve_labels(trained, label_map)
     fs = FeatureStore.open(store)
@@ -199,8 +198,7 @@ def _detect(trained: TrainedRun, store: FeatureStore, subsets: list[str], total:
     log(f"predict: {total} videos of {store.path} ({', '.join(subsets)}) with round "
         f"{trained.round} of {trained.path}; {plan['actors']} actor(s) on "
         f"{'GPU' if plan['gpu'] else 'CPU'}s ({plan['capacity']['summary']})", quiet)
-    checkpoint = trained.checkpoint if fsutil.is_remote(trained.checkpoint) else \
-        os.path.abspath(trained.checkpoint)       # the actors' working directory differs
+    checkpoint = fsutil.absolute(trained.checkpoint)  # the actors' cwd differs
     with ray_start.capacity_held(plan["request"], resources.SCALE_TIMEOUT_S, quiet):
         ds = map_attention(store, subsets, checkpoint, detect_subsets=subsets,
                            localize=trained.cfg.localize, describe_subset=None,

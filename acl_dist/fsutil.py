@@ -34,6 +34,14 @@ def is_remote(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
+def absolute(path: str | None) -> str | None:
+    """``path`` made absolute when it is local (URLs and None as they are): what Ray
+    workers and run files are handed, as they run elsewhere than this process's cwd."""
+    if path is None or is_remote(path):
+        return path
+    return os.path.abspath(path)
+
+
 def get_fs(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """Filesystem and in-filesystem path for a local path or URL."""
     try:

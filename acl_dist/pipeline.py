@@ -22,7 +22,6 @@ is marked done, so ``--resume`` reruns exactly the first unfinished step and wha
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from functools import partial
 from typing import Any, Callable
@@ -85,11 +84,6 @@ class Run:
         self.results = RunResults(self.dir, cfg, store_path, self.split, self.label_names,
                                   with_test, label_map_given, quiet)
 
-    @staticmethod
-    def _absolute(path: str) -> str:
-        """A run path handed to Ray workers: independent of their working directory."""
-        return path if fsutil.is_remote(path) else os.path.abspath(path)
-
     def _torch_threads(self) -> int:
         return self.threads or resources.torch_threads(resources.machine_cores(),
                                                        self.cfg.train.workers)
@@ -144,7 +138,7 @@ class Run:
                                             + 1000 * r})   # the seeding rule: TrainConfig
         labels = self.split.weak_labels if cfg.mode == "weak" else \
             {v: [k] for v, k in self.dir.read_clusters(r)["labels"].items()}
-        storage = self._absolute(self.dir.path("ray_train"))
+        storage = fsutil.absolute(self.dir.path("ray_train"))
         # an interrupted round restarts from its latest Ray Train checkpoint: check them
         # here, so a refused or corrupt file is one line naming it, not a worker traceback
         verify_train_storage(storage, f"round_{r}")
@@ -152,7 +146,7 @@ class Run:
                             self.label_names, r, storage, f"round_{r}",
                             torch_threads=self._torch_threads(),
                             max_failures=self.max_failures, quiet=self.quiet,
-                            tensorboard_dir=self._absolute(
+                            tensorboard_dir=fsutil.absolute(
                                 self.dir.tensorboard_dir(f"round_{r}")))
         self.dir.save_model(r, ckpt)
         last = ckpt["history"][-1] if ckpt.get("history") else {}
@@ -316,8 +310,7 @@ def run_acl(store: str | None, out: str, cfg: RunConfig | None, resume: bool = F
     :data:`acl_dist.resources.SCALE_TIMEOUT_S`)."""
     # local paths made absolute: Ray's workers run elsewhere than this process's cwd, and
     # run.json names the store for --resume from any directory
-    store, out = (p if p is None or fsutil.is_remote(p) else os.path.abspath(p)
-                  for p in (store, out))
+    store, out = fsutil.absolute(store), fsutil.absolute(out)
     kwargs = {"quiet": quiet, "label_map_given": label_map_given,
               "max_failures": resources.default_max_failures() if max_failures is None
               else max_failures,

@@ -10,6 +10,7 @@ detections on validation videos are never mixed into test figures.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from .artifacts import RunDir
@@ -17,8 +18,9 @@ from .config import RunConfig
 from .errors import ConfigError
 from .evaluate import (Detection, cluster_class_mapping, detections_to_json,
                        evaluate_detections, load_ground_truth, map_detections, parse_tiou)
-from .plan import VideoSplit
+from .plan import VideoSplit, scored_test_videos
 from .progress import log
+from .store import FeatureStore
 
 
 @dataclass
@@ -80,27 +82,18 @@ class RunResults:
             scored = None
         else:
             gt = load_ground_truth(self.store_path, self.cfg.test_subset)
-            scored, out["videos"] = self.scored_test_videos(gt.videos)
-        out["annotation"] = self.annotation
+            scored, out["videos"] = scored_test_videos(self.cfg, self.store, gt.videos)
+        out["annotation"] = self.store.annotation_path
         if gt.classes:
             res = evaluate_detections(gt, dets, tiou_thresholds=parse_tiou(self.cfg.tiou),
                                       videos=scored, unknown_labels="ignore")
             out.update(res.as_dict())
         return out
 
-    @property
-    def annotation(self) -> str:
-        """The annotation the numbers are scored against: the store's ``gt.json``."""
-        from .store import FeatureStore
-
-        return FeatureStore.open(self.store_path).annotation_path
-
-    def scored_test_videos(self, ids: set[str]) -> tuple[set[str] | None, str]:
-        """:func:`acl_dist.plan.scored_test_videos` of this run."""
-        from .plan import scored_test_videos
-        from .store import FeatureStore
-
-        return scored_test_videos(self.cfg, FeatureStore.open(self.store_path), ids)
+    @cached_property
+    def store(self) -> FeatureStore:
+        """The run's store (its manifest, read once)."""
+        return FeatureStore.open(self.store_path)
 
     def evaluate(self, r: int) -> None:
         """Score round ``r`` on the validation split and the test subset; write both."""

@@ -201,9 +201,7 @@ def run_tune(store: str, out: str, base: RunConfig | None, space: dict[str, dict
     # runtime env's working_dir, which a runtime-env agent sharing the node's disk may
     # re-extract (seen with two Ray nodes on one machine); Tune's listing of an s3://
     # experiment (os.path.relpath) then fails on the vanished cwd.
-    out = out if fsutil.is_remote(out) else os.path.abspath(out)
-    if store and not fsutil.is_remote(store):
-        store = os.path.abspath(store)
+    out, store = fsutil.absolute(out), fsutil.absolute(store or None)
     try:
         previous: str | None = os.getcwd()
     except FileNotFoundError:  # already replaced under us (see above)
@@ -229,7 +227,7 @@ def plan_tune(store: str, out: str, base: RunConfig, space: dict[str, dict],
     from .tune_results import label_use
 
     init_ray(quiet=quiet)
-    store, out = (p if fsutil.is_remote(p) else os.path.abspath(p) for p in (store, out))
+    store, out = fsutil.absolute(store), fsutil.absolute(out)
     if fsutil.exists(fsutil.join(out, "tune.json")):
         raise ConfigError(f"{out} already holds a search; use --resume or another --out")
     meta = _plan_search(store, out, base, space, settings, quiet)

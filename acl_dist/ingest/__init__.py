@@ -42,6 +42,25 @@ def make_layout(layout: str, root: str, **kwargs: Any) -> Layout:
     return LAYOUTS[layout](root, **kwargs)
 
 
+def _record_left_out(writer: StoreWriter, skipped: list[tuple[str, str]],
+                     dropped: list[tuple[str, str]], clipped: int) -> None:
+    """The manifest's record of what the store's training metadata left out: skipped
+    videos, segments that do not fit (gt.json keeps them as published), clipped ends."""
+    for video, problem in skipped:
+        writer.skip(video, problem, "video")
+    for video, problem in dropped:
+        writer.skip(video, problem, "segment")
+    if clipped:
+        writer.note(f"{clipped} segments ended less than one snippet after their video "
+                    "and were clipped to its end in the training metadata; gt.json "
+                    "keeps them as published")
+    if dropped:
+        writer.note(f"{len(dropped)} segments or labels do not fit their video or the "
+                    "class list (listed under skipped): left out of the training "
+                    "metadata; gt.json keeps every segment of a listed class as "
+                    "published")
+
+
 def ingest(layout: str, root: str, out: str, *, gt: str | None = None,
            gt_info: str | None = None, classes_file: str | None = None,
            allow_pickle: bool = False, skip_bad: bool = False, dtype: str = "float16",
@@ -107,19 +126,7 @@ def ingest(layout: str, root: str, out: str, *, gt: str | None = None,
             raise DataError(None, f"{root}: no usable videos found"
                             + (f" ({len(skipped)} skipped, first: {skipped[0][0]}: "
                                f"{skipped[0][1]})" if skipped else ""))
-        for video, problem in skipped:
-            writer.skip(video, problem, "video")
-        for video, problem in dropped:
-            writer.skip(video, problem, "segment")
-        if clipped:
-            writer.note(f"{clipped} segments ended less than one snippet after their video "
-                        "and were clipped to its end in the training metadata; gt.json "
-                        "keeps them as published")
-        if dropped:
-            writer.note(f"{len(dropped)} segments or labels do not fit their video or the "
-                        "class list (listed under skipped): left out of the training "
-                        "metadata; gt.json keeps every segment of a listed class as "
-                        "published")
+        _record_left_out(writer, skipped, dropped, clipped)
     except BaseException as exc:
         if writer is not None:
             writer.__exit__(type(exc), exc, exc.__traceback__)
