@@ -59,7 +59,7 @@ def resolve_config(cfg: RunConfig, store: FeatureStore, cpus: int | None = None,
     3 rounds on 2 CPU cores; the batch grows with the store up to the paper's 32. Workers =
     GPUs when there are GPUs, else 1 worker per 4 CPUs (on a 2-core machine one worker with
     both cores beats two DDP workers: RAY_NOTES.md §3). Training crops to 256 snippets on
-    CPUs and uses whole videos on GPUs.
+    CPUs and uses whole videos on GPUs. GPU rounds of >= 30,000 steps compile the step.
     """
     train, test = default_subsets(store)
     train = cfg.train_subset or train
@@ -89,6 +89,7 @@ def resolve_config(cfg: RunConfig, store: FeatureStore, cpus: int | None = None,
         cpus, gpus, use_gpu, batch, tc.videos_per_cluster)
     steps = tc.steps if tc.steps is not None else int(min(30005, max(150, 2 * n_train)))
     max_len = tc.max_len if tc.max_len is not None else (0 if use_gpu else 256)
+    compiled = tc.compile if tc.compile is not None else bool(use_gpu and steps >= 30_000)
     cpw = tc.cpus_per_worker if tc.cpus_per_worker is not None else \
         resources.cpus_per_worker(cpus, workers, use_gpu)
     rounds = 1 if cfg.mode == "weak" else cfg.rounds
@@ -96,7 +97,8 @@ def resolve_config(cfg: RunConfig, store: FeatureStore, cpus: int | None = None,
     return with_updates(cfg, num_classes=num_classes, train_subset=train, test_subset=test,
                         rounds=rounds, tiou=tiou,
                         train={"workers": workers, "use_gpu": use_gpu, "batch_size": batch,
-                               "steps": steps, "cpus_per_worker": cpw, "max_len": max_len})
+                               "steps": steps, "cpus_per_worker": cpw, "max_len": max_len,
+                               "compile": compiled})
 
 
 def worker_resources(cfg: RunConfig) -> dict[str, float]:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .config import RunConfig, to_dict
+from .graphed_step import FeatureBank, GraphedStep
 from .losses import total_loss
 from .model import StreamModels, pad_batch
 from .sampling import Batch, ClusterBatcher, batches_with_replacement, shuffled
@@ -40,20 +41,27 @@ class VideoItem:
         return int(next(iter(self.features.values())).shape[0])
 
 
+def crop_windows(items: Sequence[VideoItem], max_len: int | None, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Each video's training window: ``(B,)`` first snippets and ``(B,)`` lengths, a random
+    ``max_len`` window of a longer video (one draw per such video, in batch order)."""
+    starts = np.zeros(len(items), np.int64)
+    lengths = np.zeros(len(items), np.int64)
+    for i, item in enumerate(items):
+        t = item.num_snippets
+        if max_len and t > max_len:
+            starts[i] = int(rng.integers(0, t - max_len + 1))
+        lengths[i] = min(t, max_len) if max_len else t
+    return starts, lengths
+
+
 def crop_items(items: Sequence[VideoItem], max_len: int | None, rng: np.random.Generator
                ) -> dict[str, list[np.ndarray]]:
     """Per stream, each video's features, cropped to a random ``max_len`` window if longer
     (the same window in every stream)."""
-    out: dict[str, list[np.ndarray]] = {s: [] for s in items[0].features}
-    for item in items:
-        t = item.num_snippets
-        start = 0
-        if max_len and t > max_len:
-            start = int(rng.integers(0, t - max_len + 1))
-        stop = start + min(t, max_len) if max_len else t
-        for s, arr in item.features.items():
-            out[s].append(arr[start:stop])
-    return out
+    starts, lengths = crop_windows(items, max_len, rng)
+    return {s: [item.features[s][a:a + n] for item, a, n in zip(items, starts, lengths)]
+            for s in items[0].features}
 
 
 def batch_tensors(batch: Batch[VideoItem], num_classes: int, k: int, max_len: int | None,
@@ -80,13 +88,52 @@ def terms_to_floats(terms: dict[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(terms, values))
 
 
+def groups_per_worker(cfg: RunConfig, world_size: int) -> int:
+    """Z of one worker's batches: the run's clusters per batch shared among the workers."""
+    z = cfg.train.clusters_per_batch
+    return max(1, round(z / world_size)) if z else 0
+
+
+def graph_batch(batch: Batch[VideoItem], num_classes: int, k: int, max_len: int | None,
+                rng: np.random.Generator) -> tuple:
+    """A batch as :meth:`acl_dist.graphed_step.GraphedStep.step` takes it (host arrays;
+    the same crops, drawn from ``rng`` the same way, as :func:`batch_tensors`)."""
+    starts, lengths = crop_windows(batch.items, max_len, rng)
+    targets = np.zeros((len(batch.items), num_classes), np.float32)
+    for i, item in enumerate(batch.items):
+        targets[i, item.labels] = 1.0
+    groups = np.array(batch.padded_groups(k), np.int64).reshape(-1, k)
+    return ([item.video_id for item in batch.items], starts, lengths, targets, groups,
+            np.array(batch.group_labels, np.int64))
+
+
+def graphed_step(items: Sequence[VideoItem], model: nn.Module, optim: torch.optim.Optimizer,
+                 cfg: RunConfig, num_classes: int, world_size: int, device: torch.device,
+                 reduce_grads: Callable[[list[torch.Tensor]], None] | None
+                 ) -> GraphedStep | None:
+    """The CUDA-graph step where it applies: a CUDA device, ``train.cuda_graphs``, the
+    worker's videos within a third of the device's free memory, and with several workers
+    a ``reduce_grads`` (else DDP's eager path)."""
+    if device.type != "cuda" or not cfg.train.cuda_graphs:
+        return None
+    if world_size > 1 and reduce_grads is None:
+        return None
+    if FeatureBank.nbytes(items) > torch.cuda.mem_get_info(device)[0] // 3:
+        return None
+    tc = cfg.train
+    return GraphedStep(model, optim, FeatureBank(items, device), cfg.loss, num_classes,
+                       tc.videos_per_cluster, groups_per_worker(cfg, world_size),
+                       max_len=tc.max_len, compile=bool(tc.compile),
+                       reduce_grads=reduce_grads if world_size > 1 else None)
+
+
 def batch_stream(items: Sequence[VideoItem], cfg: RunConfig, rank: int, world_size: int
                  ) -> Iterable[Batch[VideoItem]]:
     """Endless batches of a worker's items: epoch after epoch, each video once per epoch;
     or, with ``train.sampling=replacement``, the paper's draws with replacement."""
     tc = cfg.train
     per_worker = max(1, math.ceil(tc.batch_size / world_size))
-    z = max(1, round(tc.clusters_per_batch / world_size)) if tc.clusters_per_batch else 0
+    z = groups_per_worker(cfg, world_size)
     if tc.sampling == "replacement":
         yield from batches_with_replacement(items, lambda it: it.labels, z,
                                             tc.videos_per_cluster, per_worker,
@@ -114,7 +161,8 @@ def fit(items: Sequence[VideoItem], cfg: RunConfig, num_classes: int, in_dims: d
         *, rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
         wrap: Callable[[nn.Module], nn.Module] | None = None,
         report: Callable[[dict[str, float], int, dict[str, Any] | None], None] | None = None,
-        start: dict[str, Any] | None = None) -> TrainResult:
+        start: dict[str, Any] | None = None,
+        reduce_grads: Callable[[list[torch.Tensor]], None] | None = None) -> TrainResult:
     """Train the stream models for ``cfg.train.steps`` updates on this worker's ``items``.
     Long because: the training loop reads best whole (resume, seeding, DDP wrap, logging
     and checkpoint steps in one place, as nanoGPT's).
@@ -128,6 +176,9 @@ def fit(items: Sequence[VideoItem], cfg: RunConfig, num_classes: int, in_dims: d
             ``checkpoint_every`` steps and at the end. ``state`` (:func:`training_state`)
             is given at checkpoint steps and at the end, else None.
         start: a state from :func:`training_state` to resume from (model, optimiser, step).
+        reduce_grads: averages the gradients over the workers in place (an all-reduce);
+            with it, several GPU workers take the CUDA-graph step (:func:`graphed_step`)
+            instead of ``wrap``'s DDP.
     Returns:
         :class:`TrainResult` with the (unwrapped) model's state dict.
     """
@@ -135,8 +186,10 @@ def fit(items: Sequence[VideoItem], cfg: RunConfig, num_classes: int, in_dims: d
     if not items:
         raise ValueError(f"worker {rank} received no training videos")
     torch.manual_seed(tc.seed)  # identical initial weights on every worker
+    device = torch.device(device)
     model = StreamModels(in_dims, num_classes, cfg.model).to(device)
-    optim = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    optim = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
+                             fused=device.type == "cuda" or None)  # one kernel per update
     decay_step = max(1, int(tc.lr_decay_at * tc.steps))
     sched = torch.optim.lr_scheduler.MultiStepLR(optim, [decay_step], gamma=tc.lr_decay)
     step = 0
@@ -146,7 +199,9 @@ def fit(items: Sequence[VideoItem], cfg: RunConfig, num_classes: int, in_dims: d
         sched.load_state_dict(start["scheduler"])
         step = int(start["step"])
     core = model
-    if wrap is not None:
+    graphed = graphed_step(items, model, optim, cfg, num_classes, world_size, device,
+                           reduce_grads)
+    if wrap is not None and graphed is None:
         model = wrap(model)
     torch.manual_seed(tc.seed * 7919 + rank + step)  # dropout differs per worker
     rng = np.random.default_rng([tc.seed, rank, step])
@@ -157,12 +212,16 @@ def fit(items: Sequence[VideoItem], cfg: RunConfig, num_classes: int, in_dims: d
     model.train()
     while step < tc.steps:
         batch = next(stream)
-        t = batch_tensors(batch, num_classes, tc.videos_per_cluster, tc.max_len, rng, device)
-        outputs = model(t["inputs"], t["mask"])
-        loss, terms = total_loss(outputs, t, cfg.loss)
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        optim.step()
+        if graphed is not None:
+            terms = graphed.step(*graph_batch(batch, num_classes, tc.videos_per_cluster,
+                                              tc.max_len, rng))
+        else:
+            t = batch_tensors(batch, num_classes, tc.videos_per_cluster, tc.max_len, rng,
+                              device)
+            loss, terms = total_loss(model(t["inputs"], t["mask"]), t, cfg.loss)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
         sched.step()
         step += 1
         window_videos += len(batch.items)

@@ -60,6 +60,11 @@ def test_a_cold_gpu_cluster_plans_gpu_training(tiny_store):
     assert plan["request"] == [{"CPU": 1.0, "GPU": 1.0}] * 4
     assert plan["config"]["train"]["workers"] == 4 and plan["config"]["train"]["use_gpu"]
     assert plan["capacity"]["max_gpus"] == 32.0
+    assert not tc.compile   # a short GPU round: compiling (~66 s) would not pay
+    paper_length = resolve_config(load_config("tiny", ["train.steps=30005"], mode="unsupervised",
+                                              num_classes=4), fs, cpus=cap.sizing_cpus(),
+                                  gpus=cap.max_gpus)
+    assert paper_length.train.compile
     lines = describe_plan(plan)
     assert lines[0].startswith("plan on autoscaling cluster: 0 CPUs, 0 GPUs up")
     assert "training: 4 Ray Train worker(s) on GPUs, CPU 1, GPU 1 each (PACK)" in lines[1]
@@ -74,6 +79,10 @@ def test_explicit_settings_win_and_a_cpu_plan_stays_on_cpus(tiny_store):
                          fs, cpus=cap.sizing_cpus(), gpus=cap.max_gpus)
     plan = run_plan(cfg, cap)
     assert plan["train"]["workers"] == 3 and not plan["train"]["use_gpu"]
+    assert not resolve_config(load_config("tiny", ["train.use_gpu=false", "train.steps=30005"]),
+                              fs, cpus=2, gpus=0.0).train.compile    # never on CPUs by size
+    assert resolve_config(load_config("tiny", ["train.compile=true"]), fs, cpus=2,
+                          gpus=0.0).train.compile                    # said is said
     assert not plan["cluster"]["gpu"] and not plan["attention"]["gpu"]
     assert all("GPU" not in b for b in plan["request"])
     # a local instance: sized by this machine's cores, attention actors by Ray's CPUs
