@@ -29,9 +29,35 @@ def masked_softmax(logits: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> t
     return torch.nan_to_num(out, nan=0.0)
 
 
+def temporal_convs(convs: list[nn.Conv1d], x: torch.Tensor) -> list[torch.Tensor]:
+    """Temporal convs of one input in the ``(B, T, C)`` layout: ``(B, T, Cin)`` -> each
+    ``(B, T, Cout_i)``.
+
+    Why this layout: with the default kernels (1) every conv is a matmul of each snippet's
+    features, and one ``F.linear`` over the convs' stacked weights runs it as one GEMM with
+    no transposes. On 2 CPU cores the training step (16 videos x 256 snippets x 2048-d)
+    spent 45% of its time in Conv1d (mkldnn) and transposing copies; see bench/train_step.py.
+    Convs of a wider kernel run as ``Conv1d`` between two transposes.
+    """
+    ones = [c for c in convs if c.kernel_size[0] == 1]
+    out: dict[int, torch.Tensor] = {}
+    if ones:
+        weight = torch.cat([c.weight[:, :, 0] for c in ones]) if len(ones) > 1 \
+            else ones[0].weight[:, :, 0]
+        bias = torch.cat([c.bias for c in ones]) if len(ones) > 1 else ones[0].bias
+        stacked = F.linear(x, weight, bias)
+        parts = stacked.split([c.out_channels for c in ones], dim=-1) if len(ones) > 1 \
+            else (stacked,)
+        out.update({id(c): y for c, y in zip(ones, parts)})
+    for c in convs:
+        if id(c) not in out:
+            out[id(c)] = c(x.transpose(1, 2)).transpose(1, 2)
+    return [out[id(c)] for c in convs]
+
+
 class LocalBlock(nn.Module):
     """Four parallel temporal convs (k3 d1, the pyramid's k3 at ``dilations`` -- the paper's
-    d2 and d3 -- and k1), each ReLU'd, concatenated: ``(B, Cin, T) -> (B, 4*w, T)``.
+    d2 and d3 -- and k1), each ReLU'd, concatenated: ``(B, T, Cin) -> (B, T, 4*w)``.
     ``kernel`` replaces the three k3s' kernel (1: every branch sees one snippet)."""
 
     def __init__(self, in_dim: int, branch_dim: int, dilations: tuple[int, int],
@@ -44,7 +70,8 @@ class LocalBlock(nn.Module):
             + [nn.Conv1d(in_dim, branch_dim, 1)])
 
     def forward(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        return torch.cat([F.relu(b(x)) for b in self.branches], dim=1) * m
+        """``x`` ``(B, T, Cin)``, ``m`` ``(B, T, 1)`` float mask."""
+        return F.relu(torch.cat(temporal_convs(list(self.branches), x), dim=-1)) * m
 
 
 class NonLocal(nn.Module):
@@ -61,14 +88,12 @@ class NonLocal(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        q = self.theta(z).transpose(1, 2)                 # (B, T, inner)
-        k = self.phi(z).transpose(1, 2)                   # (B, T, inner)
-        v = self.g(z).transpose(1, 2)                     # (B, T, inner)
+        """``z`` ``(B, T, dim)``, ``mask`` ``(B, T)`` bool -> ``(B, T, dim)``."""
+        q, k, v = temporal_convs([self.theta, self.phi, self.g], z)   # (B, T, inner) each
         # softmax_keys(q k^T) v with padded keys masked; the embedded-Gaussian form has no
         # 1/sqrt(d) scaling. The fused kernel avoids materialising (B, T, T) where it can.
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, :], scale=1.0)
-        y = y.transpose(1, 2)                             # (B, inner, T)
-        return (z + self.out(y)) * mask[:, None, :].to(z.dtype)
+        return (z + temporal_convs([self.out], y)[0]) * mask[..., None].to(z.dtype)
 
 
 @dataclass
@@ -126,45 +151,73 @@ class CoAttentionNet(nn.Module):
         self.agnostic_head = nn.Conv1d(agnostic_dim, 1, 1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> ModelOutput:
-        """Args: ``x`` ``(B, T, D)``, ``mask`` ``(B, T)`` bool. Returns :class:`ModelOutput`."""
+        """Args: ``x`` ``(B, T, D)`` (finite also where padded), ``mask`` ``(B, T)`` bool.
+        Returns :class:`ModelOutput`.
+
+        Runs in the ``(B, T, C)`` layout throughout (:func:`temporal_convs`); with kernel-1
+        branches the convs reading ``E`` (global, the two local blocks') are one matmul."""
         if x.dim() != 3 or x.shape[-1] != self.in_dim:
             raise ValueError(f"expected (B, T, {self.in_dim}) features, got {tuple(x.shape)}")
-        m = mask[:, None, :].to(x.dtype)                       # (B, 1, T)
-        h = self.dropout(x.transpose(1, 2)) * m                 # (B, D, T)
-        e = F.relu(self.base(h)) * m                            # (B, base, T)
-        local = self.local(e, m)                                # (B, 4w, T)
-        glob = F.relu(self.global_in(e)) * m
-        if self.cfg.global_context:
-            glob = self.nonlocal_block(glob, mask)
-        fused = torch.cat([glob, local], dim=1)                 # (B, fused, T)
-        cas = self.head(fused) * m                              # (B, C, T)
-        agnostic = [self.agnostic_local(e, m)]
-        if self.cfg.agnostic_global:
-            agnostic.append(self.agnostic_nonlocal(
-                F.relu(self.agnostic_global_in(e)) * m, mask))
-        s = self.agnostic_head(torch.cat(agnostic, dim=1))[:, 0] * m[:, 0]   # (B, T)
-        attention = masked_softmax(s, mask)                     # (B, T)
-        video_logits = torch.einsum("bt,bct->bc", attention, cas)
-        return ModelOutput(embedding=e.transpose(1, 2), fused=fused.transpose(1, 2),
-                           cas=cas.transpose(1, 2), attention_logits=s, attention=attention,
-                           video_logits=video_logits)
+        cfg = self.cfg
+        m = mask[..., None].to(x.dtype)                                     # (B, T, 1)
+        # channel dropout as Dropout1d draws it on (B, D, T): one mask per video and channel
+        h = self.dropout(x.transpose(1, 2)).transpose(1, 2)                 # (B, T, D)
+        if cfg.base_kernel > 1:   # zero padding for the wider conv; a kernel-1 base conv
+            h = h * m             # maps each snippet alone and E is masked below
+        e = F.relu(temporal_convs([self.base], h)[0]) * m                   # (B, T, base)
+        branches = [self.global_in, *self.local.branches, *self.agnostic_local.branches]
+        if cfg.agnostic_global:
+            branches.append(self.agnostic_global_in)
+        # every conv reading E at once, ReLU'd and masked; in this order [global | local |
+        # agnostic local (| agnostic global)], so [global | local] is the FAB output X_e
+        y = F.relu(torch.cat(temporal_convs(branches, e), dim=-1)) * m
+        g, w4 = cfg.global_dim, 4 * cfg.branch_dim
+        if cfg.global_context:
+            fused = torch.cat([self.nonlocal_block(y[..., :g], mask), y[..., g:g + w4]], -1)
+        else:
+            fused = y[..., :g + w4]                                        # (B, T, fused)
+        cas = temporal_convs([self.head], fused)[0] * m                     # (B, T, C)
+        agnostic = y[..., g + w4:g + 2 * w4]
+        if cfg.agnostic_global:
+            agnostic = torch.cat([agnostic, self.agnostic_nonlocal(y[..., g + 2 * w4:], mask)],
+                                 -1)
+        s = temporal_convs([self.agnostic_head], agnostic)[0][..., 0] * m[..., 0]   # (B, T)
+        attention = masked_softmax(s, mask)                                 # (B, T)
+        video_logits = torch.einsum("bt,btc->bc", attention, cas)
+        return ModelOutput(embedding=e, fused=fused, cas=cas, attention_logits=s,
+                           attention=attention, video_logits=video_logits)
 
 
 def pad_batch(arrays: list, max_len: int | None = None, dtype: torch.dtype = torch.float32,
               device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack ragged ``(T_i, D)`` arrays into ``(B, T_max, D)`` zeros-padded plus a mask.
+    """Stack ragged ``(T_i, D)`` arrays into ``(B, T_max, D)`` zeros-padded plus a mask."""
+    return pad_streams([arrays], max_len, dtype, device)
 
-    With a GPU ``device`` each video travels in its stored dtype (float16 stores: half the
-    bytes) and is converted and padded there, not on the host.
+
+def pad_streams(streams: list[list], max_len: int | None = None,
+                dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Several streams' ragged ``(T_i, D_s)`` arrays (one list per stream, the same videos
+    in the same order) into one ``(B, T_max, sum D_s)`` tensor, the streams side by side
+    (early fusion's input), zero-padded, plus the ``(B, T_max)`` mask.
+
+    One pass: each video's rows are converted and written once into their slice, and only
+    the padding is zeroed (padding then concatenating the streams wrote every element three
+    times). With a GPU ``device`` each video travels in its stored dtype (float16 stores:
+    half the bytes) and is converted there, not on the host.
     """
-    lengths = [int(a.shape[0]) for a in arrays]
+    lengths = [int(a.shape[0]) for a in streams[0]]
     t_max = max(lengths) if max_len is None else max_len
-    dim = int(arrays[0].shape[1])
+    dims = [int(arrays[0].shape[1]) for arrays in streams]
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    out = torch.zeros(len(arrays), t_max, dim, dtype=dtype, device=dev)
-    for i, a in enumerate(arrays):
-        n = min(lengths[i], t_max)
-        out[i, :n] = torch.as_tensor(a[:n]).to(dev)
+    out = torch.empty(len(lengths), t_max, sum(dims), dtype=dtype, device=dev)
+    for i, t in enumerate(lengths):
+        n = min(t, t_max)
+        col = 0
+        for arrays, d in zip(streams, dims):
+            out[i, :n, col:col + d].copy_(torch.as_tensor(arrays[i][:n]).to(dev))
+            col += d
+        out[i, n:].zero_()
     mask = torch.arange(t_max)[None, :] < torch.tensor(lengths)[:, None]
     return out, mask.to(dev)
 
@@ -187,10 +240,13 @@ class StreamModels(nn.Module):
 
     def forward(self, inputs: dict[str, torch.Tensor], mask: torch.Tensor
                 ) -> dict[str, ModelOutput]:
-        """``inputs``: stream -> ``(B, T, D_s)``. Returns network name -> outputs."""
+        """``inputs``: stream -> ``(B, T, D_s)``, or for early fusion :data:`EARLY` ->
+        the streams' features side by side in ``self.streams`` order (:func:`pad_streams`).
+        Returns network name -> outputs."""
         if self.early:
-            return {EARLY: self.nets[EARLY](torch.cat([inputs[s] for s in self.streams], -1),
-                                            mask)}
+            x = inputs[EARLY] if EARLY in inputs else \
+                torch.cat([inputs[s] for s in self.streams], -1)
+            return {EARLY: self.nets[EARLY](x, mask)}
         return {s: net(inputs[s], mask) for s, net in self.nets.items()}
 
     def per_stream(self, outputs: dict[str, ModelOutput]) -> dict[str, ModelOutput]:

@@ -24,7 +24,7 @@ from torch import nn
 from .config import RunConfig, to_dict
 from .graphed_step import FeatureBank, GraphedStep
 from .losses import total_loss
-from .model import StreamModels, pad_batch
+from .model import EARLY, StreamModels, pad_batch, pad_streams
 from .sampling import Batch, ClusterBatcher, batches_with_replacement, shuffled
 
 
@@ -65,13 +65,19 @@ def crop_items(items: Sequence[VideoItem], max_len: int | None, rng: np.random.G
 
 
 def batch_tensors(batch: Batch[VideoItem], num_classes: int, k: int, max_len: int | None,
-                  rng: np.random.Generator, device: torch.device | str = "cpu"
-                  ) -> dict[str, Any]:
-    """Padded inputs, mask, multi-hot targets and the ``(Z, K)`` groups of one batch."""
+                  rng: np.random.Generator, device: torch.device | str = "cpu",
+                  early: Sequence[str] | None = None) -> dict[str, Any]:
+    """Padded inputs, mask, multi-hot targets and the ``(Z, K)`` groups of one batch.
+    With ``early`` (the early-fused network's stream order) the inputs are one
+    :data:`~acl_dist.model.EARLY` tensor of the streams side by side, built in one pass."""
     feats = crop_items(batch.items, max_len, rng)
-    inputs, mask = {}, None
-    for s, arrays in feats.items():
-        inputs[s], mask = pad_batch(arrays, device=device)
+    if early:
+        x, mask = pad_streams([feats[s] for s in early], device=device)
+        inputs = {EARLY: x}
+    else:
+        inputs, mask = {}, None
+        for s, arrays in feats.items():
+            inputs[s], mask = pad_batch(arrays, device=device)
     targets = torch.zeros(len(batch.items), num_classes)
     for i, item in enumerate(batch.items):
         targets[i, item.labels] = 1.0
@@ -217,7 +223,7 @@ def fit(items: Sequence[VideoItem], cfg: RunConfig, num_classes: int, in_dims: d
                                               tc.max_len, rng))
         else:
             t = batch_tensors(batch, num_classes, tc.videos_per_cluster, tc.max_len, rng,
-                              device)
+                              device, core.streams if core.early else None)
             loss, terms = total_loss(model(t["inputs"], t["mask"]), t, cfg.loss)
             optim.zero_grad(set_to_none=True)
             loss.backward()

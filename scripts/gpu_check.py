@@ -42,6 +42,7 @@ from acl_dist.graphed_step import FeatureBank, GraphedStep  # noqa: E402
 from acl_dist.losses import total_loss  # noqa: E402
 from acl_dist.model import StreamModels, pad_batch  # noqa: E402
 from acl_dist.sampling import Batch  # noqa: E402
+from bench.floors import PlainModel  # noqa: E402
 from acl_dist.train import (VideoItem, batch_stream, batch_tensors, fit,  # noqa: E402
                             graph_batch, groups_per_worker)
 
@@ -84,26 +85,6 @@ def _one_batch(items: list[VideoItem], z: int, k: int) -> Batch:
     """All ``items`` as one batch: ``z`` groups of ``k`` consecutive rows."""
     return Batch(items=list(items), groups=[list(range(g * k, g * k + k)) for g in range(z)],
                  group_labels=[g for g in range(z)])
-
-
-class PlainModel(torch.nn.Module):
-    """A plain per-snippet MLP (Linear D->base->h->C, mean over time, cross-entropy) whose
-    matmul FLOPs equal the ACL network's (``h`` solved for): the floor a launch-free step
-    of that size could reach."""
-
-    def __init__(self, acl: torch.nn.Module, dim: int, base: int, classes: int):
-        super().__init__()
-        macs = sum(m.in_channels * m.out_channels * m.kernel_size[0]
-                   for m in acl.modules() if isinstance(m, torch.nn.Conv1d))
-        self.hidden = max(1, round((macs - dim * base) / (base + classes)))
-        self.macs = dim * base + self.hidden * (base + classes)
-        self.acl_macs = macs
-        self.net = torch.nn.Sequential(torch.nn.Linear(dim, base), torch.nn.ReLU(),
-                                       torch.nn.Linear(base, self.hidden), torch.nn.ReLU(),
-                                       torch.nn.Linear(self.hidden, classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).mean(dim=1)
 
 
 def _median_ms(fn, warm: int, reps: int) -> float:
