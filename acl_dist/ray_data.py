@@ -26,21 +26,60 @@ from .store import FeatureStore, feature_views
 from .timegrid import SnippetGrid
 
 
+ROW_COLUMNS = ["video_id", "subset", "duration", "fps", "snippet_frames", "num_snippets"]
+
+
 def store_dataset(store: FeatureStore, subsets: Iterable[str], streams: bool = True):
     """The store's rows of ``subsets`` as a Ray Dataset (features optional)."""
     import ray
 
-    columns = ["video_id", "subset", "duration", "fps", "snippet_frames", "num_snippets"]
-    if streams:
-        columns += list(store.streams)
+    columns = ROW_COLUMNS + (list(store.streams) if streams else [])
     urls = store.shard_urls(list(subsets))
     return ray.data.read_parquet(urls).select_columns(columns)
 
 
-def batch_features(batch: pa.Table, streams: dict[str, int], dtype: str
-                   ) -> list[dict[str, np.ndarray]]:
-    """Per row, stream -> ``(T, D)`` float32 array, from a pyarrow batch of the store."""
+def row_group_dataset(store: FeatureStore, subsets: Iterable[str]):
+    """A Ray Dataset of the store's row groups of ``subsets`` (:meth:`FeatureStore.row_groups`),
+    one block each, for a :class:`RowGroupMap` to read itself."""
+    import ray
+
+    units = store.row_groups(list(dict.fromkeys(subsets)))
+    return ray.data.from_items(units, override_num_blocks=max(1, len(units)))
+
+
+class RowGroupMap:
+    """A Ray Data actor that reads the store rows it works on: each input row names a row
+    group (:func:`row_group_dataset`); :meth:`process` gets it in slices of
+    ``rows_per_call`` rows and its outputs are yielded one by one.
+
+    Why not ``read_parquet`` tasks feeding the actors: on 2 cores the features' trip
+    through read tasks and the object store cost more than the model's forward (an
+    ActivityNet-like pass of 2,980 videos: 2.5x its floor; read here: see
+    bench/attention_pass.py). Only the outputs travel through Ray.
+    """
+
+    rows_per_call = 128
+    streams: dict[str, int]
+
+    def __call__(self, units: pa.Table):
+        for url, index in zip(units.column("url").to_pylist(),
+                              units.column("row_group").to_pylist()):
+            table = FeatureStore.read_row_group(url, index, ROW_COLUMNS + list(self.streams))
+            for start in range(0, table.num_rows, self.rows_per_call):
+                yield self.process(table.slice(start, self.rows_per_call))
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        raise NotImplementedError
+
+
+def batch_features(batch: pa.Table, streams: dict[str, int], dtype: str,
+                   float32: bool = True) -> list[dict[str, np.ndarray]]:
+    """Per row, stream -> ``(T, D)`` float32 array, from a pyarrow batch of the store; with
+    ``float32=False`` zero-copy views in the store's dtype (the forward's padding converts
+    them in its one pass)."""
     views = {s: feature_views(batch.column(s), d, dtype) for s, d in streams.items()}
+    if not float32:
+        return [{s: views[s][i] for s in streams} for i in range(batch.num_rows)]
     return [{s: views[s][i].astype(np.float32) for s in streams} for i in range(batch.num_rows)]
 
 
@@ -48,19 +87,19 @@ def _f32_bytes(x: np.ndarray) -> bytes:
     return np.ascontiguousarray(x, dtype=np.float32).tobytes()
 
 
-class UniformDescriptors:
+class UniformDescriptors(RowGroupMap):
     """Round-0 descriptors (uniform 1/T pooling) of a batch of store rows."""
 
     def __init__(self, streams: dict[str, int], dtype: str):
         self.streams, self.dtype = streams, dtype
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def process(self, batch: pa.Table) -> pa.Table:
         feats = batch_features(batch, self.streams, self.dtype)
         return pa.table({"video_id": batch.column("video_id"),
                          "descriptor": [_f32_bytes(video_descriptor(f)) for f in feats]})
 
 
-class AttentionPass:
+class AttentionPass(RowGroupMap):
     """The trained stream models over whole videos (a Ray Data actor).
 
     Each row is either *described* (a training video of an unsupervised run: its
@@ -89,7 +128,7 @@ class AttentionPass:
         self.localize = from_dict(LocalizeConfig, localize)
         self.describe = contrast_descriptor if descriptor == "contrast" else video_descriptor
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def process(self, batch: pa.Table) -> pa.Table:
         ids = batch.column("video_id").to_pylist()
         subsets = batch.column("subset").to_pylist()
         detect = [s in self.detect_subsets or v in self.detect_ids for v, s in zip(ids, subsets)]
@@ -103,13 +142,13 @@ class AttentionPass:
         batch = batch.take(keep)
         ids, subsets, detect = [ids[i] for i in keep], [subsets[i] for i in keep], \
             [detect[i] for i in keep]
-        feats = batch_features(batch, self.streams, self.dtype)
+        feats = batch_features(batch, self.streams, self.dtype, float32=False)
         preds = predict(self.model, list(zip(ids, feats)), self.device)
         for i, p in enumerate(preds):
             out["video_id"].append(ids[i])
             out["subset"].append(subsets[i])
-            out["descriptor"].append(b"" if detect[i] else
-                                     _f32_bytes(self.describe(feats[i], p.attention)))
+            out["descriptor"].append(b"" if detect[i] else _f32_bytes(self.describe(
+                {s: f.astype(np.float32) for s, f in feats[i].items()}, p.attention)))
             if detect[i]:
                 cas, att, logits = p.fused(self.localize.rgb_weight)
                 grid = SnippetGrid(batch.column("fps")[i].as_py(),
@@ -133,10 +172,10 @@ class AttentionPass:
 
 
 def map_descriptors(store: FeatureStore, subset: str, concurrency: int = 1):
-    ds = store_dataset(store, [subset])
+    ds = row_group_dataset(store, [subset])
     from ray.data import ActorPoolStrategy
 
-    return ds.map_batches(UniformDescriptors, batch_format="pyarrow", batch_size=128,
+    return ds.map_batches(UniformDescriptors, batch_format="pyarrow", batch_size=1,
                           fn_constructor_kwargs={"streams": store.streams,
                                                  "dtype": store.dtype},
                           compute=ActorPoolStrategy(size=concurrency), num_cpus=1)
@@ -155,9 +194,9 @@ def map_attention(store: FeatureStore, subsets: list[str], checkpoint_path: str,
 
     # a GPU actor asks for the GPU alone (Ray Data warns when a map asks for both)
     ask = {"num_gpus": 1} if use_gpu else {"num_cpus": 1}
-    ds = store_dataset(store, subsets)
+    ds = row_group_dataset(store, subsets)
     return ds.map_batches(
-        AttentionPass, batch_format="pyarrow", batch_size=128,  # predict() sorts by length inside
+        AttentionPass, batch_format="pyarrow", batch_size=1,  # a row group per call
         compute=ActorPoolStrategy(size=concurrency), **ask,
         fn_constructor_kwargs={"checkpoint_path": checkpoint_path, "streams": store.streams,
                                "dtype": store.dtype, "detect_subsets": list(detect_subsets),

@@ -502,6 +502,30 @@ class FeatureStore:
             except (OSError, pa.ArrowException) as exc:
                 raise StoreError(f"cannot read shard {url}: {exc}") from exc
 
+    def row_groups(self, subsets: str | Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """The Parquet row groups of ``subsets`` (``url``, ``row_group``, ``rows``): units of
+        work a process can read on its own (:meth:`read_row_group`); only the shards'
+        footers are read."""
+        units = []
+        for url in self.shard_urls(subsets):
+            try:
+                with _open_shard(url) as fh:
+                    meta = pq.ParquetFile(fh).metadata
+            except (OSError, pa.ArrowException) as exc:
+                raise StoreError(f"cannot read shard {url}: {exc}") from exc
+            units += [{"url": url, "row_group": i, "rows": meta.row_group(i).num_rows}
+                      for i in range(meta.num_row_groups)]
+        return units
+
+    @staticmethod
+    def read_row_group(url: str, index: int, columns: Sequence[str]) -> pa.Table:
+        """One row group of a shard (``columns`` of it), as :meth:`row_groups` names it."""
+        try:
+            with _open_shard(url) as fh:
+                return pq.ParquetFile(fh).read_row_group(index, columns=list(columns))
+        except (OSError, pa.ArrowException) as exc:
+            raise StoreError(f"cannot read shard {url}: {exc}") from exc
+
     def metadata(self, subsets: str | Iterable[str] | None = None) -> list[VideoRecord]:
         """All videos' metadata and annotations, without features."""
         return list(self.iter_videos(subsets, streams=[], batch_rows=4096))
