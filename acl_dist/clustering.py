@@ -384,13 +384,14 @@ def _torch_device(device: str | None):
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def _descriptor_tensor(descriptors, dev):
-    """``(N, F)`` descriptors on ``dev`` (float64 on a CPU, for agreement with the numpy
-    path; float32 on a GPU) and their squared norms. Always a copy: the input may be a
-    read-only Arrow buffer."""
+def _descriptor_tensor(descriptors, dev, dtype=None):
+    """``(N, F)`` descriptors on ``dev`` (default float64 on a CPU, for agreement with the
+    numpy path; float32 on a GPU) and their squared norms. Always a copy: the input may be
+    a read-only Arrow buffer."""
     import torch
 
-    dtype = torch.float32 if dev.type == "cuda" else torch.float64
+    if dtype is None:
+        dtype = torch.float32 if dev.type == "cuda" else torch.float64
     x = (descriptors.to(device=dev, dtype=dtype) if torch.is_tensor(descriptors)
          else torch.tensor(np.asarray(descriptors), device=dev, dtype=dtype))
     return x, (x * x).sum(dim=1)
@@ -445,6 +446,7 @@ def spectral_clustering_torch(affinity, n_clusters: int, seed: int = 0,
 # --------------------------------------------------------------------------- kNN-sparse path
 
 DENSE_MAX_VIDEOS = 20_000
+DENSE_MAX_VIDEOS_CPU = 5_000
 GRAPHS = ("auto", "dense", "knn")
 
 
@@ -479,7 +481,9 @@ def knn_affinity(descriptors, n_neighbors: int, sigma: float | None = None,
     import torch
 
     dev = _torch_device(device)
-    x, sq = _descriptor_tensor(descriptors, dev)
+    # float32 distances on a CPU too: the blocks' matmul is the graph's cost (10k x 2048-d
+    # descriptors on 2 cores: 7.3 s in float64); weights and sigma stay float64
+    x, sq = _descriptor_tensor(descriptors, dev, torch.float32)
     n = x.shape[0]
     k = int(min(max(n_neighbors, 1), n - 1))
     if k < 1:
@@ -488,7 +492,8 @@ def knn_affinity(descriptors, n_neighbors: int, sigma: float | None = None,
         chunk_bytes = (1 << 30) if dev.type == "cuda" else (1 << 28)
     chunk = max(1, min(n, chunk_bytes // (n * x.element_size())))
     nbr_idx = torch.empty((n, k), dtype=torch.int64, device=dev)
-    nbr_d2 = torch.empty((n, k), dtype=x.dtype, device=dev)
+    nbr_d2 = torch.empty((n, k), dtype=torch.float64 if dev.type == "cpu" else x.dtype,
+                         device=dev)
     dist_sum = torch.zeros((), dtype=torch.float64, device=dev)
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
@@ -600,7 +605,8 @@ def run_clustering(descriptors: np.ndarray, n_clusters: int, backend: str = "aut
                    seed: int = 0, n_init: int = 10, sigma: float | None = None,
                    truth: list[str] | None = None, previous: np.ndarray | None = None,
                    graph: str = "auto", n_neighbors: int = 100,
-                   dense_max: int = DENSE_MAX_VIDEOS) -> dict:
+                   dense_max: int = DENSE_MAX_VIDEOS,
+                   dense_max_cpu: int = DENSE_MAX_VIDEOS_CPU) -> dict:
     """One clustering step with its quality statistics (what the Ray task returns).
 
     Args:
@@ -610,6 +616,7 @@ def run_clustering(descriptors: np.ndarray, n_clusters: int, backend: str = "aut
         previous: the previous round's cluster ids (for the label-free stability score).
         graph: ``auto`` | ``dense`` | ``knn`` (see :func:`choose_graph`).
         n_neighbors: neighbours per video of the ``knn`` graph.
+        dense_max, dense_max_cpu: ``auto``'s dense limit on a GPU and on CPUs.
     Returns:
         ``{"labels", "backend", "graph", "sigma", "seconds", "phases", "sizes",
         "silhouette", "scores"?, "stability"?}`` (``phases``: seconds of the graph, the
@@ -622,7 +629,11 @@ def run_clustering(descriptors: np.ndarray, n_clusters: int, backend: str = "aut
     started = time.perf_counter()
     phases = Phases()
     used, why = backend_choice(backend)
-    kind = choose_graph(len(descriptors), graph, dense_max)
+    on_gpu = used in ("torch", "cuml") and gpu_available()
+    kind = choose_graph(len(descriptors), graph, dense_max if on_gpu else dense_max_cpu)
+    if kind == "knn" and backend == "auto" and used == "sklearn":
+        # measured (config: cluster.dense_max_videos_cpu): LOBPCG, not ARPACK, on CPUs
+        used, why = "torch", f"{why}; kNN graph on CPUs: torch's LOBPCG"
     if kind == "dense":
         # the torch backend on a GPU builds the affinity there, not in host memory
         build = (gaussian_affinity_torch if used == "torch" and gpu_available()

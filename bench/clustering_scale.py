@@ -45,12 +45,11 @@ def main() -> None:
     ap.add_argument("--clusters", type=int, default=200)
     ap.add_argument("--dim", type=int, default=1024, help="per stream")
     ap.add_argument("--noise", type=float, default=2.0)
-    ap.add_argument("--skip-dense", action="store_true")
+    ap.add_argument("--rows", default="dense:sklearn,knn:torch,knn:sklearn",
+                    help="graph:backend pairs, in order (the first dense row is the reference)")
     args = ap.parse_args()
     x, truth = planted(args.videos, args.clusters, args.dim, args.noise)
-    rows = [("dense", "sklearn"), ("knn", "sklearn"), ("knn", "torch")]
-    if args.skip_dense:
-        rows = rows[1:]
+    rows = [tuple(r.split(":")) for r in args.rows.split(",")]
     print(f"{args.videos} videos, {args.clusters} planted clusters, 2 x {args.dim}-d, "
           f"{os.cpu_count()} cores")
     print(f"\n{'graph':6s} {'backend':8s} {'seconds':>8s} {'NMI truth':>10s} {'NMI vs dense':>13s}"
