@@ -601,6 +601,19 @@ def cluster_descriptors(descriptors: np.ndarray, n_clusters: int, seed: int = 0,
     return spectral_clustering(affinity, n_clusters, seed=seed, backend=backend, n_init=n_init)
 
 
+def graph_and_backend(n_videos: int, backend: str, graph: str, dense_max: int,
+                      dense_max_cpu: int) -> tuple[str, str, str]:
+    """(graph, backend, why) of a clustering of ``n_videos``: ``auto``'s dense limit is
+    ``dense_max`` on a GPU, ``dense_max_cpu`` on CPUs, where an ``auto`` backend then
+    takes torch's LOBPCG for the kNN graph (measured: ``cluster.dense_max_videos_cpu``)."""
+    used, why = backend_choice(backend)
+    on_gpu = used in ("torch", "cuml") and gpu_available()
+    kind = choose_graph(n_videos, graph, dense_max if on_gpu else dense_max_cpu)
+    if kind == "knn" and backend == "auto" and used == "sklearn":
+        used, why = "torch", f"{why}; kNN graph on CPUs: torch's LOBPCG"
+    return kind, used, why
+
+
 def run_clustering(descriptors: np.ndarray, n_clusters: int, backend: str = "auto",
                    seed: int = 0, n_init: int = 10, sigma: float | None = None,
                    truth: list[str] | None = None, previous: np.ndarray | None = None,
@@ -628,12 +641,8 @@ def run_clustering(descriptors: np.ndarray, n_clusters: int, backend: str = "aut
 
     started = time.perf_counter()
     phases = Phases()
-    used, why = backend_choice(backend)
-    on_gpu = used in ("torch", "cuml") and gpu_available()
-    kind = choose_graph(len(descriptors), graph, dense_max if on_gpu else dense_max_cpu)
-    if kind == "knn" and backend == "auto" and used == "sklearn":
-        # measured (config: cluster.dense_max_videos_cpu): LOBPCG, not ARPACK, on CPUs
-        used, why = "torch", f"{why}; kNN graph on CPUs: torch's LOBPCG"
+    kind, used, why = graph_and_backend(len(descriptors), backend, graph, dense_max,
+                                        dense_max_cpu)
     if kind == "dense":
         # the torch backend on a GPU builds the affinity there, not in host memory
         build = (gaussian_affinity_torch if used == "torch" and gpu_available()
