@@ -446,7 +446,7 @@ def spectral_clustering_torch(affinity, n_clusters: int, seed: int = 0,
 # --------------------------------------------------------------------------- kNN-sparse path
 
 DENSE_MAX_VIDEOS = 20_000
-DENSE_MAX_VIDEOS_CPU = 5_000
+DENSE_MAX_VIDEOS_CPU = 20_000
 GRAPHS = ("auto", "dense", "knn")
 
 

@@ -248,13 +248,15 @@ class ClusterConfig:
             graph's NMI on planted clusters from 3k to 20k videos).
         dense_max_videos: the ``auto`` threshold when clustering runs on a GPU (20k videos
             = 3.2 GB of float64 affinity).
-        dense_max_videos_cpu: the ``auto`` threshold on CPUs, where the dense eigensolver
-            (ARPACK) grows fastest. On 2 cores, 200 planted clusters of 2 x 1024-d
-            descriptors (bench/clustering_scale.py): 2k videos dense 4.9 s vs kNN 10.0 s
-            (NMI 0.990 vs 0.977); 5k: 16.9 s vs 9.5 s (0.998 both); 10k: 68 s vs 13.9 s
-            (0.996 vs 1.000). On CPUs the kNN graph's eigenvectors come from torch's
-            LOBPCG under ``backend=auto`` (scikit-learn's ARPACK, shift-invert on the
-            sparse graph, ran past 2 minutes at 10k).
+        dense_max_videos_cpu: the ``auto`` threshold on CPUs. Lower it to trade NMI on
+            noisy descriptors for time: on 2 cores, the kNN graph clustered 10k planted
+            videos in 13.9 s against the dense graph's 68 s (NMI 1.000 vs 0.996,
+            bench/clustering_scale.py), and an ActivityNet-sized store's 9,641 videos in
+            12-22 s against 51-56 s, but at NMI 0.610 vs 0.708 on round 0's mean-pooled
+            descriptors (0.888 vs 0.865 on trained ones), so the default keeps the dense
+            graph. On CPUs the kNN graph's eigenvectors come from torch's LOBPCG under
+            ``backend=auto`` (scikit-learn's ARPACK, shift-invert on the sparse graph, ran
+            past 2 minutes at 10k).
     """
 
     backend: Literal["auto", "sklearn", "torch", "cuml"] = "auto"
@@ -265,7 +267,7 @@ class ClusterConfig:
     graph: Literal["auto", "dense", "knn"] = "auto"
     n_neighbors: int = 100
     dense_max_videos: int = 20_000
-    dense_max_videos_cpu: int = 5_000
+    dense_max_videos_cpu: int = 20_000
 
     def __post_init__(self) -> None:
         check_ranges("cluster.", self, {"sigma": (0, None, True), "n_init": (1,), "seed": (0,),
