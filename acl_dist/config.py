@@ -176,14 +176,15 @@ class TrainConfig:
         cuda_graphs: on a GPU, hold the worker's videos on the device and replay each batch
             shape's forward, losses and backward as one CUDA graph (the default network's
             eager step is launch-bound; see acl_dist/graphed_step.py). False: eager steps.
-            An H200 measured 4.3 ms per THUMOS14-sized step against 51 ms eager.
+            An H200 measured 3.6 ms per THUMOS14-sized step against 45 ms eager.
         compile: on a GPU, also ``torch.compile`` the graphed step (fuses its elementwise
-            chains). On an H200: 2.0 ms per THUMOS14-sized step (a plain MLP of equal FLOPs:
-            2.0, graphed alone 4.3); the fit loop 1.4 ms/step against 3.0, after a one-off
-            66 s of compiling (two compiles: the second, with symbolic lengths, serves every
-            later shape). None: on for GPU rounds of >= 30,000 steps (the paper's 30,005),
-            where 1.6-2.3 ms saved per step (48-69 s a round) repays it; later rounds on the
-            same node can reuse inductor's on-disk cache (not measured here).
+            chains). On an H200: 2.7 ms per THUMOS14-sized step (a plain MLP of equal
+            FLOPs: 1.9, graphed alone 3.6); the fit loop 1.4 ms/step against 3.0 (measured
+            before the matmul layout), after a one-off 35-66 s of compiling (two compiles:
+            the second, with symbolic lengths, serves every later shape). None: on for GPU
+            rounds of >= 30,000 steps (the paper's 30,005), where ~1-1.6 ms saved per step
+            (30-48 s a round) about repays it; later rounds on the same node can reuse
+            inductor's on-disk cache (not measured here).
         cpus_per_worker: Ray CPUs per worker (fractional is fine; leave room for Ray Data).
         placement_strategy: how the workers' bundles are placed: ``PACK`` (few nodes, the
             default), ``SPREAD``, ``STRICT_PACK`` (one node) or ``STRICT_SPREAD`` (one worker

@@ -2,12 +2,12 @@
 batch gathered there, forward + every loss + backward replayed as one graph per batch shape,
 optionally ``torch.compile``d first.
 
-Why: the default network is small (about 0.6 MFLOP per snippet), so an eager step is
+Why: the default network is small (0.63 M multiply-adds per snippet), so an eager step is
 launch-bound: some 300 kernels, each a Python dispatch. On an H200 at THUMOS14 shape (32
 videos, T <= 750, 2 x 1024-d; ``scripts/gpu_check.sh``, side by side in one process): a
-plain MLP of equal matmul FLOPs 2.0 ms per step, ACL eager 51 ms, graphed 4.3 ms (2.1x the
-plain one: the elementwise passes over (B, T, D) tensors), graphed + compiled 2.0 ms
-(1.0x). The losses were written sync-free (masks, not boolean indexing) for this. What
+plain MLP of equal matmul FLOPs 1.9 ms per step, ACL eager 45 ms, graphed 3.6 ms (1.9x the
+plain one: the elementwise passes over (B, T, D) tensors), graphed + compiled 2.7 ms
+(1.4x). The losses were written sync-free (masks, not boolean indexing) for this. What
 stays eager per step: the batch's index tensors copied in (pinned, asynchronous), the fused
 Adam update, the learning-rate schedule, and, with several workers, one coalesced
 all-reduce of the gradients (``reduce_grads``; DDP's hooks cannot sit inside a captured
