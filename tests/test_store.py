@@ -11,7 +11,7 @@ import pytest
 
 from acl_dist.annotations import Segment
 from acl_dist.errors import DataError, StoreError
-from acl_dist.store import FeatureStore, StoreWriter, VideoRecord
+from acl_dist.store import FeatureStore, StoreWriter, VideoRecord, feature_views
 
 
 def make_records(n=7, dims=(6, 5), seed=0, subsets=("train", "test")):
@@ -164,3 +164,29 @@ def test_corrupt_shard_names_file(tmp_path):
         fh.truncate(100)
     with pytest.raises(StoreError, match="cannot read shard .*part-00000.parquet"):
         list(store.iter_videos())
+
+
+def test_row_groups_cover_each_video_once_and_read_alone(tmp_path):
+    """The attention pass's units (FeatureStore.row_groups): every video of the subsets in
+    exactly one row group, each read on its own with the columns asked for, features equal
+    to the store's; a truncated shard is refused naming it."""
+    records = make_records(n=30)
+    store = write(tmp_path / "s", records, shard_mb=0.001)
+    units = store.row_groups("test")
+    assert len(units) > 2 and sum(u["rows"] for u in units) == store.num_videos("test")
+    seen = {}
+    for u in units:
+        table = FeatureStore.read_row_group(u["url"], u["row_group"], ["video_id", "rgb"])
+        assert table.column_names == ["video_id", "rgb"] and table.num_rows == u["rows"]
+        views = feature_views(table.column("rgb"), 6, store.dtype)
+        for vid, rgb in zip(table.column("video_id").to_pylist(), views):
+            assert vid not in seen
+            seen[vid] = rgb.astype(np.float32)
+    want = {r.video_id: r.features["rgb"] for r in records if r.subset == "test"}
+    assert seen.keys() == want.keys()
+    for vid, rgb in want.items():
+        np.testing.assert_allclose(seen[vid], rgb, atol=2e-3)   # float16 store
+    with open(units[0]["url"], "r+b") as fh:
+        fh.truncate(100)
+    with pytest.raises(StoreError, match="cannot read shard .*part-"):
+        store.row_groups("test")
