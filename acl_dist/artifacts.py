@@ -399,11 +399,21 @@ class RunDir:
                 return check_json(path, "results")
         return None
 
-    def read_descriptors(self, r: int) -> tuple[list[str], Any]:
+    def read_descriptors(self, r: int, videos: list[str] | None = None
+                         ) -> tuple[list[str], Any]:
         """(video ids, ``(N, F)`` float32 descriptors) that round ``r`` clusters: round 0's
-        uniform ones, else those of round ``r - 1``'s attention pass."""
-        return read_descriptors(self.descriptors_path() if r == 0 else
-                                self.outputs_path(r - 1))
+        uniform ones, else those of round ``r - 1``'s attention pass; with ``videos``,
+        exactly those in that order (one missing is an error naming it)."""
+        got, desc = read_descriptors(self.descriptors_path() if r == 0 else
+                                     self.outputs_path(r - 1))
+        if videos is None:
+            return got, desc
+        order = {v: i for i, v in enumerate(got)}
+        missing = [v for v in videos if v not in order]
+        if missing:
+            raise ArtifactError(f"descriptors of round {r} miss {len(missing)} training "
+                                f"videos (e.g. {missing[0]})")
+        return list(videos), desc[[order[v] for v in videos]]
 
     def read_raw_detections(self, r: int) -> list[tuple[str, str, list]]:
         """Round ``r``'s detections as (video, subset, [(label index, score, start s,

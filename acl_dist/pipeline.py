@@ -32,13 +32,13 @@ from . import fsutil, ray_start, resources
 from .artifacts import CONFIG, RUN_INFO, RunDir, label_names, verify_train_storage
 from .config import RunConfig, with_updates
 from .errors import ConfigError
-from .evaluate import MAPPING_MODES, cluster_class_mapping, cluster_name
-from .plan import VideoSplit, describe_plan, resolve_config, run_plan, split_videos
+from .plan import (VideoSplit, attention_roles, describe_plan, resolve_config, run_plan,
+                   split_videos)
 from .progress import log
 from .ray_clustering import run_clustering_task
 from .ray_data import map_attention, map_descriptors, write_dataset
 from .ray_train import run_training
-from .results import RunResults
+from .results import RunResults, clusters_record, clustering_line
 from .store import FeatureStore
 
 
@@ -99,38 +99,18 @@ class Run:
 
     def step_cluster(self, r: int) -> dict:
         """Cluster the training videos' round-``r`` descriptors (one Ray task)."""
-        ids = [m.video_id for m in self.split.train]
-        got, desc = self.dir.read_descriptors(r)
-        order = {v: i for i, v in enumerate(got)}
-        missing = [v for v in ids if v not in order]
-        if missing:
-            raise RuntimeError(f"descriptors of round {r} miss {len(missing)} training videos "
-                               f"(e.g. {missing[0]})")
+        ids, desc = self.dir.read_descriptors(r, [m.video_id for m in self.split.train])
         previous = None
         if r > 0:
             prev = self.dir.read_clusters(r - 1)["labels"]
             previous = np.array([prev[v] for v in ids])
         truth = self.split.truth if self.split.has_truth else None
         cc = with_updates(self.cfg.cluster, seed=self.cfg.seed + self.cfg.cluster.seed)
-        res = run_clustering_task(desc[[order[v] for v in ids]], self.cfg.num_classes, cc,
+        res = run_clustering_task(desc, self.cfg.num_classes, cc,
                                   truth, previous, use_gpu=self.plan["cluster"]["gpu"],
                                   desc=f"  round {r} clustering", quiet=self.quiet)
-        out = {"round": r, **{k: res[k] for k in ("backend", "backend_reason", "graph",
-                                                   "sigma", "seconds", "phases", "sizes")},
-               "labels": {v: int(k) for v, k in zip(ids, res["labels"])}}
-        if "scores" in res:
-            out["scores"] = res["scores"]
-            out["mapping"] = {mode: {cluster_name(k): v for k, v in cluster_class_mapping(
-                res["labels"], truth, mode).items()} for mode in MAPPING_MODES}
-        s = res.get("scores")
-        took = f"{res['seconds']:.1f} s" + (": " + ", ".join(
-            f"{k} {v:.1f} s" for k, v in res["phases"].items()) if res["seconds"] >= 1 else "")
-        log(f"  round {r} clustering ({res['backend']}: {res['backend_reason']}; "
-            f"{res['graph']} graph; {took})" + (
-                f": NMI {s['nmi']:.3f} ARI {s['ari']:.3f} purity {s['purity']:.3f}"
-                if s else ""), self.quiet)
-        out.update({k: res[k] for k in ("stability", "silhouette") if res.get(k) is not None})
-        self.dir.write_clusters(r, out)
+        log(clustering_line(r, res), self.quiet)
+        self.dir.write_clusters(r, clusters_record(r, ids, res, truth))
         return {"backend": res["backend"]}
 
     def step_train(self, r: int) -> dict:
@@ -154,18 +134,15 @@ class Run:
 
     def step_attention(self, r: int) -> dict:
         cfg = self.cfg
-        describe = cfg.train_subset if cfg.mode == "unsupervised" else None
-        detect = ([cfg.test_subset] if self.with_test else []) + \
-            ([cfg.val_subset] if cfg.val_subset else [])
-        held_out = sorted(self.split.val_ids) if not cfg.val_subset else []
-        subsets = detect + ([cfg.train_subset] if describe or held_out else [])
+        roles = attention_roles(cfg, self.split, self.with_test)
         self.dir.load_model(r)  # refused or unreadable: one line naming it, here
-        ds = map_attention(self.store, subsets, self.dir.model_path(r), detect, cfg.localize,
-                           describe, detect_ids=held_out, descriptor=cfg.cluster.descriptor,
+        ds = map_attention(self.store, roles.subsets, self.dir.model_path(r), roles.detect,
+                           cfg.localize, roles.describe, detect_ids=roles.held_out,
+                           descriptor=cfg.cluster.descriptor,
                            concurrency=self.attention_actors or self.plan["attention"]["actors"],
                            use_gpu=self.plan["attention"]["gpu"],
                            torch_threads=self._torch_threads())
-        total = sum(self.store.num_videos(s) for s in dict.fromkeys(subsets))
+        total = sum(self.store.num_videos(s) for s in dict.fromkeys(roles.subsets))
         return {"videos": write_dataset(ds, self.dir.outputs_path(r),
                                         f"  round {r} attention pass", total, self.quiet)}
 

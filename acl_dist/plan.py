@@ -272,3 +272,26 @@ def split_videos(cfg: RunConfig, store: FeatureStore) -> VideoSplit:
             raise ConfigError(f"weak mode needs video labels; subset {cfg.train_subset!r} of "
                               "the store has none")
     return split
+
+
+@dataclass(frozen=True)
+class AttentionRoles:
+    """What a round's attention pass does with which videos: ``detect`` subsets are
+    localised, ``describe`` (the training subset of an unsupervised run) gets the next
+    round's descriptors, ``held_out`` training videos (the validation split) are localised
+    too; ``subsets`` is every subset the pass reads."""
+
+    detect: list[str]
+    describe: str | None
+    held_out: list[str]
+    subsets: list[str]
+
+
+def attention_roles(cfg: RunConfig, split: VideoSplit, with_test: bool) -> AttentionRoles:
+    """The attention pass's roles for ``cfg`` (``with_test``: False in Tune trials)."""
+    describe = cfg.train_subset if cfg.mode == "unsupervised" else None
+    detect = ([cfg.test_subset] if with_test else []) + \
+        ([cfg.val_subset] if cfg.val_subset else [])
+    held_out = sorted(split.val_ids) if not cfg.val_subset else []
+    subsets = detect + ([cfg.train_subset] if describe or held_out else [])
+    return AttentionRoles(detect, describe, held_out, subsets)

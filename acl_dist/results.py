@@ -16,8 +16,9 @@ from typing import Any
 from .artifacts import RunDir
 from .config import RunConfig
 from .errors import ConfigError
-from .evaluate import (Detection, cluster_class_mapping, detections_to_json,
-                       evaluate_detections, load_ground_truth, map_detections, parse_tiou)
+from .evaluate import (MAPPING_MODES, Detection, cluster_class_mapping, cluster_name,
+                       detections_to_json, evaluate_detections, load_ground_truth,
+                       map_detections, parse_tiou)
 from .plan import VideoSplit, scored_test_videos
 from .progress import log
 from .store import FeatureStore
@@ -190,3 +191,31 @@ class RunResults:
                 "validation": self.split.val_source,
                 "seconds_total": round(sum(v["seconds"] for v in state.values()), 1),
                 "store": self.store_path}
+
+
+def clusters_record(r: int, ids: list[str], res: dict[str, Any],
+                    truth: list[str] | None) -> dict[str, Any]:
+    """Round ``r``'s ``clusters.json`` from a clustering result (:func:`acl_dist.clustering.
+    run_clustering` on the training videos ``ids``): each video's cluster, how it was made,
+    and, with the videos' classes ``truth``, the scores and every cluster -> class mapping
+    (training labels only)."""
+    out = {"round": r, **{k: res[k] for k in ("backend", "backend_reason", "graph", "sigma",
+                                               "seconds", "phases", "sizes")},
+           "labels": {v: int(k) for v, k in zip(ids, res["labels"])}}
+    if "scores" in res:
+        out["scores"] = res["scores"]
+        out["mapping"] = {mode: {cluster_name(k): v for k, v in cluster_class_mapping(
+            res["labels"], truth, mode).items()} for mode in MAPPING_MODES}
+    out.update({k: res[k] for k in ("stability", "silhouette") if res.get(k) is not None})
+    return out
+
+
+def clustering_line(r: int, res: dict[str, Any]) -> str:
+    """The progress line of round ``r``'s clustering: backend and why, graph, seconds per
+    phase, and the scores when the classes are known."""
+    s = res.get("scores")
+    took = f"{res['seconds']:.1f} s" + (": " + ", ".join(
+        f"{k} {v:.1f} s" for k, v in res["phases"].items()) if res["seconds"] >= 1 else "")
+    return (f"  round {r} clustering ({res['backend']}: {res['backend_reason']}; "
+            f"{res['graph']} graph; {took})"
+            + (f": NMI {s['nmi']:.3f} ARI {s['ari']:.3f} purity {s['purity']:.3f}" if s else ""))
