@@ -10,6 +10,11 @@ workers, the attention actors, the clustering task, Ray Data's readers): no proc
 come near the store's feature bytes.
 
     python bench/scale_round.py [--dim 64] [--steps 100] [--workers 2] [--videos N]
+                                [--save FILE.json] [--against FILE.json]
+
+``--save`` keeps the figures (seconds per step, NMI, mAP, peak memory, the machine) for a
+later run's ``--against``, which prints both side by side with their ratios: how a change
+is judged on the same store and seed. bench/results/ holds the saved runs.
 """
 
 from __future__ import annotations
@@ -82,6 +87,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100, help="training steps of the round")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", help="working directory (default: a temporary one, removed)")
+    ap.add_argument("--save", help="write this run's figures to this JSON file")
+    ap.add_argument("--against", help="a --save file of an earlier run to compare with")
     args = ap.parse_args()
 
     from acl_dist.config import load_config, with_updates
@@ -133,8 +140,31 @@ def main() -> None:
     print(f"\nNMI round 0 {r0.get('nmi', float('nan')):.3f}, after training "
           f"{metrics['rounds'][-1].get('nmi', float('nan')):.3f}; "
           f"mAP avg {metrics['average']:.2f}")
+    figures = {"machine": f"{os.cpu_count()} cores", "dim": args.dim, "steps": args.steps,
+               "workers": args.workers, "videos": n_train, "round_s": run_s,
+               "step_s": {name: info["seconds"] for name, info in steps.items()},
+               "nmi_round0": r0.get("nmi"), "nmi_after": metrics["rounds"][-1].get("nmi"),
+               "map_avg": metrics["average"],
+               "peak_rss_mib": {role: rss / 2**20 for role, (rss, _, _) in sampler.peak.items()}}
+    if args.save:
+        Path(args.save).write_text(json.dumps(figures, indent=1))
+    if args.against:
+        compare(json.loads(Path(args.against).read_text()), figures)
     if not args.out:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def compare(before: dict, now: dict) -> None:
+    """Two runs' figures side by side: seconds per step and in all (ratio now / before),
+    NMI and mAP."""
+    print(f"\n{'vs the saved run':28s} {'before':>8s} {'now':>8s} {'ratio':>7s}")
+    rows = [(name, before["step_s"].get(name), now["step_s"][name]) for name in now["step_s"]]
+    rows.append(("one round, s", before["round_s"], now["round_s"]))
+    for name, b, n in rows:
+        ratio = f"{n / b:7.2f}" if b else f"{'-':>7s}"
+        print(f"{name:28s} {b if b is not None else float('nan'):8.1f} {n:8.1f} {ratio}")
+    for key in ("nmi_round0", "nmi_after", "map_avg"):
+        print(f"{key:28s} {before.get(key) or float('nan'):8.3f} {now.get(key) or float('nan'):8.3f}")
 
 
 if __name__ == "__main__":
