@@ -55,6 +55,15 @@ def temporal_convs(convs: list[nn.Conv1d], x: torch.Tensor) -> list[torch.Tensor
     return [out[id(c)] for c in convs]
 
 
+def temporal_convs_cat(convs: list[nn.Conv1d], x: torch.Tensor) -> torch.Tensor:
+    """:func:`temporal_convs` concatenated on the channel dim, ``(B, T, sum Cout_i)``;
+    kernel-1 convs alone are one matmul whose output already is the concatenation."""
+    if all(c.kernel_size[0] == 1 for c in convs):
+        return F.linear(x, torch.cat([c.weight[:, :, 0] for c in convs]),
+                        torch.cat([c.bias for c in convs]))
+    return torch.cat(temporal_convs(convs, x), dim=-1)
+
+
 class LocalBlock(nn.Module):
     """Four parallel temporal convs (k3 d1, the pyramid's k3 at ``dilations`` -- the paper's
     d2 and d3 -- and k1), each ReLU'd, concatenated: ``(B, T, Cin) -> (B, T, 4*w)``.
@@ -71,7 +80,7 @@ class LocalBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         """``x`` ``(B, T, Cin)``, ``m`` ``(B, T, 1)`` float mask."""
-        return F.relu(torch.cat(temporal_convs(list(self.branches), x), dim=-1)) * m
+        return F.relu(temporal_convs_cat(list(self.branches), x)) * m
 
 
 class NonLocal(nn.Module):
@@ -170,7 +179,7 @@ class CoAttentionNet(nn.Module):
             branches.append(self.agnostic_global_in)
         # every conv reading E at once, ReLU'd and masked; in this order [global | local |
         # agnostic local (| agnostic global)], so [global | local] is the FAB output X_e
-        y = F.relu(torch.cat(temporal_convs(branches, e), dim=-1)) * m
+        y = F.relu(temporal_convs_cat(branches, e)) * m
         g, w4 = cfg.global_dim, 4 * cfg.branch_dim
         if cfg.global_context:
             fused = torch.cat([self.nonlocal_block(y[..., :g], mask), y[..., g:g + w4]], -1)
