@@ -13,7 +13,7 @@ import torch
 
 from .config import ModelConfig, from_dict
 from .localize import fuse
-from .model import EARLY, StreamModels, pad_batch, pad_streams
+from .model import StreamModels, pad_inputs
 
 
 def load_models(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> StreamModels:
@@ -67,14 +67,8 @@ def predict(model: StreamModels, videos: Sequence[tuple[str, dict[str, np.ndarra
         chunk = order[i: i + size]
         i += size
         streams = list(videos[chunk[0]][1])
-        if model.early:   # the streams side by side in one pass, not padded then joined
-            x, mask = pad_streams([[videos[j][1][s] for j in chunk] for s in model.streams],
-                                  device=device)
-            inputs = {EARLY: x}
-        else:
-            inputs, mask = {}, None
-            for s in streams:
-                inputs[s], mask = pad_batch([videos[j][1][s] for j in chunk], device=device)
+        inputs, mask = pad_inputs({s: [videos[j][1][s] for j in chunk] for s in streams},
+                                  model.streams if model.early else None, device)
         outs = model.per_stream(model(inputs, mask))
         lengths = mask.sum(1).cpu().numpy()
         for row, j in enumerate(chunk):

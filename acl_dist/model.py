@@ -234,6 +234,22 @@ def pad_streams(streams: list[list], max_len: int | None = None,
 EARLY = "early"   # the one network's name under ``model.fusion=early``
 
 
+def pad_inputs(per_stream: dict[str, list], early: list[str] | None = None,
+               device: torch.device | str | None = None
+               ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """A batch's model inputs from each stream's ragged ``(T_i, D_s)`` arrays: one padded
+    tensor per stream, or with ``early`` (the early-fused network's stream order) one
+    :data:`EARLY` tensor of the streams side by side (:func:`pad_streams`). Returns
+    (inputs, ``(B, T)`` mask)."""
+    if early:
+        x, mask = pad_streams([per_stream[s] for s in early], device=device)
+        return {EARLY: x}, mask
+    inputs, mask = {}, None
+    for s, arrays in per_stream.items():
+        inputs[s], mask = pad_batch(arrays, device=device)
+    return inputs, mask
+
+
 class StreamModels(nn.Module):
     """The stream networks behind one module (one DDP wrapper): one :class:`CoAttentionNet`
     per stream (``fusion=late``, the paper), or one on the streams' features concatenated

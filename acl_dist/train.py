@@ -24,7 +24,7 @@ from torch import nn
 from .config import RunConfig, to_dict
 from .graphed_step import FeatureBank, GraphedStep
 from .losses import total_loss
-from .model import EARLY, StreamModels, pad_batch, pad_streams
+from .model import StreamModels, pad_inputs
 from .sampling import Batch, ClusterBatcher, batches_with_replacement, shuffled
 
 
@@ -70,21 +70,25 @@ def batch_tensors(batch: Batch[VideoItem], num_classes: int, k: int, max_len: in
     """Padded inputs, mask, multi-hot targets and the ``(Z, K)`` groups of one batch.
     With ``early`` (the early-fused network's stream order) the inputs are one
     :data:`~acl_dist.model.EARLY` tensor of the streams side by side, built in one pass."""
-    feats = crop_items(batch.items, max_len, rng)
-    if early:
-        x, mask = pad_streams([feats[s] for s in early], device=device)
-        inputs = {EARLY: x}
-    else:
-        inputs, mask = {}, None
-        for s, arrays in feats.items():
-            inputs[s], mask = pad_batch(arrays, device=device)
-    targets = torch.zeros(len(batch.items), num_classes)
-    for i, item in enumerate(batch.items):
+    inputs, mask = pad_inputs(crop_items(batch.items, max_len, rng),
+                              list(early) if early else None, device)
+    return {"inputs": inputs, "mask": mask,
+            "targets": torch.from_numpy(multi_hot(batch.items, num_classes)).to(device),
+            "groups": torch.from_numpy(group_rows(batch, k)).to(device),
+            "group_class": torch.tensor(batch.group_labels, dtype=torch.long).to(device)}
+
+
+def multi_hot(items: Sequence[VideoItem], num_classes: int) -> np.ndarray:
+    """``(B, C)`` float32 multi-hot targets of the videos' labels."""
+    targets = np.zeros((len(items), num_classes), np.float32)
+    for i, item in enumerate(items):
         targets[i, item.labels] = 1.0
-    groups = torch.tensor(batch.padded_groups(k), dtype=torch.long).reshape(-1, k)
-    group_class = torch.tensor(batch.group_labels, dtype=torch.long)
-    return {"inputs": inputs, "mask": mask, "targets": targets.to(device),
-            "groups": groups.to(device), "group_class": group_class.to(device)}
+    return targets
+
+
+def group_rows(batch: Batch[VideoItem], k: int) -> np.ndarray:
+    """``(Z, K)`` int64 batch rows of each drawn cluster's videos, -1 padded."""
+    return np.array(batch.padded_groups(k), np.int64).reshape(-1, k)
 
 
 def terms_to_floats(terms: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -105,11 +109,8 @@ def graph_batch(batch: Batch[VideoItem], num_classes: int, k: int, max_len: int 
     """A batch as :meth:`acl_dist.graphed_step.GraphedStep.step` takes it (host arrays;
     the same crops, drawn from ``rng`` the same way, as :func:`batch_tensors`)."""
     starts, lengths = crop_windows(batch.items, max_len, rng)
-    targets = np.zeros((len(batch.items), num_classes), np.float32)
-    for i, item in enumerate(batch.items):
-        targets[i, item.labels] = 1.0
-    groups = np.array(batch.padded_groups(k), np.int64).reshape(-1, k)
-    return ([item.video_id for item in batch.items], starts, lengths, targets, groups,
+    return ([item.video_id for item in batch.items], starts, lengths,
+            multi_hot(batch.items, num_classes), group_rows(batch, k),
             np.array(batch.group_labels, np.int64))
 
 
@@ -191,19 +192,8 @@ def fit(items: Sequence[VideoItem], cfg: RunConfig, num_classes: int, in_dims: d
     tc = cfg.train
     if not items:
         raise ValueError(f"worker {rank} received no training videos")
-    torch.manual_seed(tc.seed)  # identical initial weights on every worker
     device = torch.device(device)
-    model = StreamModels(in_dims, num_classes, cfg.model).to(device)
-    optim = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
-                             fused=device.type == "cuda" or None)  # one kernel per update
-    decay_step = max(1, int(tc.lr_decay_at * tc.steps))
-    sched = torch.optim.lr_scheduler.MultiStepLR(optim, [decay_step], gamma=tc.lr_decay)
-    step = 0
-    if start is not None:
-        model.load_state_dict(start["model"])
-        optim.load_state_dict(start["optimizer"])
-        sched.load_state_dict(start["scheduler"])
-        step = int(start["step"])
+    model, optim, sched, step = training_setup(cfg, num_classes, in_dims, device, start)
     core = model
     graphed = graphed_step(items, model, optim, cfg, num_classes, world_size, device,
                            reduce_grads)
@@ -245,6 +235,27 @@ def fit(items: Sequence[VideoItem], cfg: RunConfig, num_classes: int, in_dims: d
                        training_state(core, optim, sched, step) if due_ckpt else None)
     return TrainResult({k: v.detach().cpu() for k, v in core.state_dict().items()}, history,
                        time.perf_counter() - started, step)
+
+
+def training_setup(cfg: RunConfig, num_classes: int, in_dims: dict[str, int],
+                   device: torch.device, start: dict[str, Any] | None = None
+                   ) -> tuple[StreamModels, torch.optim.Optimizer, Any, int]:
+    """The models on ``device`` (seeded alike on every worker), Adam (fused on a GPU: one
+    kernel per update), the step decay, and the step to start from (``start``'s, when
+    resuming from a :func:`training_state`)."""
+    tc = cfg.train
+    torch.manual_seed(tc.seed)  # identical initial weights on every worker
+    model = StreamModels(in_dims, num_classes, cfg.model).to(device)
+    optim = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
+                             fused=device.type == "cuda" or None)
+    decay_step = max(1, int(tc.lr_decay_at * tc.steps))
+    sched = torch.optim.lr_scheduler.MultiStepLR(optim, [decay_step], gamma=tc.lr_decay)
+    if start is None:
+        return model, optim, sched, 0
+    model.load_state_dict(start["model"])
+    optim.load_state_dict(start["optimizer"])
+    sched.load_state_dict(start["scheduler"])
+    return model, optim, sched, int(start["step"])
 
 
 def training_state(model: nn.Module, optim: torch.optim.Optimizer, sched: Any, step: int

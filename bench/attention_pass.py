@@ -39,11 +39,12 @@ def main() -> None:
     ap.add_argument("--out", help="working directory (default: a temporary one, removed)")
     args = ap.parse_args()
 
+    import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
 
-    from acl_dist.artifacts import save_checkpoint
-    from acl_dist.config import load_config
+    from acl_dist.artifacts import load_checkpoint, save_checkpoint
+    from acl_dist.config import load_config, to_dict
     from acl_dist.infer import load_models, predict
     from acl_dist.model import StreamModels
     from acl_dist.ray_data import AttentionPass, batch_features, map_attention, write_dataset
@@ -75,7 +76,7 @@ def main() -> None:
             yield from pq.ParquetFile(url).iter_batches(batch_size=128)
 
     rows = {}
-    loaded = load_models(load_checkpoint_dict(ckpt))
+    loaded = load_models(load_checkpoint(ckpt))
     t0 = time.perf_counter()
     for batch in batches():
         ids = batch.column("video_id").to_pylist()
@@ -83,11 +84,11 @@ def main() -> None:
                                                       float32=False))))
     rows["floor: read + forward"] = time.perf_counter() - t0
 
-    actor = AttentionPass(ckpt, store.streams, store.dtype, ["validation"], _to_dict(cfg),
+    actor = AttentionPass(ckpt, store.streams, store.dtype, ["validation"], to_dict(cfg.localize),
                           "training", descriptor=cfg.cluster.descriptor)
     t0 = time.perf_counter()
     for batch in batches():
-        actor.process(_table(batch))
+        actor.process(pa.Table.from_batches([batch]))
     rows["actor work, no Ray"] = time.perf_counter() - t0
 
     init_ray(quiet=True)
@@ -109,21 +110,6 @@ def main() -> None:
     if not args.out:
         import shutil
         shutil.rmtree(work, ignore_errors=True)
-
-
-def load_checkpoint_dict(path: str) -> dict:
-    from acl_dist.artifacts import load_checkpoint
-    return load_checkpoint(path)
-
-
-def _to_dict(cfg) -> dict:
-    from acl_dist.config import to_dict
-    return to_dict(cfg.localize)
-
-
-def _table(batch):
-    import pyarrow as pa
-    return pa.Table.from_batches([batch])
 
 
 if __name__ == "__main__":
