@@ -13,7 +13,9 @@ them ours. The rest were lines that every run prints and no user can act on:
 * Tune's "experiment state snapshotting has been triggered multiple times" (three lines per
   trial report; switched off through Tune's own variable in :mod:`acl_dist.tune`);
 * on S3, botocore's "Found credentials in environment variables" and "Found endpoint for
-  s3 via" from every S3 client of every worker (two per trial round in a Tune job).
+  s3 via" from every S3 client of every worker (two per trial round in a Tune job);
+* a Ray worker's "Exception ignored in ... SystemExit: 1" traceback when Ray stops it with
+  SIGTERM (a finished Tune trial's actor): a block of lines, see :data:`NOISE_BLOCKS`.
 
 On stdout, Tune's experiment banner, its "View detailed results" and TensorBoard hints
 (into Ray's temp dir; switched off with Tune's legacy reporter at verbosity 0) and the
@@ -57,6 +59,20 @@ NOISE: tuple[tuple[re.Pattern[bytes], str], ...] = (
      "fractional CPUs per training worker are by design on small machines"),
 )
 
+#: Multi-line blocks dropped from stderr: (its first line, a line it must hold, its last
+#: line), why. A block that starts so but lacks the inner line, or does not end within
+#: :data:`MAX_BLOCK_LINES`, passes whole.
+NOISE_BLOCKS: tuple[tuple[re.Pattern[bytes], re.Pattern[bytes], re.Pattern[bytes], str],
+                    ...] = (
+    (re.compile(rb"^(\([^)]*\) )?Exception ignored in: <function WeakSet\.__init__\."
+                rb"<locals>\._remove"),
+     re.compile(rb"in sigterm_handler$"), re.compile(rb"^(\([^)]*\) )?SystemExit: 1$"),
+     "a Ray worker stopped by SIGTERM (a finished Tune trial's actor) while Python ran a "
+     "weakref callback: Python prints the SystemExit that Ray's handler raised as an "
+     "'ignored' traceback (seen once per few trials); nothing failed"),
+)
+MAX_BLOCK_LINES = 40
+
 #: ``ACL_DIST_RAY_OUTPUT=all``: show Ray's output unfiltered.
 ENV = "ACL_DIST_RAY_OUTPUT"
 
@@ -64,6 +80,36 @@ ENV = "ACL_DIST_RAY_OUTPUT"
 def is_noise(line: bytes) -> bool:
     """Whether one line of stderr (without its newline) is Ray chatter to drop."""
     return any(pattern.search(line) for pattern, _ in NOISE)
+
+
+class LineFilter:
+    """Lines in, the lines to show out: drops :data:`NOISE` lines and :data:`NOISE_BLOCKS`
+    (a block's lines are held from its first line until its last decides)."""
+
+    def __init__(self) -> None:
+        self.held: list[bytes] = []
+        self.block: tuple[re.Pattern[bytes], re.Pattern[bytes], re.Pattern[bytes],
+                          str] | None = None
+
+    def feed(self, line: bytes) -> list[bytes]:
+        """The lines (without newlines) to show now that ``line`` has come."""
+        if self.block is not None:
+            self.held.append(line)
+            _, inside, last, _ = self.block
+            if last.search(line):
+                held = self.flush()
+                return [] if any(inside.search(h) for h in held) else held
+            return self.flush() if len(self.held) >= MAX_BLOCK_LINES else []
+        for block in NOISE_BLOCKS:
+            if block[0].search(line):
+                self.block, self.held = block, [line]
+                return []
+        return [] if is_noise(line) else [line]
+
+    def flush(self) -> list[bytes]:
+        """The held lines, shown (the stream ended, or the block was not the noise)."""
+        held, self.held, self.block = self.held, [], None
+        return [h for h in held if not is_noise(h)]
 
 
 class _Copier(threading.Thread):
@@ -79,6 +125,7 @@ class _Copier(threading.Thread):
         # process wrote before has been copied (a pipe keeps order)
         self.marker = b"\0acl-dist-drained-" + os.urandom(8).hex().encode() + b"\0"
         self.drained = threading.Event()
+        self.filter = LineFilter()
 
     def run(self) -> None:
         pending = b""
@@ -93,12 +140,12 @@ class _Copier(threading.Thread):
             if self.marker in lines:
                 lines.remove(self.marker)
                 self.drained.set()
-            kept = [line + b"\n" for line in lines if not is_noise(line)]
+            kept = [shown + b"\n" for line in lines for shown in self.filter.feed(line)]
             if b"\r" in pending:
                 kept.append(pending)
                 pending = b""
             self._write(b"".join(kept))
-        self._write(pending)
+        self._write(b"".join(h + b"\n" for h in self.filter.flush()) + pending)
         for fd in (self.read_fd, self.target_fd):   # every writer has gone
             with contextlib.suppress(OSError):
                 os.close(fd)

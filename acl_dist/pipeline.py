@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import time
 from functools import partial
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -45,48 +46,57 @@ from .store import FeatureStore
 # --------------------------------------------------------------------------- the rounds
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run executes, beside what it computes (its :class:`RunConfig`): none of these
+    changes a result, so they are not saved with the run.
+
+    Attributes:
+        quiet: no progress lines.
+        label_map_given: ``--label-map`` was given (names ``detections.json``).
+        max_failures: Ray Train worker failures tolerated per round.
+        with_test: localise and score the test subset (False in Tune trials, which must
+            never see it).
+        torch_threads: intra-op threads of each training worker and attention actor
+            (None: the machine's cores over the workers).
+        attention_actors: actors of the attention pass (None: the plan's, one per GPU of
+            the cluster or per 4 CPUs); a Tune trial gets its own share.
+        on_round: called after each round as ``on_round(r, round_metrics)`` with the
+            round's validation mAP and label-free scores (what Tune reports).
+        scale_timeout_s: on a cluster, ask the autoscaler for the plan's resources and wait
+            up to this long for them before the first training (None: use what is up, as a
+            Tune trial does: its driver asked for them).
+    """
+    quiet: bool = False
+    label_map_given: bool = False
+    max_failures: int = 0
+    with_test: bool = True
+    torch_threads: int | None = None
+    attention_actors: int | None = None
+    on_round: Callable[[int, dict[str, Any]], None] | None = None
+    scale_timeout_s: float | None = None
+
+
 class Run:
     """Executes (or resumes) one ACL run: the rounds as a schedule of steps, each skipped
     when the ledger says it is done. Planning is :mod:`acl_dist.plan`, scoring
     :mod:`acl_dist.results`, files :class:`acl_dist.artifacts.RunDir`."""
 
-    def __init__(self, store_path: str, out: str, cfg: RunConfig, quiet: bool = False,
-                 label_map_given: bool = False, max_failures: int = 0,
-                 with_test: bool = True, torch_threads: int | None = None,
-                 attention_actors: int | None = None,
-                 on_round: Callable[[int, dict[str, Any]], None] | None = None,
-                 split: VideoSplit | None = None, plan: dict[str, Any] | None = None,
-                 scale_timeout_s: float | None = None):
-        """Args:
-            with_test: localise and score the test subset (False in Tune trials, which
-                must never see it).
-            torch_threads: intra-op threads of each training worker and attention actor
-                (default: the machine's cores over the workers).
-            attention_actors: actors of the attention pass (default: one per GPU of the
-                cluster, or per 4 CPUs); a Tune trial gets its own share.
-            on_round: called after each round as ``on_round(r, round_metrics)`` with the
-                round's validation mAP and label-free scores (what Tune reports).
-            split: the videos' roles when already made for ``cfg`` (else read here).
-            plan: :func:`acl_dist.plan.run_plan` of ``cfg`` (else made when the run
-                starts, on the cluster it runs on).
-            scale_timeout_s: on a cluster, ask the autoscaler for the plan's resources
-                and wait up to this long for them before the first training (None: use
-                what is up, as a Tune trial does: its driver asked for them).
-        """
-        self.store, self.store_path, self.dir = FeatureStore.open(store_path), store_path, \
-            RunDir(out)
-        self.cfg, self.quiet, self.with_test = cfg, quiet, with_test
-        self.max_failures, self.threads = max_failures, torch_threads
-        self.attention_actors, self.on_round = attention_actors, on_round
-        self.plan, self.scale_timeout_s = plan, scale_timeout_s
+    def __init__(self, store_path: str, out: str, cfg: RunConfig,
+                 opts: RunOptions = RunOptions(), split: VideoSplit | None = None,
+                 plan: dict[str, Any] | None = None):
+        """``split``: the videos' roles when already made for ``cfg`` (else read here);
+        ``plan``: :func:`acl_dist.plan.run_plan` of ``cfg`` (else made when the run starts,
+        on the cluster it runs on)."""
+        self.store, self.store_path = FeatureStore.open(store_path), store_path
+        self.dir, self.cfg, self.opts, self.quiet = RunDir(out), cfg, opts, opts.quiet
+        self.plan = plan
+        self.threads = opts.torch_threads or resources.torch_threads(
+            resources.machine_cores(), cfg.train.workers)
         self.split = split or split_videos(cfg, self.store)
         self.label_names = label_names(cfg.mode, cfg.num_classes, self.store.classes)
         self.results = RunResults(self.dir, cfg, store_path, self.split, self.label_names,
-                                  with_test, label_map_given, quiet)
-
-    def _torch_threads(self) -> int:
-        return self.threads or resources.torch_threads(resources.machine_cores(),
-                                                       self.cfg.train.workers)
+                                  opts.with_test, opts.label_map_given, opts.quiet)
 
     # -- steps ----------------------------------------------------------------
 
@@ -124,8 +134,8 @@ class Run:
         verify_train_storage(storage, f"round_{r}")
         ckpt = run_training(self.store, cfg.train_subset, cfg, labels, cfg.num_classes,
                             self.label_names, r, storage, f"round_{r}",
-                            torch_threads=self._torch_threads(),
-                            max_failures=self.max_failures, quiet=self.quiet,
+                            torch_threads=self.threads,
+                            max_failures=self.opts.max_failures, quiet=self.quiet,
                             tensorboard_dir=fsutil.absolute(
                                 self.dir.tensorboard_dir(f"round_{r}")))
         self.dir.save_model(r, ckpt)
@@ -134,21 +144,21 @@ class Run:
 
     def step_attention(self, r: int) -> dict:
         cfg = self.cfg
-        roles = attention_roles(cfg, self.split, self.with_test)
+        roles = attention_roles(cfg, self.split, self.opts.with_test)
         self.dir.load_model(r)  # refused or unreadable: one line naming it, here
         ds = map_attention(self.store, roles.subsets, self.dir.model_path(r), roles.detect,
                            cfg.localize, roles.describe, detect_ids=roles.held_out,
                            descriptor=cfg.cluster.descriptor,
-                           concurrency=self.attention_actors or self.plan["attention"]["actors"],
+                           concurrency=self.opts.attention_actors or self.plan["attention"]["actors"],
                            use_gpu=self.plan["attention"]["gpu"],
-                           torch_threads=self._torch_threads())
+                           torch_threads=self.threads)
         total = sum(self.store.num_videos(s) for s in dict.fromkeys(roles.subsets))
         return {"videos": write_dataset(ds, self.dir.outputs_path(r),
                                         f"  round {r} attention pass", total, self.quiet)}
 
     def step_finish(self) -> dict:
         videos = [m.video_id for m in self.store.metadata(self.cfg.test_subset)] \
-            if self.with_test else []
+            if self.opts.with_test else []
         self.results.finish(videos)
         return {}
 
@@ -168,18 +178,16 @@ class Run:
                 # the next round's clustering (after the last round: where a next round
                 # would start, and the label-free scores of the last models)
                 steps.append((f"round_{r + 1}.cluster", partial(self.step_cluster, r + 1)))
-            if self.on_round is not None:
-                steps.append(("", partial(self._report_round, r)))
+            if self.opts.on_round is not None:
+                steps.append(("", lambda r=r: self.opts.on_round(
+                    r, self.results.round_metrics(r))))
         return steps + [("finish", self.step_finish)]
 
     def verify_finished_steps(self) -> list[str]:
         """Read back every finished step's files before trusting the ledger; the steps to
         rerun (see :meth:`acl_dist.artifacts.RunDir.verify_steps`)."""
         return self.dir.verify_steps([n for n, _ in self.schedule() if n],
-                                     bool(self.split.val_ids), self.with_test, self.quiet)
-
-    def _report_round(self, r: int) -> None:
-        self.on_round(r, self.results.round_metrics(r))
+                                     bool(self.split.val_ids), self.opts.with_test, self.quiet)
 
     def execute(self, resume: bool = False) -> dict[str, Any]:
         """Run every step not done yet; with ``resume`` first check the finished steps'
@@ -202,9 +210,10 @@ class Run:
         asked of the autoscaler and waited for, held while the steps run."""
         done = self.dir.state()["steps"]
         pending = any(n not in done for n, _ in self.schedule() if n.endswith(".train"))
-        if self.scale_timeout_s is None or not pending or not resources.on_a_cluster():
+        timeout = self.opts.scale_timeout_s
+        if timeout is None or not pending or not resources.on_a_cluster():
             return contextlib.nullcontext()
-        return ray_start.capacity_held(self.plan["request"], self.scale_timeout_s, self.quiet)
+        return ray_start.capacity_held(self.plan["request"], timeout, self.quiet)
 
     def _run_steps(self) -> None:
         for name, action in self.schedule():
@@ -254,7 +263,7 @@ def plan_new_run(store: str, cfg: RunConfig, quiet: bool = False
     return cfg, split, run_plan(cfg, capacity)
 
 
-def new_run(store: str, out: str, cfg: RunConfig, **run_kwargs: Any) -> Run:
+def new_run(store: str, out: str, cfg: RunConfig, opts: RunOptions = RunOptions()) -> Run:
     """Resolve a new run's config and plan against the store and the cluster, check it (by
     building the :class:`Run`), and only then save it into ``out``: a run refused here
     leaves no ``config.yaml`` behind to block the corrected rerun. A directory whose run
@@ -264,13 +273,12 @@ def new_run(store: str, out: str, cfg: RunConfig, **run_kwargs: Any) -> Run:
         if rundir.has_finished_steps():
             raise ConfigError(f"{out} already holds a run; use --resume to continue it or "
                               "choose another --out")
-        log(f"{out} holds a run that finished no step: starting it afresh",
-            run_kwargs.get("quiet", False))
-    cfg, split, plan = plan_new_run(store, cfg, run_kwargs.get("quiet", False))
-    run = Run(store, out, cfg, split=split, plan=plan, **run_kwargs)  # split is sizing-free
+        log(f"{out} holds a run that finished no step: starting it afresh", opts.quiet)
+    cfg, split, plan = plan_new_run(store, cfg, opts.quiet)
+    run = Run(store, out, cfg, opts, split=split, plan=plan)  # split is sizing-free
     # the store's classes: what `acl-dist predict` checks a new store against
     rundir.write_config(cfg, {"store": store, "classes": run.store.classes,
-                              "label_map_given": bool(run_kwargs.get("label_map_given"))})
+                              "label_map_given": opts.label_map_given})
     rundir.write_plan(plan)
     return run
 
@@ -288,19 +296,20 @@ def run_acl(store: str | None, out: str, cfg: RunConfig | None, resume: bool = F
     # local paths made absolute: Ray's workers run elsewhere than this process's cwd, and
     # run.json names the store for --resume from any directory
     store, out = fsutil.absolute(store), fsutil.absolute(out)
-    kwargs = {"quiet": quiet, "label_map_given": label_map_given,
-              "max_failures": resources.default_max_failures() if max_failures is None
-              else max_failures,
-              "scale_timeout_s": resources.SCALE_TIMEOUT_S if scale_timeout_s is None
-              else scale_timeout_s}
+    opts = RunOptions(quiet=quiet, label_map_given=label_map_given,
+                      max_failures=resources.default_max_failures() if max_failures is None
+                      else max_failures,
+                      scale_timeout_s=resources.SCALE_TIMEOUT_S if scale_timeout_s is None
+                      else scale_timeout_s)
     if resume:
         if cfg is not None:
             raise ConfigError("--resume continues a run with its saved config; it takes no "
                               "new config")
         store, saved, info = load_run_config(out, store)
         # detections.json is named as the run was started (--label-map or not)
-        kwargs["label_map_given"] = bool(info.get("label_map_given", label_map_given))
-        return Run(store, out, saved, **kwargs).execute(resume=True)
+        opts = replace(opts, label_map_given=bool(info.get("label_map_given",
+                                                           label_map_given)))
+        return Run(store, out, saved, opts).execute(resume=True)
     if store is None or cfg is None:
         raise ConfigError("a new run needs a store and a config")
-    return new_run(store, out, cfg, **kwargs).execute()
+    return new_run(store, out, cfg, opts).execute()

@@ -78,7 +78,7 @@ def tune_trial(config: dict[str, Any], *, store: str, root: str, base: dict[str,
     ``base`` (a resolved config dict), reporting each round. A restored trial resumes its
     run directory and reports only rounds not reported before."""
     from .artifacts import RunDir
-    from .pipeline import Run
+    from .pipeline import Run, RunOptions
 
     cfg = config_with(config, base)
     trial_id = tune.get_context().get_trial_id()
@@ -114,9 +114,10 @@ def tune_trial(config: dict[str, Any], *, store: str, root: str, base: dict[str,
 
     # resume=True: a restored trial checks its finished steps' files before trusting them
     # (a fresh trial has none)
-    Run(store, out, cfg, quiet=True, with_test=False, torch_threads=torch_threads,
-        attention_actors=attention_actors, on_round=on_round,
-        max_failures=max_failures).execute(resume=True)
+    opts = RunOptions(quiet=True, with_test=False, torch_threads=torch_threads,
+                      attention_actors=attention_actors, on_round=on_round,
+                      max_failures=max_failures)
+    Run(store, out, cfg, opts).execute(resume=True)
 
 
 # --------------------------------------------------------------------------- the search

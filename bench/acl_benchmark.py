@@ -33,7 +33,7 @@ from acl_dist.artifacts import RunDir  # noqa: E402
 from acl_dist.config import load_config  # noqa: E402
 from acl_dist.evaluate import (evaluate_detections, load_ground_truth,  # noqa: E402
                                map_detections, parse_tiou)
-from acl_dist.pipeline import Run, run_acl  # noqa: E402
+from acl_dist.pipeline import Run, RunOptions, run_acl  # noqa: E402
 from acl_dist.synth import SynthConfig, synthesize  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def at(metrics: dict, tiou: float) -> float:
 def remap(run_dir: str, store: str, mode: str) -> dict:
     """Final-round detections under another cluster -> class mapping."""
     cfg = RunDir(run_dir).read_config()
-    run = Run(store, run_dir, cfg, quiet=True)
+    run = Run(store, run_dir, cfg, RunOptions(quiet=True))
     r = cfg.rounds - 1
     raw = run.results.raw_detections(r)
     mapping = run.results.mapping(r, mode)

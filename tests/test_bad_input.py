@@ -884,7 +884,7 @@ def test_resume_finds_lost_and_truncated_artifacts(world):
     """``--resume`` reads back every finished step's artifact: the first one missing or
     truncated is rerun with every finished step after it; the ledger says which."""
     from acl_dist.artifacts import RunDir
-    from acl_dist.pipeline import Run, load_run_config
+    from acl_dist.pipeline import Run, RunOptions, load_run_config
 
     run = world.make_run()
     store, cfg, _ = load_run_config(str(run))
@@ -892,7 +892,7 @@ def test_resume_finds_lost_and_truncated_artifacts(world):
     truncated = run / "round_1" / "clusters.json"
     truncated.write_text(truncated.read_text()[:40])
     (run / "round_1" / "model.pt").unlink()
-    Run(store, str(run), cfg, quiet=True).verify_finished_steps()
+    Run(store, str(run), cfg, RunOptions(quiet=True)).verify_finished_steps()
     after = set(RunDir(str(run)).state()["steps"])
     assert after == {"round_0.descriptors", "round_0.cluster", "round_0.train",
                      "round_0.attention", "round_0.evaluate"}

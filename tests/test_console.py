@@ -88,3 +88,45 @@ def test_the_filter_sits_on_the_descriptors_of_this_process_and_its_children(tmp
                          timeout=60, cwd=tmp_path, env={**__import__("os").environ,
                                                         "ACL_DIST_RAY_OUTPUT": "all"})
     assert off.stdout.count("Progress bars disabled") == 2       # the switch turns it off
+
+
+# as `acl-dist tune` printed it here when a finished trial's actor was stopped (Ray 2.60.0)
+SIGTERM_BLOCK = [
+    "Exception ignored in: <function WeakSet.__init__.<locals>._remove at 0x7f39ac02e480>",
+    "Traceback (most recent call last):",
+    '  File "/root/.pyenv/versions/3.11.7/lib/python3.11/_weakrefset.py", line 39, in _remove',
+    "    def _remove(item, selfref=ref(self)):",
+    "",
+    '  File "/work/main/.venv/lib/python3.11/site-packages/ray/_private/worker.py", line 1063, '
+    "in sigterm_handler",
+    "    raise_sys_exit_with_custom_error_message(",
+    '  File "python/ray/_raylet.pyx", line 712, in ray._raylet.raise_sys_exit_with_custom_'
+    "error_message",
+    "SystemExit: 1",
+]
+
+
+def _filtered(lines: list[str]) -> list[str]:
+    from acl_dist.console import LineFilter
+
+    f = LineFilter()
+    out = [shown for line in lines for shown in f.feed(line.encode())] + f.flush()
+    return [b.decode() for b in out]
+
+
+def test_a_workers_sigterm_traceback_is_dropped_and_other_tracebacks_pass():
+    assert _filtered(["before", *SIGTERM_BLOCK, "after"]) == ["before", "after"]
+    # the same opening without Ray's SIGTERM handler is a real problem: shown whole
+    real = [SIGTERM_BLOCK[0], "Traceback (most recent call last):",
+            '  File "x.py", line 1, in _remove', "SystemExit: 1"]
+    assert _filtered(real + ["after"]) == real + ["after"]
+    # a block that never ends is shown when the stream ends, noise lines inside dropped
+    cut = SIGTERM_BLOCK[:4] + [RAY_CHATTER[3]]
+    assert _filtered(cut) == SIGTERM_BLOCK[:4]
+    # and one longer than the limit is shown once the limit is reached, not held forever
+    from acl_dist.console import MAX_BLOCK_LINES, LineFilter
+
+    f = LineFilter()
+    shown = [s for i in range(MAX_BLOCK_LINES) for s in f.feed(
+        SIGTERM_BLOCK[0].encode() if i == 0 else b"line %d" % i)]
+    assert len(shown) == MAX_BLOCK_LINES and f.flush() == []

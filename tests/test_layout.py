@@ -79,3 +79,12 @@ def test_long_functions_say_why():
                     "Long because" not in (ast.get_docstring(node) or ""):
                 long.append(f"{path.name}:{node.lineno} {node.name}")
     assert not long, long
+
+
+def test_the_run_stays_a_schedule():
+    """pipeline.Run holds the steps and their order, nothing else (issue 18: ~150 lines);
+    planning is plan.py, scoring results.py, files artifacts.py. A class that grows past
+    160 lines has taken on one of their jobs again."""
+    tree = ast.parse((PACKAGE / "pipeline.py").read_text())
+    run = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Run")
+    assert run.end_lineno - run.lineno + 1 <= 160

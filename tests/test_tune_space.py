@@ -208,21 +208,21 @@ def test_resumed_asha_keeps_the_cutoffs_of_rounds_reported_before_the_interrupt(
 
 def test_validation_split_of_a_run(tiny_store, tmp_path):
     """Held-out videos leave the training set (and its labels); the test subset stays."""
-    from acl_dist.pipeline import Run
+    from acl_dist.pipeline import Run, RunOptions
     from acl_dist.plan import resolve_config
     from acl_dist.store import FeatureStore
 
     store, _ = tiny_store
     fs = FeatureStore.open(store)
     cfg = resolve_config(RunConfig(num_classes=4, val_fraction=0.25), fs, cpus=2)
-    run = Run(store, str(tmp_path / "run"), cfg, quiet=True)
+    run = Run(store, str(tmp_path / "run"), cfg, RunOptions(quiet=True))
     train_ids = {m.video_id for m in run.split.train}
     assert run.split.val_ids and not run.split.val_ids & train_ids
     assert len(run.split.val_ids) + len(train_ids) == fs.num_videos(cfg.train_subset)
     assert run.split.val_ids == holdout_split(train_ids | run.split.val_ids, 0.25, cfg.seed)
     assert "held out (crc32 rule, val_fraction 0.25, seed 0)" in run.split.val_source
     weak = Run(store, str(tmp_path / "weak"), resolve_config(
-        RunConfig(mode="weak", val_fraction=0.25), fs, cpus=2), quiet=True)
+        RunConfig(mode="weak", val_fraction=0.25), fs, cpus=2), RunOptions(quiet=True))
     assert set(weak.split.weak_labels) == train_ids   # the training workers' videos
 
     with pytest.raises(ConfigError, match="is the test subset"):
@@ -233,7 +233,7 @@ def test_validation_split_of_a_run(tiny_store, tmp_path):
         RunConfig(num_classes=4, val_fraction=0.9)
     tiny = resolve_config(RunConfig(num_classes=4, val_fraction=0.001), fs, cpus=2)
     with pytest.raises(ConfigError, match="validation split is empty"):
-        Run(store, str(tmp_path / "empty"), tiny, quiet=True)
+        Run(store, str(tmp_path / "empty"), tiny, RunOptions(quiet=True))
 
 
 @pytest.mark.ray
