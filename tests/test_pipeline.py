@@ -66,7 +66,7 @@ class FakeSteps:
             self.calls.append(name)
             if name == self.crash_at:
                 raise RuntimeError(f"simulated crash in {name}")
-            val, test = bool(run.split.val_ids), run.with_test
+            val, test = bool(run.split.val_ids), run.opts.with_test
             for path in run.dir.step_artifacts(name, val, test):
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 if path.endswith(".pt"):
