@@ -14,8 +14,12 @@ itself as detections, with the official evaluator:
   one detection per distinct time span.
 
 It prints per setting the average mAP over tIoU 0.1:0.7 and the classes that lose most.
+The ceiling binds a run only loosely: the class gate may give a video detections of several
+clusters. With ``--run RUN [RUN ...]`` (finished runs on a store of the preset's timelines, e.g. the
+demo's) it also prints their per-class AP side by side with the ceiling's, the classes that
+share videos with another class marked: where a run's points actually go.
 
-    python bench/unsup_gap.py [--preset thumos14] [--classes 20 10]
+    python bench/unsup_gap.py [--preset thumos14] [--classes 20 10] [--run WEAK UNSUP]
 """
 
 from __future__ import annotations
@@ -56,10 +60,32 @@ def ceiling(preset: str, classes: int | None) -> dict:
             "per_class": per_class}
 
 
+def run_per_class(run: str) -> tuple[dict[str, float], set[str], float]:
+    """Per-class AP (average over tIoU 0.1:0.7) of a finished run's mapped detections on its
+    test subset, the classes that share a test video with another class, and the mAP."""
+    from acl_dist.artifacts import RunDir
+    from acl_dist.evaluate import load_detections, load_ground_truth
+    from acl_dist.store import FeatureStore
+
+    rundir = RunDir(run)
+    cfg, info = rundir.read_config(), rundir.read_info()
+    mapping = rundir.read_metrics().get("label_map") or "hungarian"
+    name = "detections.json" if cfg.mode == "weak" else f"detections_{mapping}.json"
+    dets = load_detections(rundir.path(name))
+    gt = load_ground_truth(info["store"], cfg.test_subset)
+    res = evaluate_detections(gt, dets, tiou_thresholds=parse_tiou("0.1:0.7:0.1"),
+                              unknown_labels="ignore")
+    shared = {c for m in FeatureStore.open(info["store"]).metadata(cfg.test_subset)
+              if len(set(m.labels)) > 1 for c in m.labels}
+    return dict(zip(res.classes, res.ap.mean(axis=0) * 100)), shared, res.average * 100
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="thumos14")
     ap.add_argument("--classes", type=int, nargs="+", default=[20, 10])
+    ap.add_argument("--run", nargs="+", help="finished runs on a store of these timelines "
+                    "(side by side, the first one's order)")
     args = ap.parse_args()
     print(f"{args.preset} test videos; average mAP over tIoU 0.1:0.7 of the ground truth "
           "itself as detections\n")
@@ -70,7 +96,26 @@ def main() -> None:
         worst = sorted(r["per_class"].items(), key=lambda kv: kv[1])[:3]
         print(f"{r['classes']:7d} {r['videos']:6d} {r['multi']:11d} {r['own']:10.2f} "
               f"{r['main']:10.2f}  " + ", ".join(f"{k} {v:.1f}" for k, v in worst))
-
+    if args.run:
+        runs = {run: run_per_class(run) for run in args.run}
+        classes = sorted(next(iter(runs.values()))[0])
+        ceil = ceiling(args.preset, len(classes))["per_class"]
+        shared = set().union(*(sh for _, sh, _ in runs.values()))
+        names = [os.path.basename(os.path.normpath(r)) for r in runs]
+        print("\nper-class AP (average over tIoU 0.1:0.7), * = shares test videos with "
+              "another class; runs: " + ", ".join(f"{n} = {r}" for n, r in zip(names, runs)))
+        print(f"\n{'class':18} " + " ".join(f"{n[:9]:>9}" for n in names) + f" {'ceiling':>8}")
+        first = next(iter(runs.values()))[0]
+        for c in sorted(classes, key=lambda c: first.get(c, 0.0)):
+            print(f"{c + (' *' if c in shared else ''):18} "
+                  + " ".join(f"{ap.get(c, 0.0):9.1f}" for ap, _, _ in runs.values())
+                  + f" {ceil.get(c, 100.0):8.1f}")
+        for label, group in (("classes marked *", shared),
+                             ("the other classes", set(classes) - shared),
+                             ("all (the run's mAP)", set(classes))):
+            print(f"{'mean: ' + label:32} " + " ".join(
+                f"{sum(ap.get(c, 0.0) for c in group) / max(1, len(group)):9.1f}"
+                for ap, _, _ in runs.values()) + f"   ({len(group)} classes)")
 
 if __name__ == "__main__":
     main()
