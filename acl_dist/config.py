@@ -337,6 +337,10 @@ class RunConfig:
     Attributes:
         mode: ``unsupervised`` (clusters as pseudo-labels) or ``weak`` (video labels, no
             clustering, one round).
+        weak_labels: weak mode's training labels: ``all`` of a video's labels (multi-hot),
+            or only its ``main`` class (the label with the longest annotated time): one
+            label per video, as an unsupervised round's cluster gives it; the ablation of
+            docs/method.md (where unsupervised loses to weak).
         num_classes: C, the number of clusters (unsupervised) or classes (weak).
         rounds: clustering + localisation rounds (paper: 4 on ActivityNet-1.2).
         train_subset, test_subset: store subsets; None = picked from the store.
@@ -357,6 +361,7 @@ class RunConfig:
     """
 
     mode: Literal["unsupervised", "weak"] = "unsupervised"
+    weak_labels: Literal["all", "main"] = "all"
     num_classes: int | None = None
     rounds: int = 3
     train_subset: str | None = None
@@ -376,6 +381,9 @@ class RunConfig:
     def __post_init__(self) -> None:
         check_ranges("", self, {"num_classes": (2 if self.mode == "unsupervised" else 1,),
                               "rounds": (1,), "val_fraction": (0, 0.5), "seed": (0,)})
+        if self.weak_labels != "all" and self.mode != "weak":
+            raise ConfigError("weak_labels: applies to weak mode only (an unsupervised run "
+                              "reads no labels)")
         if self.tiou is not None:
             from .errors import DataError
             from .evaluate import parse_tiou

@@ -20,6 +20,10 @@ demo's) it also prints their per-class AP side by side with the ceiling's, the c
 share videos with another class marked: where a run's points actually go.
 
     python bench/unsup_gap.py [--preset thumos14] [--classes 20 10] [--run WEAK UNSUP]
+
+The ablation of docs/method.md sets three runs of one store side by side: weak mode
+(every label), weak mode on one label per video (``--set weak_labels=main``: what one
+pseudo-label costs with the classes known) and unsupervised (what clusters cost on top).
 """
 
 from __future__ import annotations

@@ -184,3 +184,34 @@ def test_predict_runs_on_gpus_when_the_cluster_has_or_can_start_them():
     assert (plan["gpu"], plan["actors"], plan["request"]) == (False, 8, [])
     local = predict_plan(capacity_from({"CPU": 4.0}, [], on_cluster=False), videos=100)
     assert (local["gpu"], local["actors"]) == (False, 1)
+
+
+def test_weak_labels_main_trains_on_one_label_per_video():
+    """weak_labels=main (docs/method.md's ablation): each training video keeps only its main
+    class, as an unsupervised round's cluster gives one; ``all`` keeps every label. An
+    unsupervised config refuses the key (it reads no labels)."""
+    from types import SimpleNamespace
+
+    from acl_dist.plan import split_videos
+
+    def video(vid, subset, labels, main):
+        return SimpleNamespace(video_id=vid, subset=subset, labels=labels, primary_label=main)
+
+    class Store:
+        classes = ["CliffDiving", "Diving", "Golf"]
+
+        def metadata(self, subsets):
+            return [video("a", "val", ["CliffDiving", "Diving"], "CliffDiving"),
+                    video("b", "val", ["Diving"], "Diving"),
+                    video("c", "val", ["Golf", "Diving"], "Golf"),
+                    video("t", "test", ["Golf"], "Golf")]
+
+    def labels(which):
+        cfg = RunConfig(mode="weak", weak_labels=which, num_classes=3, train_subset="val",
+                        test_subset="test")
+        return split_videos(cfg, Store()).weak_labels
+
+    assert labels("all") == {"a": [0, 1], "b": [1], "c": [2, 1]}
+    assert labels("main") == {"a": [0], "b": [1], "c": [2]}
+    with pytest.raises(ConfigError, match="weak_labels: applies to weak mode only"):
+        RunConfig(mode="unsupervised", weak_labels="main")
