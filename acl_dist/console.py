@@ -59,19 +59,25 @@ NOISE: tuple[tuple[re.Pattern[bytes], str], ...] = (
      "fractional CPUs per training worker are by design on small machines"),
 )
 
-#: Multi-line blocks dropped from stderr: (its first line, a line it must hold, its last
-#: line), why. A block that starts so but lacks the inner line, or does not end within
-#: :data:`MAX_BLOCK_LINES`, passes whole.
+#: What Ray may put before a worker's line: a colour code, ``(pid=...)``, a reset.
+RAY_PREFIX = rb"^(\x1b\[[\d;]*m)?(\([^)]*\) ?)?(\x1b\[[\d;]*m)? ?"
+
+#: Tracebacks dropped from stderr: (its first line, a line it must hold, its exception
+#: line), why. Held from the first line while the lines look like a traceback (its header,
+#: indented or blank lines) and decided at the first other line: the exception line named
+#: here with the inner line seen drops the block; any other line shows it whole, in order
+#: (an unrelated line arriving mid-block included: nothing is ever dropped but the block).
 NOISE_BLOCKS: tuple[tuple[re.Pattern[bytes], re.Pattern[bytes], re.Pattern[bytes], str],
                     ...] = (
-    (re.compile(rb"^(\([^)]*\) )?Exception ignored in: <function WeakSet\.__init__\."
+    (re.compile(RAY_PREFIX + rb"Exception ignored in: <function WeakSet\.__init__\."
                 rb"<locals>\._remove"),
-     re.compile(rb"in sigterm_handler$"), re.compile(rb"^(\([^)]*\) )?SystemExit: 1$"),
+     re.compile(rb"in sigterm_handler$"), re.compile(RAY_PREFIX + rb"SystemExit: 1$"),
      "a Ray worker stopped by SIGTERM (a finished Tune trial's actor) while Python ran a "
      "weakref callback: Python prints the SystemExit that Ray's handler raised as an "
      "'ignored' traceback (seen once per few trials); nothing failed"),
 )
 MAX_BLOCK_LINES = 40
+_TRACEBACK_BODY = re.compile(RAY_PREFIX + rb"(Traceback \(most recent call last\):$|\s|$)")
 
 #: ``ACL_DIST_RAY_OUTPUT=all``: show Ray's output unfiltered.
 ENV = "ACL_DIST_RAY_OUTPUT"
@@ -84,7 +90,7 @@ def is_noise(line: bytes) -> bool:
 
 class LineFilter:
     """Lines in, the lines to show out: drops :data:`NOISE` lines and :data:`NOISE_BLOCKS`
-    (a block's lines are held from its first line until its last decides)."""
+    (module constant's doc: a block is held only while it looks like a traceback)."""
 
     def __init__(self) -> None:
         self.held: list[bytes] = []
@@ -93,21 +99,26 @@ class LineFilter:
 
     def feed(self, line: bytes) -> list[bytes]:
         """The lines (without newlines) to show now that ``line`` has come."""
+        shown: list[bytes] = []
         if self.block is not None:
-            self.held.append(line)
             _, inside, last, _ = self.block
-            if last.search(line):
-                held = self.flush()
-                return [] if any(inside.search(h) for h in held) else held
-            return self.flush() if len(self.held) >= MAX_BLOCK_LINES else []
+            if last.search(line) and any(inside.search(h) for h in self.held):
+                self.held, self.block = [], None          # the noise, decided: dropped
+                return []
+            if _TRACEBACK_BODY.search(line) and len(self.held) < MAX_BLOCK_LINES and \
+                    not any(b[0].search(line) for b in NOISE_BLOCKS):
+                self.held.append(line)
+                return []
+            shown = self.flush()       # not the noise: shown whole, then this line anew
         for block in NOISE_BLOCKS:
             if block[0].search(line):
                 self.block, self.held = block, [line]
-                return []
-        return [] if is_noise(line) else [line]
+                return shown
+        return shown + ([] if is_noise(line) else [line])
 
     def flush(self) -> list[bytes]:
-        """The held lines, shown (the stream ended, or the block was not the noise)."""
+        """The held lines, to show (the stream ended or paused, or the block was not the
+        noise)."""
         held, self.held, self.block = self.held, [], None
         return [h for h in held if not is_noise(h)]
 
@@ -137,14 +148,21 @@ class _Copier(threading.Thread):
             if not chunk:
                 break
             *lines, pending = (pending + chunk).split(b"\n")
-            if self.marker in lines:
-                lines.remove(self.marker)
-                self.drained.set()
-            kept = [shown + b"\n" for line in lines for shown in self.filter.feed(line)]
+            kept: list[bytes] = []
+            drained = False
+            for line in lines:
+                if line == self.marker:     # all written before it is shown, held included
+                    kept += self.filter.flush()
+                    drained = True
+                else:
+                    kept += self.filter.feed(line)
+            out = b"".join(k + b"\n" for k in kept)
             if b"\r" in pending:
-                kept.append(pending)
+                out += pending
                 pending = b""
-            self._write(b"".join(kept))
+            self._write(out)
+            if drained:
+                self.drained.set()
         self._write(b"".join(h + b"\n" for h in self.filter.flush()) + pending)
         for fd in (self.read_fd, self.target_fd):   # every writer has gone
             with contextlib.suppress(OSError):

@@ -116,17 +116,46 @@ def _filtered(lines: list[str]) -> list[str]:
 
 def test_a_workers_sigterm_traceback_is_dropped_and_other_tracebacks_pass():
     assert _filtered(["before", *SIGTERM_BLOCK, "after"]) == ["before", "after"]
+    # as a cluster job's driver prints a worker's lines: colour, (pid=...), reset
+    coloured = [f"\x1b[36m(pid=7)\x1b[0m {line}" for line in SIGTERM_BLOCK]
+    assert _filtered(coloured) == []
+    # two in a row: both dropped
+    assert _filtered(SIGTERM_BLOCK + SIGTERM_BLOCK + ["after"]) == ["after"]
     # the same opening without Ray's SIGTERM handler is a real problem: shown whole
     real = [SIGTERM_BLOCK[0], "Traceback (most recent call last):",
             '  File "x.py", line 1, in _remove', "SystemExit: 1"]
     assert _filtered(real + ["after"]) == real + ["after"]
-    # a block that never ends is shown when the stream ends, noise lines inside dropped
-    cut = SIGTERM_BLOCK[:4] + [RAY_CHATTER[3]]
-    assert _filtered(cut) == SIGTERM_BLOCK[:4]
-    # and one longer than the limit is shown once the limit is reached, not held forever
+    # ... and so is one ending in another exception, even when a SIGTERM block follows
+    other = real[:3] + ["KeyError: 'x'"]
+    assert _filtered(other + SIGTERM_BLOCK) == other
+    # a line that is not traceback-shaped (the driver's own, arriving mid-block) ends the
+    # hold: the block and the line are shown in order, nothing is lost
+    mid = SIGTERM_BLOCK[:4] + ["  trial 1 round 2: val_map 3.1"[2:]] + SIGTERM_BLOCK[4:]
+    assert _filtered(mid) == mid
+    # a block cut off by the stream's end is shown, noise lines after it dropped
+    assert _filtered(SIGTERM_BLOCK[:4] + [RAY_CHATTER[3]]) == SIGTERM_BLOCK[:4]
+    # a block is held for at most MAX_BLOCK_LINES lines, then shown
     from acl_dist.console import MAX_BLOCK_LINES, LineFilter
 
     f = LineFilter()
-    shown = [s for i in range(MAX_BLOCK_LINES) for s in f.feed(
-        SIGTERM_BLOCK[0].encode() if i == 0 else b"line %d" % i)]
-    assert len(shown) == MAX_BLOCK_LINES and f.flush() == []
+    shown = [s for i in range(MAX_BLOCK_LINES + 1) for s in f.feed(
+        SIGTERM_BLOCK[0].encode() if i == 0 else b"  frame %d" % i)]
+    assert len(shown) == MAX_BLOCK_LINES + 1 and f.flush() == []   # held 40, then shown
+
+
+def test_the_filter_shows_a_held_block_when_the_filtered_block_ends(tmp_path):
+    """The drain marker written when ``filtered_output`` ends flushes what the filter holds:
+    an unfinished traceback printed just before is out when the block returns."""
+    script = textwrap.dedent(f"""
+        import sys
+        from acl_dist.console import filtered_output
+        with filtered_output():
+            print({SIGTERM_BLOCK[0]!r}, file=sys.stderr, flush=True)
+            print("Traceback (most recent call last):", file=sys.stderr, flush=True)
+        print("after", file=sys.stderr, flush=True)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [SIGTERM_BLOCK[0], "Traceback (most recent call last):",
+                                        "after"]
