@@ -609,12 +609,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
         if args.plan:
             from .tune import describe_tune_plan, plan_tune
 
-            meta = plan_tune(args.store, out, cfg, load_space(args.space), settings,
+            meta = plan_tune(args.store, out, cfg, load_space(args.space, cfg.mode), settings,
                              quiet=args.quiet or args.json)
             print(json.dumps(meta, indent=1) if args.json else
                   "\n".join(describe_tune_plan(meta)))
             return 0
-        summary = run_tune(args.store, out, cfg, load_space(args.space), settings,
+        summary = run_tune(args.store, out, cfg, load_space(args.space, cfg.mode), settings,
                            quiet=args.quiet)
     print(trials_table(summary))
     if summary["interrupted"]:

@@ -18,20 +18,24 @@ SEARCHERS = tuple(choices(TuneSettings, "search"))
 DIMENSION_KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
 
 
-def load_space(path: str | None = None) -> dict[str, dict[str, list]]:
+def load_space(path: str | None = None, mode: str = "unsupervised"
+               ) -> dict[str, dict[str, list]]:
     """The search space: ``{dotted key: {kind: values}}`` from a YAML file (local or
-    ``s3://``), or the packaged default (Z, K, lambda_sep, lambda_trip)."""
+    ``s3://``), or the packaged default (Z, K, lambda_sep, lambda_trip); its values checked
+    for trials of ``mode``."""
     if path is None:
         text = package_files.files("acl_dist").joinpath("configs", "search",
                                                      "default.yaml").read_text()
         space = yaml.safe_load(text)
     else:
         space = read_yaml(path)
-    return validate_space(space, path or "the default search space")
+    return validate_space(space, path or "the default search space", mode)
 
 
-def validate_space(space: Any, source: str = "search space") -> dict[str, dict[str, list]]:
-    """Check every dimension: a known config key, one known kind, values of the key's type."""
+def validate_space(space: Any, source: str = "search space", mode: str = "unsupervised"
+                   ) -> dict[str, dict[str, list]]:
+    """Check every dimension: a known config key, one known kind, values that make a valid
+    config of ``mode`` (``weak_labels`` is a weak-mode key, for one)."""
     if not isinstance(space, dict) or not space:
         raise ConfigError(f"{source}: expected a non-empty mapping of config keys")
     out = {}
@@ -51,7 +55,7 @@ def validate_space(space: Any, source: str = "search space") -> dict[str, dict[s
             if kind == "loguniform" and values[0] <= 0:
                 raise ConfigError(f"{source}: {key}: loguniform needs low > 0")
         for value in values:  # every value must make a valid config
-            config_with({key: value})
+            config_with({key: value}, {"mode": mode})
         out[str(key)] = {kind: list(values)}
     return out
 

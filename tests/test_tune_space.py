@@ -297,3 +297,12 @@ def test_outputs_say_which_labels_a_search_used():
         assert label_use("unsupervised", objective).startswith(
             "label-free: no label reached training, clustering or selection")
     assert label_use("weak", "val_map").startswith("labels used: weak mode trains")
+
+
+def test_space_values_are_checked_for_the_searchs_mode():
+    """weak_labels is a weak-mode key: a weak search may tune it, an unsupervised one is
+    told which key is wrong."""
+    space = {"weak_labels": {"choice": ["all", "main"]}}
+    assert validate_space(space, mode="weak") == space
+    with pytest.raises(ConfigError, match="weak_labels: applies to weak mode only"):
+        validate_space(space)
