@@ -15,11 +15,13 @@ itself as detections, with the official evaluator:
 
 It prints per setting the average mAP over tIoU 0.1:0.7 and the classes that lose most.
 The ceiling binds a run only loosely: the class gate may give a video detections of several
-clusters. With ``--run RUN [RUN ...]`` (finished runs on a store of the preset's timelines, e.g. the
-demo's) it also prints their per-class AP side by side with the ceiling's, the classes that
-share videos with another class marked: where a run's points actually go.
+clusters. With ``--run NAME=RUN[,RUN...] ...`` (finished runs, e.g. on the demo's store;
+several runs of a name: seeds) it also prints their per-class AP side by side with the
+ceiling of the runs' own store, the classes that share videos with another class marked,
+and each group's mean +- standard deviation over seeds: where a run's points actually go.
 
-    python bench/unsup_gap.py [--preset thumos14] [--classes 20 10] [--run WEAK UNSUP]
+    python bench/unsup_gap.py [--preset thumos14] [--classes 20 10] \
+        [--run weak=W0,W1,W2 main=M0,M1,M2 unsup=U0,U1,U2]
 
 The ablation of docs/method.md sets three runs of one store side by side: weak mode
 (every label), weak mode on one label per video (``--set weak_labels=main``: what one
@@ -32,6 +34,8 @@ import argparse
 import os
 import sys
 
+import numpy as np
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from acl_dist.annotations import primary_label, to_activitynet_json  # noqa: E402
@@ -39,15 +43,14 @@ from acl_dist.evaluate import Detection, evaluate_detections, parse_tiou  # noqa
 from acl_dist.synth import SynthConfig, load_timeline  # noqa: E402
 
 
-def ceiling(preset: str, classes: int | None) -> dict:
-    """mAP of the test ground truth as detections, with own labels and with the main class;
-    per-class AP of the latter."""
-    timeline = load_timeline(SynthConfig(preset=preset, classes=classes))
-    test = [v for v in timeline.videos if v.subset == timeline.test_subset]
-    gt = to_activitynet_json(test)
+def ceiling_of(videos: list, gt, subset: str | None = None) -> dict:
+    """The test ground truth scored as detections, with own labels and with each video's
+    main class. ``videos``: annotated test videos (``video_id``, ``segments``, ``labels``);
+    ``gt``: their ground truth (a :class:`GroundTruth`, or ActivityNet JSON and ``subset``).
+    Returns both mAPs (average over tIoU 0.1:0.7, %) and per-class AP under main class."""
     tiou = parse_tiou("0.1:0.7:0.1")
     own, main = [], []
-    for v in test:
+    for v in videos:
         top = primary_label(v.segments, v.labels)
         spans = sorted({(s.start, s.end) for s in v.segments})
         # distinct scores in file order: ties would let the evaluator's sort decide
@@ -55,18 +58,25 @@ def ceiling(preset: str, classes: int | None) -> dict:
                 for i, s in enumerate(v.segments)]
         main += [Detection(v.video_id, top, 1.0 - 1e-6 * i, a, b)
                  for i, (a, b) in enumerate(spans)]
-    res_own = evaluate_detections(gt, own, subset=timeline.test_subset, tiou_thresholds=tiou)
-    res_main = evaluate_detections(gt, main, subset=timeline.test_subset, tiou_thresholds=tiou)
-    per_class = dict(zip(res_main.classes, res_main.ap.mean(axis=0) * 100))
-    multi = sum(len(set(v.labels)) > 1 for v in test)
-    return {"videos": len(test), "multi": multi, "classes": len(timeline.classes),
+    res_own = evaluate_detections(gt, own, subset=subset, tiou_thresholds=tiou)
+    res_main = evaluate_detections(gt, main, subset=subset, tiou_thresholds=tiou)
+    return {"videos": len(videos), "multi": sum(len(set(v.labels)) > 1 for v in videos),
             "own": res_own.average * 100, "main": res_main.average * 100,
-            "per_class": per_class}
+            "per_class": dict(zip(res_main.classes, res_main.ap.mean(axis=0) * 100))}
 
 
-def run_per_class(run: str) -> tuple[dict[str, float], set[str], float]:
+def ceiling(preset: str, classes: int | None) -> dict:
+    """:func:`ceiling_of` the test videos of the preset's timelines (``classes`` largest)."""
+    timeline = load_timeline(SynthConfig(preset=preset, classes=classes))
+    test = [v for v in timeline.videos if v.subset == timeline.test_subset]
+    out = ceiling_of(test, to_activitynet_json(test), timeline.test_subset)
+    return dict(out, classes=len(timeline.classes))
+
+
+def run_per_class(run: str) -> tuple[dict[str, float], set[str], dict[str, float], str]:
     """Per-class AP (average over tIoU 0.1:0.7) of a finished run's mapped detections on its
-    test subset, the classes that share a test video with another class, and the mAP."""
+    test subset, the classes that share a test video with another class, the per-class
+    ceiling of the run's own store (:func:`ceiling_of`) and the mapping scored."""
     from acl_dist.artifacts import RunDir
     from acl_dist.evaluate import load_detections, load_ground_truth
     from acl_dist.store import FeatureStore
@@ -79,17 +89,42 @@ def run_per_class(run: str) -> tuple[dict[str, float], set[str], float]:
     gt = load_ground_truth(info["store"], cfg.test_subset)
     res = evaluate_detections(gt, dets, tiou_thresholds=parse_tiou("0.1:0.7:0.1"),
                               unknown_labels="ignore")
-    shared = {c for m in FeatureStore.open(info["store"]).metadata(cfg.test_subset)
-              if len(set(m.labels)) > 1 for c in m.labels}
-    return dict(zip(res.classes, res.ap.mean(axis=0) * 100)), shared, res.average * 100
+    test = FeatureStore.open(info["store"]).metadata(cfg.test_subset)
+    shared = {c for m in test if len(set(m.labels)) > 1 for c in m.labels}
+    return (dict(zip(res.classes, res.ap.mean(axis=0) * 100)), shared,
+            ceiling_of(test, gt)["per_class"], "labels" if cfg.mode == "weak" else mapping)
+
+
+def group_per_class(spec: str) -> tuple[str, list[dict[str, float]], set[str],
+                                        dict[str, float]]:
+    """``NAME=RUN[,RUN...]`` (seeds of one setting; a bare ``RUN`` is named by its folder)
+    -> (name and mapping, per-class AP of each run, classes sharing a test video with
+    another, per-class ceiling of the first run's store)."""
+    name, sep, dirs = spec.partition("=")
+    if not sep or os.sep in name:          # a bare path (it may hold "=" further on)
+        name, dirs = "", spec
+    runs = [run_per_class(d) for d in dirs.split(",")]
+    name = name or os.path.basename(os.path.normpath(dirs.split(",")[0]))
+    return (f"{name} ({runs[0][3]})", [r[0] for r in runs],
+            set().union(*(r[1] for r in runs)), runs[0][2])
+
+
+def mean_sd(values: list[float]) -> str:
+    """``mean +-sd`` (sample standard deviation over the runs; blank for one run)."""
+    if not values:
+        return "-"
+    return f"{np.mean(values):5.1f}" + (f" +-{np.std(values, ddof=1):4.1f}"
+                                        if len(values) > 1 else "       ")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="thumos14")
     ap.add_argument("--classes", type=int, nargs="+", default=[20, 10])
-    ap.add_argument("--run", nargs="+", help="finished runs on a store of these timelines "
-                    "(side by side, the first one's order)")
+    ap.add_argument("--run", nargs="+", metavar="NAME=RUN[,RUN...]",
+                    help="finished runs on a store of these timelines, side by side (the "
+                    "first one's class order); several runs of one name (seeds): mean, and "
+                    "+- the standard deviation over them")
     args = ap.parse_args()
     print(f"{args.preset} test videos; average mAP over tIoU 0.1:0.7 of the ground truth "
           "itself as detections\n")
@@ -100,26 +135,33 @@ def main() -> None:
         worst = sorted(r["per_class"].items(), key=lambda kv: kv[1])[:3]
         print(f"{r['classes']:7d} {r['videos']:6d} {r['multi']:11d} {r['own']:10.2f} "
               f"{r['main']:10.2f}  " + ", ".join(f"{k} {v:.1f}" for k, v in worst))
-    if args.run:
-        runs = {run: run_per_class(run) for run in args.run}
-        classes = sorted(next(iter(runs.values()))[0])
-        ceil = ceiling(args.preset, len(classes))["per_class"]
-        shared = set().union(*(sh for _, sh, _ in runs.values()))
-        names = [os.path.basename(os.path.normpath(r)) for r in runs]
-        print("\nper-class AP (average over tIoU 0.1:0.7), * = shares test videos with "
-              "another class; runs: " + ", ".join(f"{n} = {r}" for n, r in zip(names, runs)))
-        print(f"\n{'class':18} " + " ".join(f"{n[:9]:>9}" for n in names) + f" {'ceiling':>8}")
-        first = next(iter(runs.values()))[0]
-        for c in sorted(classes, key=lambda c: first.get(c, 0.0)):
-            print(f"{c + (' *' if c in shared else ''):18} "
-                  + " ".join(f"{ap.get(c, 0.0):9.1f}" for ap, _, _ in runs.values())
-                  + f" {ceil.get(c, 100.0):8.1f}")
-        for label, group in (("classes marked *", shared),
-                             ("the other classes", set(classes) - shared),
-                             ("all (the run's mAP)", set(classes))):
-            print(f"{'mean: ' + label:32} " + " ".join(
-                f"{sum(ap.get(c, 0.0) for c in group) / max(1, len(group)):9.1f}"
-                for ap, _, _ in runs.values()) + f"   ({len(group)} classes)")
+    if not args.run:
+        return
+    groups = [group_per_class(spec) for spec in args.run]
+    classes = sorted(groups[0][1][0])
+    ceil = groups[0][3]
+    shared = set().union(*(g[2] for g in groups))
+    print("\nper-class AP (average over tIoU 0.1:0.7; mean over each setting's runs; weak "
+          "runs scored with their labels, unsupervised ones with their mapping), * = shares "
+          "test videos with another class; ceiling: the first run's store, main class; " +
+          ", ".join(f"{name}: {len(aps)} run(s)" for name, aps, _, _ in groups))
+    width = max(14, *(len(g[0]) for g in groups))
+    print(f"\n{'class':26} " + " ".join(f"{name:>{width}}" for name, _, _, _ in groups)
+          + f" {'ceiling':>8}")
+    first = {c: np.mean([ap.get(c, 0.0) for ap in groups[0][1]]) for c in classes}
+    for c in sorted(classes, key=first.get):
+        print(f"{c + (' *' if c in shared else ''):26} "
+              + " ".join(f"{np.mean([ap.get(c, 0.0) for ap in aps]):{width}.1f}"
+                         for _, aps, _, _ in groups) + f" {ceil.get(c, 0.0):8.1f}")
+    for label, group in (("classes marked *", shared & set(classes)),
+                         ("the other classes", set(classes) - shared),
+                         ("all (the runs' mAP)", set(classes))):
+        if not group:
+            continue
+        print(f"{'mean: ' + label:26} " + " ".join(
+            f"{mean_sd([np.mean([ap.get(c, 0.0) for c in group]) for ap in aps]):>{width}}"
+            for _, aps, _, _ in groups)
+            + f" {np.mean([ceil.get(c, 0.0) for c in group]):8.1f}   ({len(group)} classes)")
 
 if __name__ == "__main__":
     main()
