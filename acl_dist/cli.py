@@ -94,6 +94,8 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
                    help="scales scene, nuisance and noise against the action signal")
     p.add_argument("--scenes", type=POSITIVE_INT,
                    help="shared background scenes (default classes//5)")
+    p.add_argument("--scene-scale", type=POSITIVE_FLOAT, default=1.0,
+                   help="scales the shared scenes alone, on top of --difficulty (default 1)")
     p.add_argument("--dtype", choices=list(FEATURE_DTYPES), default="float16",
                    help="stored feature dtype (default float16)")
     p.add_argument("--npy-layout", metavar="DIR",
@@ -111,7 +113,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from .synth import SynthConfig, synthesize
 
     cfg = SynthConfig(preset=args.preset, classes=args.classes, videos=args.videos, dim=args.dim,
-                      difficulty=args.difficulty, scenes=args.scenes, seed=args.seed,
+                      difficulty=args.difficulty, scene_scale=args.scene_scale,
+                      scenes=args.scenes, seed=args.seed,
                       dtype=args.dtype)
     summary = synthesize(cfg, args.out, npy_layout=args.npy_layout, overwrite=args.overwrite,
                          quiet=args.quiet, report=not args.no_report)

@@ -75,6 +75,9 @@ class SynthConfig:
         videos: at most this many training videos (test videos scaled alike).
         dim: feature dim per stream (real I3D: 1024).
         difficulty: scales scene, nuisance and noise (1.0 = default benchmark).
+        scene_scale: scales the shared scenes alone, on top of ``difficulty`` (1.0 =
+            default): stronger scenes shared across classes, the setting in which issue 19
+            found unsupervised localisation far below weak at near-perfect clustering.
         scenes: number of shared background scenes (default: classes // 5, at least 2).
         home_prob: probability that a video shows its class's home scene.
         temporal_rho: AR(1) coefficient of the snippet noise.
@@ -87,6 +90,7 @@ class SynthConfig:
     videos: int | None = None
     dim: int = 128
     difficulty: float = 1.0
+    scene_scale: float = 1.0
     scenes: int | None = None
     home_prob: float = 0.5
     temporal_rho: float = 0.9
@@ -99,7 +103,8 @@ class SynthConfig:
         if self.preset not in PRESETS:
             raise ConfigError(f"unknown preset {self.preset!r}; choose one of {PRESETS}")
         check_ranges("", self, {"classes": (2,), "videos": (1,), "dim": (1,),
-                                "difficulty": (0, None, True), "scenes": (1,),
+                                "difficulty": (0, None, True), "scene_scale": (0,),
+                                "scenes": (1,),
                                 "home_prob": (0, 1), "temporal_rho": (0, 1, False, True),
                                 "seed": (0,)})
 
@@ -249,7 +254,7 @@ class FeatureModel:
         for s in STREAMS:
             st = self.styles[s]
             k = cfg.difficulty
-            background = k * st.scene * self.scene[s][scene] + \
+            background = k * st.scene * cfg.scene_scale * self.scene[s][scene] + \
                 k * st.nuisance * rng.standard_normal(d) / np.sqrt(d)
             white = rng.standard_normal((t_len, d)) / np.sqrt(d)
             noise = lfilter([np.sqrt(1 - cfg.temporal_rho ** 2)], [1.0, -cfg.temporal_rho],
