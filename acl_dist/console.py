@@ -99,21 +99,21 @@ class LineFilter:
 
     def feed(self, line: bytes) -> list[bytes]:
         """The lines (without newlines) to show now that ``line`` has come."""
+        starts = next((b for b in NOISE_BLOCKS if b[0].search(line)), None)
         shown: list[bytes] = []
         if self.block is not None:
             _, inside, last, _ = self.block
             if last.search(line) and any(inside.search(h) for h in self.held):
                 self.held, self.block = [], None          # the noise, decided: dropped
                 return []
-            if _TRACEBACK_BODY.search(line) and len(self.held) < MAX_BLOCK_LINES and \
-                    not any(b[0].search(line) for b in NOISE_BLOCKS):
+            if starts is None and _TRACEBACK_BODY.search(line) and \
+                    len(self.held) < MAX_BLOCK_LINES:
                 self.held.append(line)
                 return []
             shown = self.flush()       # not the noise: shown whole, then this line anew
-        for block in NOISE_BLOCKS:
-            if block[0].search(line):
-                self.block, self.held = block, [line]
-                return shown
+        if starts is not None:
+            self.block, self.held = starts, [line]
+            return shown
         return shown + ([] if is_noise(line) else [line])
 
     def flush(self) -> list[bytes]:

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from functools import partial
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
@@ -146,10 +146,10 @@ class Run:
         cfg = self.cfg
         roles = attention_roles(cfg, self.split, self.opts.with_test)
         self.dir.load_model(r)  # refused or unreadable: one line naming it, here
+        actors = self.opts.attention_actors or self.plan["attention"]["actors"]
         ds = map_attention(self.store, roles.subsets, self.dir.model_path(r), roles.detect,
                            cfg.localize, roles.describe, detect_ids=roles.held_out,
-                           descriptor=cfg.cluster.descriptor,
-                           concurrency=self.opts.attention_actors or self.plan["attention"]["actors"],
+                           descriptor=cfg.cluster.descriptor, concurrency=actors,
                            use_gpu=self.plan["attention"]["gpu"],
                            torch_threads=self.threads)
         total = sum(self.store.num_videos(s) for s in dict.fromkeys(roles.subsets))

@@ -266,9 +266,9 @@ def split_videos(cfg: RunConfig, store: FeatureStore) -> VideoSplit:
     split = VideoSplit(train, val, val_ids, source, [m.primary_label for m in train])
     if cfg.mode == "weak":
         index = {c: i for i, c in enumerate(store.classes)}
-        split.weak_labels = {m.video_id: [index[lb] for lb in m.labels if lb in index]
-                             if cfg.weak_labels == "all" else
-                             [index[m.primary_label]] if m.primary_label in index else []
+        names = (lambda m: m.labels) if cfg.weak_labels == "all" else \
+            (lambda m: [m.primary_label])
+        split.weak_labels = {m.video_id: [index[lb] for lb in names(m) if lb in index]
                              for m in train}
         if not any(split.weak_labels.values()):
             raise ConfigError(f"weak mode needs video labels; subset {cfg.train_subset!r} of "

@@ -31,8 +31,10 @@ pseudo-label costs with the classes known) and unsupervised (what clusters cost 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
+from typing import Any
 
 import numpy as np
 
@@ -73,26 +75,36 @@ def ceiling(preset: str, classes: int | None) -> dict:
     return dict(out, classes=len(timeline.classes))
 
 
-def run_per_class(run: str) -> tuple[dict[str, float], set[str], dict[str, float], str]:
-    """Per-class AP (average over tIoU 0.1:0.7) of a finished run's mapped detections on its
-    test subset, the classes that share a test video with another class, the per-class
-    ceiling of the run's own store (:func:`ceiling_of`) and the mapping scored."""
-    from acl_dist.artifacts import RunDir
-    from acl_dist.evaluate import load_detections, load_ground_truth
+@functools.lru_cache(maxsize=None)
+def store_test(store: str, subset: str) -> tuple[list, Any, set[str], dict[str, float]]:
+    """A store's test videos (metadata), ground truth, the classes that share a test video
+    with another class, and its per-class one-label ceiling (:func:`ceiling_of`): read and
+    scored once per store, however many runs were made on it."""
+    from acl_dist.evaluate import load_ground_truth
     from acl_dist.store import FeatureStore
+
+    test = FeatureStore.open(store).metadata(subset)
+    gt = load_ground_truth(store, subset)
+    shared = {c for m in test if len(set(m.labels)) > 1 for c in m.labels}
+    return test, gt, shared, ceiling_of(test, gt)["per_class"]
+
+
+def run_per_class(run: str) -> tuple[dict[str, float], tuple[str, str], str]:
+    """Per-class AP (average over tIoU 0.1:0.7) of a finished run's mapped detections on its
+    test subset, its (store, test subset) and the mapping scored."""
+    from acl_dist.artifacts import RunDir
+    from acl_dist.evaluate import load_detections
 
     rundir = RunDir(run)
     cfg, info = rundir.read_config(), rundir.read_info()
     mapping = rundir.read_metrics().get("label_map") or "hungarian"
     name = "detections.json" if cfg.mode == "weak" else f"detections_{mapping}.json"
     dets = load_detections(rundir.path(name))
-    gt = load_ground_truth(info["store"], cfg.test_subset)
+    _, gt, _, _ = store_test(info["store"], cfg.test_subset)
     res = evaluate_detections(gt, dets, tiou_thresholds=parse_tiou("0.1:0.7:0.1"),
                               unknown_labels="ignore")
-    test = FeatureStore.open(info["store"]).metadata(cfg.test_subset)
-    shared = {c for m in test if len(set(m.labels)) > 1 for c in m.labels}
-    return (dict(zip(res.classes, res.ap.mean(axis=0) * 100)), shared,
-            ceiling_of(test, gt)["per_class"], "labels" if cfg.mode == "weak" else mapping)
+    return (dict(zip(res.classes, res.ap.mean(axis=0) * 100)),
+            (info["store"], cfg.test_subset), "labels" if cfg.mode == "weak" else mapping)
 
 
 def group_per_class(spec: str) -> tuple[str, list[dict[str, float]], set[str],
@@ -105,8 +117,8 @@ def group_per_class(spec: str) -> tuple[str, list[dict[str, float]], set[str],
         name, dirs = "", spec
     runs = [run_per_class(d) for d in dirs.split(",")]
     name = name or os.path.basename(os.path.normpath(dirs.split(",")[0]))
-    return (f"{name} ({runs[0][3]})", [r[0] for r in runs],
-            set().union(*(r[1] for r in runs)), runs[0][2])
+    shared = set().union(*(store_test(*r[1])[2] for r in runs))
+    return f"{name} ({runs[0][2]})", [r[0] for r in runs], shared, store_test(*runs[0][1])[3]
 
 
 def mean_sd(values: list[float]) -> str:

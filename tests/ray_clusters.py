@@ -5,6 +5,7 @@ local Ray instance), token authentication on, jobs sent with ``ray job submit``.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -164,19 +165,16 @@ class Cluster:
         assert match, out
         return match.group(1)
 
-    @property
+    @functools.cached_property
     def jobs(self):
         """The Jobs SDK's client of this cluster (with its token). The waits poll through
         it: a ``ray job status``/``ray job logs`` process per poll cost ~1.5 s of CPU each
         on this 2-core machine, half a core taken from the jobs they watched."""
-        if getattr(self, "_jobs", None) is None:
-            from ray.job_submission import JobSubmissionClient
+        from ray.job_submission import JobSubmissionClient
 
-            token = self.env.get("RAY_AUTH_TOKEN") or \
-                Path(self.env["HOME"], ".ray", "auth_token").read_text().strip()
-            self._jobs = JobSubmissionClient(self.dashboard,
-                                             headers={"authorization": f"Bearer {token}"})
-        return self._jobs
+        token = self.env.get("RAY_AUTH_TOKEN") or \
+            Path(self.env["HOME"], ".ray", "auth_token").read_text().strip()
+        return JobSubmissionClient(self.dashboard, headers={"authorization": f"Bearer {token}"})
 
     def status(self, job: str) -> str:
         return str(self.jobs.get_job_status(job).value)
