@@ -15,7 +15,6 @@ No Ray, no torch.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from typing import Any
 
@@ -31,7 +30,11 @@ class EventFile:
         from tensorboardX import SummaryWriter
 
         self.target, self.name = target, name
-        self.local = tempfile.mkdtemp(prefix="acl-tb-")
+        # removed by close(), or when this object is collected or the process exits
+        # (a worker stopped mid-round, a Tune trial cut short): the sessions before this
+        # used mkdtemp and left one directory in /tmp per such round
+        self._local = tempfile.TemporaryDirectory(prefix="acl-tb-")
+        self.local = self._local.name
         self.writer = SummaryWriter(self.local)
 
     def add(self, tag: str, value: float, step: int) -> None:
@@ -45,7 +48,7 @@ class EventFile:
             with open(os.path.join(self.local, name), "rb") as fh:
                 fsutil.write_bytes_atomic(fsutil.join(self.target, self.name or name),
                                           fh.read())
-        shutil.rmtree(self.local, ignore_errors=True)
+        self._local.cleanup()
         self.writer = None
 
 

@@ -188,9 +188,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             save_train_checkpoint(d, state, final)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
-    fit(items, cfg, config["num_classes"], streams, rank=rank, world_size=world, device=device,
-        wrap=ray.train.torch.prepare_model, report=report, start=start,
-        reduce_grads=average_gradients)
+    try:
+        fit(items, cfg, config["num_classes"], streams, rank=rank, world_size=world,
+            device=device, wrap=ray.train.torch.prepare_model, report=report, start=start,
+            reduce_grads=average_gradients)
+    finally:    # a round cut short keeps the events it wrote (and leaves no temp dir)
+        if board is not None:
+            board.close()
 
 
 def average_gradients(grads: list) -> None:

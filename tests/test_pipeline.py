@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -230,6 +231,28 @@ def test_tensorboard_events_per_round(unsupervised_run):
     assert steps == [0, 1] and average == pytest.approx([r["test_average"]
                                                          for r in rounds[:2]])
     assert steps_values("test/map50")[0] == [0, 1]
+
+
+def test_an_event_file_leaves_no_temporary_directory(tmp_path):
+    """Closed, its events are copied into the run and its local directory removed; dropped
+    without close() (a worker stopped mid-round), the directory goes with the object."""
+    import gc
+
+    from acl_dist.board import EventFile
+
+    closed = EventFile(str(tmp_path / "run"), "events.tfevents.a")
+    closed.add("train/loss", 0.5, 1)
+    local = Path(closed.local)
+    closed.close()
+    assert not local.exists()
+    assert read_scalars(tmp_path / "run") == {"train/loss": [(1, 0.5)]}
+    dropped = EventFile(str(tmp_path / "other"))
+    dropped.add("train/loss", 0.5, 1)
+    local = Path(dropped.local)
+    assert local.exists()
+    del dropped
+    gc.collect()
+    assert not local.exists() and not (tmp_path / "other").exists()
 
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
