@@ -35,6 +35,16 @@ def test_nms_suppresses_overlaps_in_seconds():
     assert keep.tolist() == [3, 2]
 
 
+def test_nms_ties_keep_the_first_and_empty_segments_overlap_nothing():
+    segs = np.array([[0.0, 10.0], [0.0, 10.0], [5.0, 5.0], [9.0, 20.0], [0.0, 4.0]])
+    scores = np.array([0.5, 0.5, 0.9, 0.4, 0.3])
+    # [5, 5] has no length: tIoU 0 with everything, kept first; the tie keeps index 0;
+    # [9, 20] overlaps [0, 10] by 1 / 20; [0, 4] lies inside [0, 10]: tIoU 0.4
+    assert nms(segs, scores, iou=0.65).tolist() == [2, 0, 3, 4]
+    assert nms(segs, scores, iou=0.4).tolist() == [2, 0, 3]
+    assert nms(np.zeros((0, 2)), np.zeros(0), 0.5).tolist() == []
+
+
 def planted_video(t=100, classes=3):
     cas = np.full((t, classes), -2.0)
     cas[20:30, 1] = 3.0   # snippets 20..29 -> 12.8 s .. 19.2 s
