@@ -13,7 +13,8 @@ averaged with ``rgb_weight`` under ``model.fusion=late``):
    relative threshold t: runs where signal > t * mean(signal), each mask dilated by
    ``dilation_frames`` first when set (the paper: 20 frames);
 4. each run scored by outer-inner contrast (mean inside minus mean over ``outer_ratio`` of
-   its length on each side; 0 when there is no outside) plus ``gamma`` * video score;
+   its length on each side; 0 when there is no outside) plus ``gamma`` * video score, that
+   sum times the video score under ``video_score=multiplied``;
 5. proposals of all thresholds pooled per class, class-wise NMS (tIoU in seconds, no "+1").
 
 Times are seconds on the store's snippet grid (:class:`acl_dist.timegrid.SnippetGrid`),
@@ -180,6 +181,8 @@ def localize_video(cas: np.ndarray, attention: np.ndarray, video_logits: np.ndar
             continue
         spans = np.unique(spans, axis=0)
         scores = outer_inner_contrast(up, spans, cfg.outer_ratio) + cfg.gamma * probs[c]
+        if cfg.video_score == "multiplied":
+            scores = scores * probs[c]
         seconds = np.clip(spans * step, 0.0, duration)
         valid = seconds[:, 1] > seconds[:, 0]
         seconds, scores = seconds[valid], scores[valid]

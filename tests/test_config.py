@@ -38,11 +38,16 @@ def test_paper_preset_is_the_paper_schedule():
     assert (loc.frame_rate, loc.smoothing, loc.dilation_frames) == (True, "savgol", 20)
     assert not loc.keep_top_class and loc.max_per_video == 0
     assert loc.thresholds == tuple(round(0.1 * i, 1) for i in range(1, 11))
+    assert (loc.class_threshold, loc.video_score) == (0.1, "added")      # the paper's gate
+    for preset in ("anet12", "anet13"):     # C = 100-200: each class passing is localised
+        anet = load_config(preset).localize
+        assert (anet.class_threshold, anet.video_score) == (0.1, "added")
     default = load_config().model                                    # acl-dist's defaults
     assert default.fusion == "early" and (default.base_kernel, default.local_kernel) == (1, 1)
     ours = load_config()
     assert ours.train.sampling == "epoch" and not ours.localize.frame_rate
     assert ours.localize.keep_top_class and ours.localize.max_per_video == 200
+    assert (ours.localize.class_threshold, ours.localize.video_score) == (0.001, "multiplied")
 
 
 @pytest.mark.parametrize("key", ["base_kernel", "local_kernel"])

@@ -10,6 +10,7 @@ from acl_dist.localize import localize_video, nms, outer_inner_contrast, runs, u
 from acl_dist.timegrid import SnippetGrid
 
 GRID = SnippetGrid(25.0, 16)  # 0.64 s per snippet
+PAPER_GATE = {"class_threshold": 0.1, "video_score": "added"}
 
 
 def test_runs_and_upsample():
@@ -57,7 +58,8 @@ def planted_video(t=100, classes=3):
 def test_planted_segments_are_recovered():
     cas, att, logits = planted_video()
     segs = localize_video(cas, att, logits, GRID, duration=64.0,
-                          cfg=LocalizeConfig(upsample=8, thresholds=(0.5, 1.0, 2.0)))
+                          cfg=LocalizeConfig(upsample=8, thresholds=(0.5, 1.0, 2.0),
+                                             **PAPER_GATE))
     assert {s.label for s in segs} == {1}  # class 2: softmax 0.018 < 0.1; class 0 gated too
     best = sorted(segs, key=lambda s: -s.score)[:2]
     spans = sorted((round(s.start, 2), round(s.end, 2)) for s in best)
@@ -67,8 +69,34 @@ def test_planted_segments_are_recovered():
     # scores add gamma x the video-level class probability
     probs = np.exp(logits) / np.exp(logits).sum()
     no_gamma = localize_video(cas, att, logits, GRID, 64.0,
-                              LocalizeConfig(gamma=0.0, thresholds=(0.5, 1.0, 2.0)))
+                              LocalizeConfig(gamma=0.0, thresholds=(0.5, 1.0, 2.0),
+                                             **PAPER_GATE))
     assert best[0].score - max(s.score for s in no_gamma) == pytest.approx(0.25 * probs[1])
+
+
+def test_multiplied_video_score_ranks_a_barely_shown_class_last():
+    """video_score=multiplied: each segment's score is (OIC + gamma p_c) x p_c. The weak
+    class 2 (p = 0.018) passes a 0.001 gate; its segment, as sharp as class 1's, scores
+    within gamma (p_1 - p_2) of class 1's best when added, and ranks below every class-1
+    segment when multiplied."""
+    cas, att, logits = planted_video()
+    cas[70:80, 2] = 3.0     # as sharp a run as class 1's: the same OIC
+    probs = np.exp(logits) / np.exp(logits).sum()
+    kw = dict(upsample=8, thresholds=(0.5, 1.0, 2.0), class_threshold=0.001)
+    added = localize_video(cas, att, logits, GRID, 64.0,
+                           LocalizeConfig(video_score="added", **kw))
+    multiplied = localize_video(cas, att, logits, GRID, 64.0,
+                                LocalizeConfig(video_score="multiplied", **kw))
+    assert {s.label for s in added} == {s.label for s in multiplied} == {1, 2}
+    for a, m in zip(sorted(added, key=lambda s: (s.label, s.start, s.end)),
+                    sorted(multiplied, key=lambda s: (s.label, s.start, s.end))):
+        assert (a.label, a.start, a.end) == (m.label, m.start, m.end)
+        assert m.score == pytest.approx(a.score * probs[a.label])
+    best = {c: max(s.score for s in added if s.label == c) for c in (1, 2)}
+    # added: the same contrast, the scores apart by gamma (p_1 - p_2) alone
+    assert best[1] - best[2] == pytest.approx(0.25 * (probs[1] - probs[2]))
+    ranked = [s.label for s in multiplied]
+    assert ranked == sorted(ranked)     # every class-1 segment before class 2's
 
 
 def test_top_class_always_kept_and_clipping():
@@ -125,7 +153,7 @@ def test_paper_localisation_frame_rate_dilation_and_gate():
     20-frame dilation that joins runs 10 frames apart, no detection for a video whose every
     class is gated out, and no cap on detections."""
     paper = LocalizeConfig(frame_rate=True, smoothing="savgol", dilation_frames=20,
-                           keep_top_class=False, max_per_video=0,
+                           keep_top_class=False, max_per_video=0, **PAPER_GATE,
                            thresholds=tuple(round(0.1 * i, 1) for i in range(1, 11)))
     cas, att, logits = planted_video()
     segs = localize_video(cas, att, logits, GRID, 64.0, paper)
