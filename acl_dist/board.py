@@ -22,19 +22,27 @@ from . import fsutil
 
 
 class EventFile:
-    """Scalars written to one local event file, copied to ``target`` (a directory, local
-    or ``s3://``) by :meth:`close`, as ``name`` when given (TensorBoard reads any file
-    whose name holds ``tfevents``)."""
+    """Scalars written to one event file in ``target`` (a directory, local or ``s3://``),
+    as ``name`` when given (TensorBoard reads any file whose name holds ``tfevents``).
+
+    An unnamed file in a local directory is written there directly: a training worker
+    killed mid-round (SIGKILL runs no cleanup) leaves its events so far in the run, not a
+    directory in /tmp. Otherwise the file is written locally and copied whole by
+    :meth:`close` (S3 cannot append; a named file replaces its earlier version at once)."""
 
     def __init__(self, target: str, name: str | None = None):
         from tensorboardX import SummaryWriter
 
         self.target, self.name = target, name
-        # removed by close(), or when this object is collected or the process exits
-        # (a worker stopped mid-round, a Tune trial cut short): the sessions before this
-        # used mkdtemp and left one directory in /tmp per such round
-        self._local = tempfile.TemporaryDirectory(prefix="acl-tb-")
-        self.local = self._local.name
+        self._local: tempfile.TemporaryDirectory | None = None
+        if name is None and not fsutil.is_remote(target):
+            os.makedirs(target, exist_ok=True)
+            self.local = target
+        else:
+            # removed by close(), or when this object is collected or the process exits
+            # (a round cut short by a stopped worker or a Tune trial ended early)
+            self._local = tempfile.TemporaryDirectory(prefix="acl-tb-")
+            self.local = self._local.name
         self.writer = SummaryWriter(self.local)
 
     def add(self, tag: str, value: float, step: int) -> None:
@@ -44,12 +52,14 @@ class EventFile:
         if self.writer is None:
             return
         self.writer.close()
+        self.writer = None
+        if self._local is None:          # written in place
+            return
         for name in os.listdir(self.local):
             with open(os.path.join(self.local, name), "rb") as fh:
                 fsutil.write_bytes_atomic(fsutil.join(self.target, self.name or name),
                                           fh.read())
         self._local.cleanup()
-        self.writer = None
 
 
 def round_scalars(clusters: dict[str, Any] | None, evals: dict[str, dict | None]

@@ -234,22 +234,33 @@ def test_tensorboard_events_per_round(unsupervised_run):
 
 
 def test_an_event_file_leaves_no_temporary_directory(tmp_path):
-    """Closed, its events are copied into the run and its local directory removed; dropped
-    without close() (a worker stopped mid-round), the directory goes with the object."""
+    """Unnamed in a local run, events are written in place (a killed worker leaves its
+    file in the run, nothing in /tmp); named (or on S3), written in a temporary directory, copied
+    whole by close() and the directory removed, or removed with the object when a worker
+    stops without close()."""
     import gc
+    import tempfile
 
     from acl_dist.board import EventFile
 
-    closed = EventFile(str(tmp_path / "run"), "events.tfevents.a")
-    closed.add("train/loss", 0.5, 1)
-    local = Path(closed.local)
-    closed.close()
+    def temporaries():
+        return set(Path(tempfile.gettempdir()).glob("acl-tb-*"))
+
+    before = temporaries()
+    direct = EventFile(str(tmp_path / "round_0"))
+    direct.add("train/loss", 0.25, 3)
+    assert temporaries() == before and len(list((tmp_path / "round_0").iterdir())) == 1
+    direct.close()
+    assert read_scalars(tmp_path / "round_0") == {"train/loss": [(3, 0.25)]}
+    named = EventFile(str(tmp_path / "rounds"), "events.tfevents.a")
+    named.add("test/map_avg", 0.5, 1)
+    local = Path(named.local)
+    assert local.exists() and not (tmp_path / "rounds").exists()
+    named.close()
     assert not local.exists()
-    assert read_scalars(tmp_path / "run") == {"train/loss": [(1, 0.5)]}
-    dropped = EventFile(str(tmp_path / "other"))
-    dropped.add("train/loss", 0.5, 1)
+    assert read_scalars(tmp_path / "rounds") == {"test/map_avg": [(1, 0.5)]}
+    dropped = EventFile(str(tmp_path / "other"), "events.tfevents.b")
     local = Path(dropped.local)
-    assert local.exists()
     del dropped
     gc.collect()
     assert not local.exists() and not (tmp_path / "other").exists()
