@@ -81,6 +81,10 @@ class ModelConfig:
         dropout: channel-wise input dropout (the same channels at every time step).
         agnostic_global: give the class-agnostic branch a non-local branch too (the
             authors' code has none there; METHOD.md §16 leaves the paper's form open).
+        agnostic_attention: the class-agnostic branch and its attention S (the paper's).
+            False is an ablation: no such branch, S uniform over the video's snippets, so
+            p is the mean of O, L_trip pools E uniformly and L_sep keeps the class
+            attention. Weak mode only: an unsupervised round's descriptors pool with S.
         global_context: the class branch's global branch runs the non-local block (the
             paper: True). False (default) keeps only its kernel-1 conv, so each snippet's
             class logits see a local window: whole-video context let background snippets
@@ -101,6 +105,7 @@ class ModelConfig:
     base_kernel: int = 1
     local_kernel: int = 1
     agnostic_global: bool = False
+    agnostic_attention: bool = True
     global_context: bool = False
     fusion: Literal["late", "early"] = "early"
 
@@ -109,6 +114,9 @@ class ModelConfig:
                                     "nonlocal_dim": (1,), "dropout": (0, 1, False, True)})
         if any(d < 1 for d in self.dilations):
             raise ConfigError(f"model.dilations: must be >= 1, got {list(self.dilations)}")
+        if self.agnostic_global and not self.agnostic_attention:
+            raise ConfigError("model.agnostic_global: needs the class-agnostic branch "
+                              "(model.agnostic_attention=true)")
         for key in ("base_kernel", "local_kernel"):
             kernel = getattr(self, key)
             if kernel < 1 or kernel % 2 == 0:
@@ -393,6 +401,10 @@ class RunConfig:
     def __post_init__(self) -> None:
         check_ranges("", self, {"num_classes": (2 if self.mode == "unsupervised" else 1,),
                               "rounds": (1,), "val_fraction": (0, 0.5), "seed": (0,)})
+        if not self.model.agnostic_attention and self.mode != "weak":
+            raise ConfigError("model.agnostic_attention=false: weak mode only (an "
+                              "unsupervised round pools its clustering descriptors with the "
+                              "class-agnostic attention)")
         if self.weak_labels != "all" and self.mode != "weak":
             raise ConfigError("weak_labels: applies to weak mode only (an unsupervised run "
                               "reads no labels)")

@@ -150,6 +150,8 @@ class CoAttentionNet(nn.Module):
             self.nonlocal_block = NonLocal(cfg.global_dim, cfg.nonlocal_dim)
         self.fused_dim = cfg.global_dim + local_dim
         self.head = nn.Conv1d(self.fused_dim, num_classes, 1)
+        if not cfg.agnostic_attention:  # the ablation: S uniform, no branch to train
+            return
         self.agnostic_local = LocalBlock(cfg.base_dim, cfg.branch_dim, cfg.dilations,
                                          cfg.local_kernel)
         agnostic_dim = local_dim
@@ -174,7 +176,9 @@ class CoAttentionNet(nn.Module):
         if cfg.base_kernel > 1:   # zero padding for the wider conv; a kernel-1 base conv
             h = h * m             # maps each snippet alone and E is masked below
         e = F.relu(temporal_convs([self.base], h)[0]) * m                   # (B, T, base)
-        branches = [self.global_in, *self.local.branches, *self.agnostic_local.branches]
+        branches = [self.global_in, *self.local.branches]
+        if cfg.agnostic_attention:
+            branches += self.agnostic_local.branches
         if cfg.agnostic_global:
             branches.append(self.agnostic_global_in)
         # every conv reading E at once, ReLU'd and masked; in this order [global | local |
@@ -186,11 +190,14 @@ class CoAttentionNet(nn.Module):
         else:
             fused = y[..., :g + w4]                                        # (B, T, fused)
         cas = temporal_convs([self.head], fused)[0] * m                     # (B, T, C)
-        agnostic = y[..., g + w4:g + 2 * w4]
-        if cfg.agnostic_global:
-            agnostic = torch.cat([agnostic, self.agnostic_nonlocal(y[..., g + 2 * w4:], mask)],
-                                 -1)
-        s = temporal_convs([self.agnostic_head], agnostic)[0][..., 0] * m[..., 0]   # (B, T)
+        if cfg.agnostic_attention:
+            agnostic = y[..., g + w4:g + 2 * w4]
+            if cfg.agnostic_global:
+                agnostic = torch.cat([agnostic,
+                                      self.agnostic_nonlocal(y[..., g + 2 * w4:], mask)], -1)
+            s = temporal_convs([self.agnostic_head], agnostic)[0][..., 0] * m[..., 0]  # (B, T)
+        else:                                   # S = 1/T over real snippets: p = mean of O
+            s = torch.zeros_like(m[..., 0])
         attention = masked_softmax(s, mask)                                 # (B, T)
         video_logits = torch.einsum("bt,btc->bc", attention, cas)
         return ModelOutput(embedding=e, fused=fused, cas=cas, attention_logits=s,

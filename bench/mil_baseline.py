@@ -54,14 +54,16 @@ def train_and_evaluate(store_path: str, steps: int = 400, batch: int = 16, max_l
                        localize: LocalizeConfig = LocalizeConfig(),
                        exclude: set[str] = frozenset(), eval_subset: str | None = None,
                        eval_videos: set[str] | None = None, fusion: str = "early",
-                       kernel: int = 3) -> dict:
+                       kernel: int = 3, hidden: int = 256, dropout: float = 0.5) -> dict:
     """Train on the training subset less ``exclude``; score on ``eval_videos`` of
     ``eval_subset`` (default: the whole test subset).
 
     ``fusion``: ``early`` (the baseline: one network on the concatenated streams) or
     ``late`` (one network per stream, outputs averaged with ``localize.rgb_weight``, as
     ACL's ``model.fusion=late``). ``kernel``: temporal kernel of the first conv (3: the
-    baseline; 1 scores each snippet alone, as ACL's ``model.base_kernel=1``).
+    baseline; 1 scores each snippet alone, as ACL's ``model.base_kernel=1``). ``hidden``:
+    the conv's width; ``dropout``: on its output (the knobs ACL's defaults were
+    cross-validated over, so that the baseline can get the same budget).
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -82,7 +84,7 @@ def train_and_evaluate(store_path: str, steps: int = 400, batch: int = 16, max_l
              if r.labels and r.video_id not in exclude]
     dims = {s: store.streams[s] for s in streams} if late else {
         "early": sum(store.streams.values())}
-    models = nn.ModuleDict({name: TopKMIL(d, len(classes), kernel=kernel)
+    models = nn.ModuleDict({name: TopKMIL(d, len(classes), hidden, dropout, kernel)
                             for name, d in dims.items()})
     optim = torch.optim.Adam(models.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.MultiStepLR(optim, [steps // 2], 0.1)

@@ -96,6 +96,35 @@ def test_video_logits_are_attention_pooled_cas():
     torch.testing.assert_close(out.video_logits[0], expected)
 
 
+def test_without_agnostic_attention_p_is_the_mean_of_the_cas_on_a_ragged_batch():
+    """model.agnostic_attention=false (the ablation): no class-agnostic branch, S = 1/T over
+    each video's real snippets, p = the masked mean of O; every parameter gets a gradient
+    (DDP refuses unused ones) and the class branch is the same network as with S."""
+    from acl_dist.config import RunConfig
+    from acl_dist.errors import ConfigError
+
+    cfg = ModelConfig(**{**CFG.__dict__, "global_context": False, "agnostic_attention": False})
+    torch.manual_seed(0)
+    net = CoAttentionNet(6, 3, cfg)
+    assert not any(n.startswith("agnostic") for n, _ in net.named_parameters())
+    torch.manual_seed(0)
+    with_s = CoAttentionNet(6, 3, ModelConfig(**{**cfg.__dict__, "agnostic_attention": True}))
+    shared = {n for n, _ in net.named_parameters()}
+    assert shared < {n for n, _ in with_s.named_parameters()}
+    rng = np.random.default_rng(3)
+    x, mask = pad_batch([rng.standard_normal((t, 6)).astype(np.float32) for t in (5, 2, 8)])
+    out = net.eval()(x, mask)
+    lengths = mask.sum(1, keepdim=True).float()
+    torch.testing.assert_close(out.attention, mask.float() / lengths)
+    torch.testing.assert_close(out.video_logits, out.cas.sum(1) / lengths)
+    net.train()(x, mask).video_logits.sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+    with pytest.raises(ConfigError, match="weak mode only"):
+        RunConfig(mode="unsupervised", model=cfg)
+    with pytest.raises(ConfigError, match="agnostic_global"):
+        ModelConfig(agnostic_global=True, agnostic_attention=False)
+
+
 def test_masked_softmax_and_shape_errors():
     logits = torch.tensor([[1.0, 2.0, 50.0], [0.0, 0.0, 0.0]])
     mask = torch.tensor([[True, True, False], [False, False, False]])
