@@ -306,9 +306,15 @@ class RunDir:
         fsutil.write_json_atomic(self.path(RUN_INFO), {**info, "config": to_dict(cfg)})
 
     def read_config(self) -> Any:
-        from .config import load_config
+        from .config import RunConfig, from_dict, read_yaml
 
-        return load_config(self.path(CONFIG))
+        data = read_yaml(self.path(CONFIG))
+        # a run saved before localize.video_score existed scored its segments the paper's
+        # way: resumed or predicted with, it keeps doing so (not the later default)
+        localize = data.get("localize")
+        if isinstance(localize, dict) and "video_score" not in localize:
+            localize["video_score"] = "added"
+        return from_dict(RunConfig, data)
 
     def write_plan(self, plan: dict[str, Any]) -> None:
         """``plan.json`` (:func:`acl_dist.plan.run_plan`): written at the run's start, and

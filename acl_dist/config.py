@@ -83,8 +83,10 @@ class ModelConfig:
             authors' code has none there; METHOD.md §16 leaves the paper's form open).
         agnostic_attention: the class-agnostic branch and its attention S (the paper's).
             False is an ablation: no such branch, S uniform over the video's snippets, so
-            p is the mean of O, L_trip pools E uniformly and L_sep keeps the class
-            attention. Weak mode only: an unsupervised round's descriptors pool with S.
+            p is the mean of O and L_trip pools E uniformly; L_sep must use the class
+            attention (``loss.sep_attention=class``) and localisation the CAS alone
+            (``localize.signal=cas``). Weak mode only: an unsupervised round's descriptors
+            pool with S.
         global_context: the class branch's global branch runs the non-local block (the
             paper: True). False (default) keeps only its kernel-1 conv, so each snippet's
             class logits see a local window: whole-video context let background snippets
@@ -316,10 +318,10 @@ class LocalizeConfig:
         gamma: weight of the video-level class score added to each segment's score.
         video_score: how a class's softmax video score p_c enters its segments' scores:
             ``added`` (the paper's: outer-inner contrast + gamma * p_c) or ``multiplied``
-            ((contrast + gamma * p_c) * p_c, acl-dist's): a class a video barely shows then
-            ranks its segments there below those of the videos that show it clearly, so the
-            low ``class_threshold`` adds recall without pushing false positives up the
-            ranking (added, the 0.001 gate cost weak mode 1.8-2.2 points).
+            (max(contrast + gamma * p_c, 0) * p_c, acl-dist's): a class a video barely
+            shows then ranks its segments there below those of the videos that show it
+            clearly, so the low ``class_threshold`` adds recall without pushing false
+            positives up the ranking (added, the 0.001 gate cost weak mode 1.8-2.2 points).
         nms_iou: class-wise NMS threshold (seconds, no "+1").
         max_per_video: keep at most this many detections per video (after NMS; 0: all,
             the paper's).
@@ -401,10 +403,20 @@ class RunConfig:
     def __post_init__(self) -> None:
         check_ranges("", self, {"num_classes": (2 if self.mode == "unsupervised" else 1,),
                               "rounds": (1,), "val_fraction": (0, 0.5), "seed": (0,)})
-        if not self.model.agnostic_attention and self.mode != "weak":
-            raise ConfigError("model.agnostic_attention=false: weak mode only (an "
-                              "unsupervised round pools its clustering descriptors with the "
-                              "class-agnostic attention)")
+        if not self.model.agnostic_attention:
+            if self.mode != "weak":
+                raise ConfigError("model.agnostic_attention=false: weak mode only (an "
+                                  "unsupervised round pools its clustering descriptors with "
+                                  "the class-agnostic attention)")
+            # a uniform S would pool action and background alike (L_sep), and min-max
+            # normalised it is all zeros: cas_attention would give no detection at all
+            if self.loss.sep_attention != "class":
+                raise ConfigError(f"model.agnostic_attention=false: loss.sep_attention="
+                                  f"{self.loss.sep_attention} needs the class-agnostic "
+                                  "attention; use class")
+            if self.localize.signal == "cas_attention":
+                raise ConfigError("model.agnostic_attention=false: localize.signal="
+                                  "cas_attention needs the class-agnostic attention; use cas")
         if self.weak_labels != "all" and self.mode != "weak":
             raise ConfigError("weak_labels: applies to weak mode only (an unsupervised run "
                               "reads no labels)")

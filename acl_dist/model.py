@@ -129,7 +129,8 @@ class ModelOutput:
 class CoAttentionNet(nn.Module):
     """Input dropout -> base conv -> FAB (local branches + global branch: k1 conv, then the
     non-local block when ``cfg.global_context``) -> class-specific head O; a second local
-    block -> class-agnostic attention S; p = S^T O.
+    block -> class-agnostic attention S; p = S^T O. With ``cfg.agnostic_attention`` off
+    (an ablation) there is no second block and S is uniform over the real snippets.
 
     Args:
         in_dim: D, the feature dim of the stream.
@@ -150,16 +151,15 @@ class CoAttentionNet(nn.Module):
             self.nonlocal_block = NonLocal(cfg.global_dim, cfg.nonlocal_dim)
         self.fused_dim = cfg.global_dim + local_dim
         self.head = nn.Conv1d(self.fused_dim, num_classes, 1)
-        if not cfg.agnostic_attention:  # the ablation: S uniform, no branch to train
-            return
-        self.agnostic_local = LocalBlock(cfg.base_dim, cfg.branch_dim, cfg.dilations,
-                                         cfg.local_kernel)
-        agnostic_dim = local_dim
-        if cfg.agnostic_global:
-            self.agnostic_global_in = nn.Conv1d(cfg.base_dim, cfg.global_dim, 1)
-            self.agnostic_nonlocal = NonLocal(cfg.global_dim, cfg.nonlocal_dim)
-            agnostic_dim += cfg.global_dim
-        self.agnostic_head = nn.Conv1d(agnostic_dim, 1, 1)
+        if cfg.agnostic_attention:      # else the ablation: S uniform, no branch to train
+            self.agnostic_local = LocalBlock(cfg.base_dim, cfg.branch_dim, cfg.dilations,
+                                             cfg.local_kernel)
+            agnostic_dim = local_dim
+            if cfg.agnostic_global:
+                self.agnostic_global_in = nn.Conv1d(cfg.base_dim, cfg.global_dim, 1)
+                self.agnostic_nonlocal = NonLocal(cfg.global_dim, cfg.nonlocal_dim)
+                agnostic_dim += cfg.global_dim
+            self.agnostic_head = nn.Conv1d(agnostic_dim, 1, 1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> ModelOutput:
         """Args: ``x`` ``(B, T, D)`` (finite also where padded), ``mask`` ``(B, T)`` bool.

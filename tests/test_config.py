@@ -128,3 +128,19 @@ def test_config_reference_is_generated_and_current():
     assert "|  |" not in text  # every field documented
     doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
     assert doc.read_text() == text, "docs/config.md is stale: python -m acl_dist.configdoc"
+
+
+def test_a_run_saved_before_video_score_keeps_the_papers_scoring(tmp_path):
+    """A run directory written before ``localize.video_score`` existed holds its whole
+    resolved config (gate 0.1) without the key: read back, it scores segments as it did
+    (``added``), not with the later default; a saved key is read as saved."""
+    from acl_dist.artifacts import RunDir
+
+    saved = to_dict(load_config(None, ["localize.class_threshold=0.1"], mode="weak"))
+    del saved["localize"]["video_score"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    cfg = RunDir(str(tmp_path)).read_config()
+    assert (cfg.localize.class_threshold, cfg.localize.video_score) == (0.1, "added")
+    saved["localize"]["video_score"] = "multiplied"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert RunDir(str(tmp_path)).read_config().localize.video_score == "multiplied"

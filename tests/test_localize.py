@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from acl_dist.config import LocalizeConfig
-from acl_dist.localize import localize_video, nms, outer_inner_contrast, runs, upsample
+from acl_dist.localize import (localize_video, nms, outer_inner_contrast, runs,
+                               segment_scores, upsample)
 from acl_dist.timegrid import SnippetGrid
 
 GRID = SnippetGrid(25.0, 16)  # 0.64 s per snippet
@@ -44,6 +47,34 @@ def test_nms_ties_keep_the_first_and_empty_segments_overlap_nothing():
     assert nms(segs, scores, iou=0.65).tolist() == [2, 0, 3, 4]
     assert nms(segs, scores, iou=0.4).tolist() == [2, 0, 3]
     assert nms(np.zeros((0, 2)), np.zeros(0), 0.5).tolist() == []
+
+
+def reference_nms(segments, scores, iou):
+    """The textbook greedy loop (acl-dist's NMS before it computed the tIoU matrix)."""
+    keep, suppressed = [], np.zeros(len(scores), dtype=bool)
+    starts, ends = segments[:, 0], segments[:, 1]
+    for i in np.argsort(-scores, kind="stable"):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        inter = np.clip(np.minimum(ends[i], ends) - np.maximum(starts[i], starts), 0, None)
+        union = (ends - starts) + (ends[i] - starts[i]) - inter
+        suppressed |= np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0) >= iou
+    return keep
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.sampled_from([0, 1, 2, 5, 20]),
+                          st.sampled_from([0.1, 0.5, 0.9])), max_size=30),
+       st.sampled_from([0.3, 0.65, 1.0]))
+def test_nms_equals_the_greedy_loop_by_matrix_and_by_rows(proposals, iou):
+    """Ties, empty segments and both paths (the (N, N) matrix, and rows as needed above
+    ``matrix_max``) keep exactly the textbook loop's proposals, in its order."""
+    segs = np.array([[s / 4, (s + n) / 4] for s, n, _ in proposals], float).reshape(-1, 2)
+    scores = np.array([p for _, _, p in proposals], float)
+    expected = reference_nms(segs, scores, iou)
+    assert nms(segs, scores, iou).tolist() == expected
+    assert nms(segs, scores, iou, matrix_max=2).tolist() == expected
 
 
 def planted_video(t=100, classes=3):
@@ -99,10 +130,25 @@ def test_multiplied_video_score_ranks_a_barely_shown_class_last():
     assert ranked == sorted(ranked)     # every class-1 segment before class 2's
 
 
+def test_segment_scores_by_hand_and_a_lower_video_score_never_ranks_higher():
+    contrast = np.array([-0.2, 0.0, 0.5])
+    added, multiplied = LocalizeConfig(video_score="added"), LocalizeConfig()
+    np.testing.assert_allclose(segment_scores(contrast, 0.9, added), [0.025, 0.225, 0.725])
+    np.testing.assert_allclose(segment_scores(contrast, 0.9, multiplied),
+                               [0.0225, 0.2025, 0.6525])
+    # -0.2 + 0.25 x 0.01 < 0: floored, not raised towards 0 by the small video score
+    np.testing.assert_allclose(segment_scores(contrast, 0.01, multiplied),
+                               [0.0, 0.000025, 0.005025])
+    grid = np.linspace(-1.0, 1.0, 41)
+    for low, high in [(0.001, 0.01), (0.01, 0.5), (0.3, 1.0)]:
+        assert np.all(segment_scores(grid, low, multiplied)
+                      <= segment_scores(grid, high, multiplied))
+
+
 def test_top_class_always_kept_and_clipping():
     cas, att, _ = planted_video()
     cas[40:50, 0] = 1.0
-    flat = np.zeros(3)  # all classes at 1/3 > 0.1
+    flat = np.zeros(3)  # all classes at 1/3, under the 0.9 gate
     segs = localize_video(cas, att, flat, GRID, duration=50.0, cfg=LocalizeConfig(
         class_threshold=0.9))
     assert {s.label for s in segs} == {0}  # argmax of equal scores

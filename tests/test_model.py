@@ -111,6 +111,8 @@ def test_without_agnostic_attention_p_is_the_mean_of_the_cas_on_a_ragged_batch()
     with_s = CoAttentionNet(6, 3, ModelConfig(**{**cfg.__dict__, "agnostic_attention": True}))
     shared = {n for n, _ in net.named_parameters()}
     assert shared < {n for n, _ in with_s.named_parameters()}
+    full = with_s.state_dict()      # created first, so the same seed gives the same weights
+    assert all(torch.equal(v, full[k]) for k, v in net.state_dict().items())
     rng = np.random.default_rng(3)
     x, mask = pad_batch([rng.standard_normal((t, 6)).astype(np.float32) for t in (5, 2, 8)])
     out = net.eval()(x, mask)
@@ -121,6 +123,12 @@ def test_without_agnostic_attention_p_is_the_mean_of_the_cas_on_a_ragged_batch()
     assert all(p.grad is not None for p in net.parameters())
     with pytest.raises(ConfigError, match="weak mode only"):
         RunConfig(mode="unsupervised", model=cfg)
+    from acl_dist.config import LocalizeConfig, LossConfig
+    with pytest.raises(ConfigError, match="sep_attention=agnostic"):
+        RunConfig(mode="weak", model=cfg, loss=LossConfig(sep_attention="agnostic"))
+    with pytest.raises(ConfigError, match="cas_attention"):
+        RunConfig(mode="weak", model=cfg, localize=LocalizeConfig(signal="cas_attention"))
+    RunConfig(mode="weak", model=cfg)
     with pytest.raises(ConfigError, match="agnostic_global"):
         ModelConfig(agnostic_global=True, agnostic_attention=False)
 
