@@ -1,6 +1,6 @@
-"""TensorBoard event files of a run (``RUN/tensorboard/``): each written locally by
-tensorboardX, then copied whole into the run directory, which may be on S3 where a file
-cannot be appended to.
+"""TensorBoard event files of a run (``RUN/tensorboard/``), written by tensorboardX: a
+round's training events straight into a local run directory; on S3 (where a file cannot
+be appended to), and for the per-round points, locally first and then copied whole.
 
 * ``RUN/tensorboard/round_<r>/``: one round's training, from Ray Train's rank 0 (every
   loss term per network, ``train/loss``, ``train/lr``, ``train/videos_per_s``);
@@ -15,20 +15,53 @@ No Ray, no torch.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from typing import Any
 
 from . import fsutil
 
 
+PREFIX = "acl-tb-"       # + the writing process's pid + "-": see reap_abandoned
+
+
+def reap_abandoned(folder: str | None = None) -> list[str]:
+    """Remove the temporary event directories of processes that no longer exist (a worker
+    killed by SIGKILL runs no cleanup; its events could not be copied anyway). Returns the
+    removed paths."""
+    folder = folder or tempfile.gettempdir()
+    removed = []
+    for entry in os.listdir(folder):
+        pid = entry[len(PREFIX):].split("-", 1)[0]
+        if not entry.startswith(PREFIX) or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(folder, entry), ignore_errors=True)
+            removed.append(os.path.join(folder, entry))
+        except PermissionError:     # alive, another user's
+            pass
+    return removed
+
+
+# seconds between tensorboardX's flushes of an event file (its default: 120 s, all of a
+# short round's events, lost with a killed worker)
+FLUSH_S = 10
+
+
 class EventFile:
     """Scalars written to one event file in ``target`` (a directory, local or ``s3://``),
     as ``name`` when given (TensorBoard reads any file whose name holds ``tfevents``).
 
-    An unnamed file in a local directory is written there directly: a training worker
-    killed mid-round (SIGKILL runs no cleanup) leaves its events so far in the run, not a
-    directory in /tmp. Otherwise the file is written locally and copied whole by
-    :meth:`close` (S3 cannot append; a named file replaces its earlier version at once)."""
+    An unnamed file in a local directory is written there directly (flushed every
+    ``FLUSH_S``): a training worker killed mid-round (SIGKILL runs no cleanup) leaves its
+    events so far in the run, not a directory in /tmp; a round restarted from its last
+    checkpoint then shows the steps since that checkpoint twice, one line per file.
+    Otherwise the file is written in a temporary directory and copied whole by
+    :meth:`close` (S3 cannot append; a named file replaces its earlier version at once);
+    the directory goes with the object or at exit, and a killed process's with the next
+    EventFile made on the machine."""
 
     def __init__(self, target: str, name: str | None = None):
         from tensorboardX import SummaryWriter
@@ -40,10 +73,12 @@ class EventFile:
             self.local = target
         else:
             # removed by close(), or when this object is collected or the process exits
-            # (a round cut short by a stopped worker or a Tune trial ended early)
-            self._local = tempfile.TemporaryDirectory(prefix="acl-tb-")
+            # (a round cut short by a stopped worker or a Tune trial ended early); a
+            # killed process's is removed by the next EventFile (reap_abandoned)
+            reap_abandoned()
+            self._local = tempfile.TemporaryDirectory(prefix=f"{PREFIX}{os.getpid()}-")
             self.local = self._local.name
-        self.writer = SummaryWriter(self.local)
+        self.writer = SummaryWriter(self.local, flush_secs=FLUSH_S)
 
     def add(self, tag: str, value: float, step: int) -> None:
         self.writer.add_scalar(tag, value, step)
@@ -52,14 +87,13 @@ class EventFile:
         if self.writer is None:
             return
         self.writer.close()
-        self.writer = None
-        if self._local is None:          # written in place
-            return
-        for name in os.listdir(self.local):
-            with open(os.path.join(self.local, name), "rb") as fh:
-                fsutil.write_bytes_atomic(fsutil.join(self.target, self.name or name),
-                                          fh.read())
-        self._local.cleanup()
+        if self._local is not None:      # else written in place
+            for name in os.listdir(self.local):
+                with open(os.path.join(self.local, name), "rb") as fh:
+                    fsutil.write_bytes_atomic(fsutil.join(self.target, self.name or name),
+                                              fh.read())
+            self._local.cleanup()
+        self.writer = None               # only once copied: a failed copy can be retried
 
 
 def round_scalars(clusters: dict[str, Any] | None, evals: dict[str, dict | None]

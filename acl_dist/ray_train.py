@@ -7,6 +7,7 @@ PyTorch); this module feeds it a shard and reports for it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import tempfile
@@ -192,9 +193,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         fit(items, cfg, config["num_classes"], streams, rank=rank, world_size=world,
             device=device, wrap=ray.train.torch.prepare_model, report=report, start=start,
             reduce_grads=average_gradients)
-    finally:    # a round cut short keeps the events it wrote (and leaves no temp dir)
+    except BaseException:
+        # a round cut short keeps the events it wrote (and leaves no temp dir); an error
+        # of the copy must not hide the one that stopped the round
         if board is not None:
-            board.close()
+            with contextlib.suppress(Exception):
+                board.close()
+        raise
+    if board is not None:
+        board.close()
 
 
 def average_gradients(grads: list) -> None:

@@ -266,6 +266,26 @@ def test_an_event_file_leaves_no_temporary_directory(tmp_path):
     assert not local.exists() and not (tmp_path / "other").exists()
 
 
+def test_a_killed_writers_event_directory_is_reaped(tmp_path):
+    """A temporary event directory whose process is gone (SIGKILL runs no cleanup) is
+    removed by the next EventFile; a living process's, and other names, are kept."""
+    import subprocess
+    import sys
+
+    from acl_dist.board import PREFIX, reap_abandoned
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    abandoned = tmp_path / f"{PREFIX}{dead}-x1"
+    alive = tmp_path / f"{PREFIX}{os.getpid()}-x2"
+    other = tmp_path / f"{PREFIX}notapid"
+    for d in (abandoned, alive, other):
+        d.mkdir()
+        (d / "events.out.tfevents.1").write_bytes(b"")
+    assert reap_abandoned(str(tmp_path)) == [str(abandoned)]
+    assert not abandoned.exists() and alive.exists() and other.exists()
+
+
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--enable-logging=stderr",
