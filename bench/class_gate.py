@@ -41,7 +41,6 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from acl_dist.artifacts import RunDir, label_names  # noqa: E402
-from acl_dist.config import LocalizeConfig  # noqa: E402
 from acl_dist.evaluate import Detection  # noqa: E402
 from acl_dist.localize import fuse, localize_video  # noqa: E402
 from acl_dist.plan import split_videos  # noqa: E402
@@ -76,19 +75,18 @@ class CachedRun(RunResults):
         self.localize = cfg.localize
 
     def raw_detections(self, r: int, split: str = "test") -> list[Detection]:
-        wanted = {v for v, subset, _ in self.dir.read_raw_detections(r)}
         val_ids, test = self.split.val_ids, self.cfg.test_subset
         dets, c = [], self.cfg.num_classes
-        weight = self.localize.rgb_weight
         for vid, row in self.rows.items():
             meta = self.meta[vid]
-            if vid not in wanted or not (vid in val_ids if split == "val" else
-                                         meta.subset == test and vid not in val_ids):
+            if not (vid in val_ids if split == "val" else
+                    meta.subset == test and vid not in val_ids):
                 continue
             cas = np.frombuffer(row["cas"], np.float16).reshape(-1, c).astype(np.float32)
-            streams = [k for k in row if k.startswith("attention_")]
-            att = [np.frombuffer(row[k], np.float16).astype(np.float32) for k in streams]
-            attention = fuse(att[0], att[1], weight) if len(att) == 2 else att[0]
+            att = {s: np.frombuffer(row[f"attention_{s}"], np.float16).astype(np.float32)
+                   for s in ("rgb", "flow") if row.get(f"attention_{s}")}
+            attention = fuse(att["rgb"], att["flow"], self.localize.rgb_weight) \
+                if len(att) == 2 else next(iter(att.values()))
             logits = np.frombuffer(row["video_logits"], np.float32)
             dets += [Detection(vid, self.label_names[s.label], s.score, s.start, s.end)
                      for s in localize_video(cas, attention, logits, meta.grid,

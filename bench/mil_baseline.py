@@ -56,7 +56,8 @@ def train_and_evaluate(store_path: str, steps: int = 400, batch: int = 16, max_l
                        eval_videos: set[str] | None = None, fusion: str = "early",
                        kernel: int = 3, hidden: int = 256, dropout: float = 0.5) -> dict:
     """Train on the training subset less ``exclude``; score on ``eval_videos`` of
-    ``eval_subset`` (default: the whole test subset).
+    ``eval_subset`` (default: the whole test subset). Long because the baseline is meant
+    to be read in one place: data, model, the training loop and the localisation.
 
     ``fusion``: ``early`` (the baseline: one network on the concatenated streams) or
     ``late`` (one network per stream, outputs averaged with ``localize.rgb_weight``, as
