@@ -252,22 +252,23 @@ class ClusterConfig:
         seed: offset of this part's seed: the eigensolver and k-means get
             ``seed (run) + cluster.seed``.
         graph: affinity graph: ``dense`` (the full N x N Gaussian affinity, the authors'),
-            ``knn`` (each video's ``n_neighbors`` nearest, sparse: no N x N matrix), or
-            ``auto`` (dense up to ``dense_max_videos`` on a GPU, ``dense_max_videos_cpu`` on
-            CPUs, kNN above).
+            ``knn`` (each video's ``n_neighbors`` nearest, sparse: no N x N matrix),
+            ``nystrom`` (the dense graph's spectral embedding from ``n_landmarks`` videos'
+            columns: an N x m block), or ``auto`` (dense up to ``dense_max_videos`` on a
+            GPU, kNN above; dense up to ``dense_max_videos_cpu`` on CPUs, Nyström above).
         n_neighbors: neighbours per video of the kNN graph (100 matched or beat the dense
             graph's NMI on planted clusters from 3k to 20k videos).
+        n_landmarks: landmark videos of the Nyström path (at least 2 x C are used). 2,000
+            matched the dense graph's NMI on an ActivityNet-sized store (1,000: -0.006).
         dense_max_videos: the ``auto`` threshold when clustering runs on a GPU (20k videos
             = 3.2 GB of float64 affinity).
-        dense_max_videos_cpu: the ``auto`` threshold on CPUs. Lower it to trade NMI on
-            noisy descriptors for time: on 2 cores, the kNN graph clustered 10k planted
-            videos in 13.9 s against the dense graph's 68 s (NMI 1.000 vs 0.996,
-            bench/clustering_scale.py), and an ActivityNet-sized store's 9,641 videos in
-            12-22 s against 51-56 s, but at NMI 0.610 vs 0.708 on round 0's mean-pooled
-            descriptors (0.888 vs 0.865 on trained ones), so the default keeps the dense
-            graph. On CPUs the kNN graph's eigenvectors come from torch's LOBPCG under
-            ``backend=auto`` (scikit-learn's ARPACK, shift-invert on the sparse graph, ran
-            past 2 minutes at 10k).
+        dense_max_videos_cpu: the ``auto`` threshold on CPUs, Nyström above. On 2 cores an
+            ActivityNet-sized store's 9,641 videos (200 clusters) took 56-61 s on the dense
+            graph and 9-10 s by Nyström at the same NMI (0.707 vs 0.708 on round 0's
+            mean-pooled descriptors, 0.573 vs 0.574 on a round's), where the kNN graph
+            (12-22 s) lost NMI on noisy descriptors (0.610 vs 0.708; 0.888 vs 0.865 on
+            trained ones); the kNN graph's eigenvectors come from torch's LOBPCG under
+            ``backend=auto`` on CPUs (scikit-learn's ARPACK ran past 2 minutes at 10k).
     """
 
     backend: Literal["auto", "sklearn", "torch", "cuml"] = "auto"
@@ -275,15 +276,16 @@ class ClusterConfig:
     sigma: float | None = None
     n_init: int = 10
     seed: int = 0
-    graph: Literal["auto", "dense", "knn"] = "auto"
+    graph: Literal["auto", "dense", "knn", "nystrom"] = "auto"
     n_neighbors: int = 100
+    n_landmarks: int = 2_000
     dense_max_videos: int = 20_000
-    dense_max_videos_cpu: int = 20_000
+    dense_max_videos_cpu: int = 5_000
 
     def __post_init__(self) -> None:
         check_ranges("cluster.", self, {"sigma": (0, None, True), "n_init": (1,), "seed": (0,),
-                                      "n_neighbors": (1,), "dense_max_videos": (1,),
-                                      "dense_max_videos_cpu": (1,)})
+                                      "n_neighbors": (1,), "n_landmarks": (2,),
+                                      "dense_max_videos": (1,), "dense_max_videos_cpu": (1,)})
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ def run_clustering_task(descriptors: np.ndarray, n_clusters: int, cc: Any,
                       scheduling_strategy="DEFAULT")(run_clustering)
     ref = task.remote(descriptors, n_clusters, cc.backend, cc.seed, cc.n_init, cc.sigma,
                       truth, previous, cc.graph, cc.n_neighbors, cc.dense_max_videos,
-                      cc.dense_max_videos_cpu)
+                      cc.dense_max_videos_cpu, cc.n_landmarks)
     started = time.perf_counter()
     while not ray.wait([ref], timeout=every_s)[0]:
         log(f"{desc}: {len(descriptors)} videos into {n_clusters} clusters on a "
