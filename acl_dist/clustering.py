@@ -707,9 +707,9 @@ def run_clustering(descriptors: np.ndarray, n_clusters: int, backend: str = "aut
                    dense_max: int = DENSE_MAX_VIDEOS,
                    dense_max_cpu: int = DENSE_MAX_VIDEOS_CPU,
                    n_landmarks: int = N_LANDMARKS) -> dict:
-    """One clustering step with its quality statistics (what the Ray task returns). Long
-    because it is the step's whole record: the graph chosen, the clustering on it, and
-    every statistic the run logs and Tune reads.
+    """One clustering step with its quality statistics (what the Ray task returns).
+    Long because it is the step's whole record: the graph chosen, the clustering on it,
+    and every statistic the run logs and Tune reads.
 
     Args:
         descriptors: ``(N, F)`` training-video descriptors.
