@@ -5,7 +5,8 @@ Per video, on the fused outputs (the early-fused network's, or the stream networ
 averaged with ``rgb_weight`` under ``model.fusion=late``):
 
 1. class gate: keep classes whose softmax video score exceeds ``class_threshold`` (the top
-   class always, unless ``keep_top_class`` is off as in the paper);
+   class always, unless ``keep_top_class`` is off as in the paper), at most
+   ``max_classes`` of them (the highest scores);
 2. signal per kept class: the min-max normalised CAS column (the paper's ``score`` metric),
    optionally times the min-max normalised class-agnostic attention;
 3. linear upsampling by ``upsample`` (sub-snippet boundaries), or to the frame rate with
@@ -183,6 +184,8 @@ def localize_video(cas: np.ndarray, attention: np.ndarray, video_logits: np.ndar
     classes = set(np.flatnonzero(probs > cfg.class_threshold).tolist())
     if cfg.keep_top_class:
         classes.add(int(np.argmax(probs)))
+    if cfg.max_classes and len(classes) > cfg.max_classes:     # the highest video scores
+        classes = set(sorted(classes, key=lambda c: -probs[c])[:cfg.max_classes])
     factor = grid.snippet_frames if cfg.frame_rate else max(cfg.upsample, 1)
     step = grid.seconds_per_snippet / factor
     # the dilation in frames, as points of the upsampled signal

@@ -53,6 +53,10 @@ SETTINGS: list[tuple[str, dict[str, Any]]] = [
     ("gate 0.1, multiplied", {"class_threshold": 0.1, "video_score": "multiplied"}),
     ("gate 0.001, added", {"class_threshold": 0.001, "video_score": "added"}),
     ("gate 0.001, multiplied", {"class_threshold": 0.001, "video_score": "multiplied"}),
+    ("gate 0.001, multiplied, <= 5 classes", {"class_threshold": 0.001,
+                                               "video_score": "multiplied", "max_classes": 5}),
+    ("gate 0.001, multiplied, <= 3 classes", {"class_threshold": 0.001,
+                                               "video_score": "multiplied", "max_classes": 3}),
     ("no gate, added", {"class_threshold": 0.0, "video_score": "added"}),
     ("no gate, multiplied", {"class_threshold": 0.0, "video_score": "multiplied"}),
 ]

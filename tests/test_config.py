@@ -39,6 +39,7 @@ def test_paper_preset_is_the_paper_schedule():
     assert not loc.keep_top_class and loc.max_per_video == 0
     assert loc.thresholds == tuple(round(0.1 * i, 1) for i in range(1, 11))
     assert (loc.class_threshold, loc.video_score) == (0.1, "added")      # the paper's gate
+    assert loc.max_classes == 0
     for preset in ("anet12", "anet13"):     # C = 100-200: each class passing is localised
         anet = load_config(preset).localize
         assert (anet.class_threshold, anet.video_score) == (0.1, "added")

@@ -145,6 +145,19 @@ def test_segment_scores_by_hand_and_a_lower_video_score_never_ranks_higher():
                       <= segment_scores(grid, high, multiplied))
 
 
+def test_at_most_max_classes_of_the_highest_video_scores():
+    cas, att, _ = planted_video(classes=6)
+    for c in range(6):
+        cas[10 * c: 10 * c + 5, c] = 3.0
+    logits = np.log(np.array([0.30, 0.05, 0.25, 0.02, 0.20, 0.18]))  # every one > 0.001
+    labels = {c: {s.label for s in localize_video(cas, att, logits, GRID, 64.0,
+                                                  LocalizeConfig(max_classes=c))}
+              for c in (0, 1, 3, 5)}
+    assert labels[0] == set(range(6)) and labels[5] == {0, 1, 2, 4, 5}
+    assert labels[3] == {0, 2, 4} and labels[1] == {0}
+    assert LocalizeConfig().max_classes == 5
+
+
 def test_top_class_always_kept_and_clipping():
     cas, att, _ = planted_video()
     cas[40:50, 0] = 1.0
