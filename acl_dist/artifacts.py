@@ -309,11 +309,13 @@ class RunDir:
         from .config import RunConfig, from_dict, read_yaml
 
         data = read_yaml(self.path(CONFIG))
-        # a run saved before localize.video_score existed scored its segments the paper's
-        # way: resumed or predicted with, it keeps doing so (not the later default)
+        # a run saved before localize.video_score / max_classes existed scored its
+        # segments the paper's way, every class of the gate: resumed or predicted with, it
+        # keeps doing so (not the later defaults)
         localize = data.get("localize")
-        if isinstance(localize, dict) and "video_score" not in localize:
-            localize["video_score"] = "added"
+        if isinstance(localize, dict):
+            localize.setdefault("video_score", "added")
+            localize.setdefault("max_classes", 0)
         return from_dict(RunConfig, data)
 
     def write_plan(self, plan: dict[str, Any]) -> None:

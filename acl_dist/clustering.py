@@ -14,9 +14,10 @@ Backends, behind :func:`spectral_clustering`:
 
 Three affinity graphs, chosen by :func:`choose_graph`:
 
-* ``dense`` (up to ``DENSE_MAX_VIDEOS``): the full ``(N, N)`` Gaussian affinity, the
-  authors' form. 20k videos cost 3.2 GB in float64; ActivityNet-1.3 has 10k training videos.
-* ``knn`` (above it): each video keeps its ``n_neighbors`` nearest descriptors, found by a
+* ``dense`` (up to ``DENSE_MAX_VIDEOS`` on a GPU, ``DENSE_MAX_VIDEOS_CPU`` on CPUs): the
+  full ``(N, N)`` Gaussian affinity, the authors' form. 20k videos cost 3.2 GB in float64;
+  ActivityNet-1.3 has 10k training videos.
+* ``knn`` (above it on a GPU): each video keeps its ``n_neighbors`` nearest descriptors, found by a
   chunked similarity top-k (GPU when present) that never holds more than a
   ``(chunk, N)`` block; the same Gaussian weights and the same sigma (the exact mean
   pairwise distance, accumulated over the blocks); symmetrised ``(W + W^T) / 2``. The
@@ -662,10 +663,10 @@ def spectral_clustering_nystrom(descriptors: np.ndarray, n_clusters: int, seed: 
     phases = Phases() if phases is None else phases
     if n_clusters < 1 or n_clusters > len(descriptors):
         raise ValueError(f"cannot make {n_clusters} clusters of {len(descriptors)} videos")
+    if n_clusters == 1:
+        return np.zeros(len(descriptors), dtype=np.int64), 1.0 if sigma is None else sigma
     with phases("embedding"):
         emb, sig = nystrom_embedding(descriptors, n_clusters, n_landmarks, seed, sigma)
-    if n_clusters == 1:
-        return np.zeros(len(descriptors), dtype=np.int64), sig
     with phases("kmeans"):
         _, labels, _ = k_means(emb, n_clusters, random_state=seed, n_init=n_init)
     return labels.astype(np.int64), sig
@@ -695,8 +696,7 @@ def graph_and_backend(n_videos: int, backend: str, graph: str, dense_max: int,
         used, why = "torch", f"{why}; kNN graph on CPUs: torch's LOBPCG"
     if kind == "nystrom":
         used, why = "sklearn", (f"{why}; Nyström embedding of the dense graph from "
-                                f"{min(n_videos, n_landmarks)} landmark videos (numpy), "
-                                "scikit-learn's k-means")
+                                "landmark videos (numpy), scikit-learn's k-means")
     return kind, used, why
 
 

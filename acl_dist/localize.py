@@ -185,7 +185,7 @@ def localize_video(cas: np.ndarray, attention: np.ndarray, video_logits: np.ndar
     if cfg.keep_top_class:
         classes.add(int(np.argmax(probs)))
     if cfg.max_classes and len(classes) > cfg.max_classes:     # the highest video scores
-        classes = set(sorted(classes, key=lambda c: -probs[c])[:cfg.max_classes])
+        classes = set(sorted(classes, key=lambda c: (-probs[c], c))[:cfg.max_classes])
     factor = grid.snippet_frames if cfg.frame_rate else max(cfg.upsample, 1)
     step = grid.seconds_per_snippet / factor
     # the dilation in frames, as points of the upsampled signal

@@ -49,16 +49,22 @@ from acl_dist.store import FeatureStore  # noqa: E402
 
 # (name, overrides of the run's own localisation config)
 SETTINGS: list[tuple[str, dict[str, Any]]] = [
-    ("gate 0.1, added (the paper's)", {"class_threshold": 0.1, "video_score": "added"}),
-    ("gate 0.1, multiplied", {"class_threshold": 0.1, "video_score": "multiplied"}),
-    ("gate 0.001, added", {"class_threshold": 0.001, "video_score": "added"}),
-    ("gate 0.001, multiplied", {"class_threshold": 0.001, "video_score": "multiplied"}),
+    ("gate 0.1, added (the paper's)", {"class_threshold": 0.1, "video_score": "added",
+                                       "max_classes": 0}),
+    ("gate 0.1, multiplied", {"class_threshold": 0.1, "video_score": "multiplied",
+                                  "max_classes": 0}),
+    ("gate 0.001, added", {"class_threshold": 0.001, "video_score": "added",
+                                  "max_classes": 0}),
+    ("gate 0.001, multiplied", {"class_threshold": 0.001, "video_score": "multiplied",
+                                  "max_classes": 0}),
     ("gate 0.001, multiplied, <= 5 classes", {"class_threshold": 0.001,
                                                "video_score": "multiplied", "max_classes": 5}),
     ("gate 0.001, multiplied, <= 3 classes", {"class_threshold": 0.001,
                                                "video_score": "multiplied", "max_classes": 3}),
-    ("no gate, added", {"class_threshold": 0.0, "video_score": "added"}),
-    ("no gate, multiplied", {"class_threshold": 0.0, "video_score": "multiplied"}),
+    ("no gate, added", {"class_threshold": 0.0, "video_score": "added",
+                                  "max_classes": 0}),
+    ("no gate, multiplied", {"class_threshold": 0.0, "video_score": "multiplied",
+                                  "max_classes": 0}),
 ]
 
 

@@ -39,10 +39,10 @@ def test_paper_preset_is_the_paper_schedule():
     assert not loc.keep_top_class and loc.max_per_video == 0
     assert loc.thresholds == tuple(round(0.1 * i, 1) for i in range(1, 11))
     assert (loc.class_threshold, loc.video_score) == (0.1, "added")      # the paper's gate
-    assert loc.max_classes == 0
+    assert loc.max_classes == 0 and cfg.cluster.graph == "dense"
     for preset in ("anet12", "anet13"):     # C = 100-200: each class passing is localised
         anet = load_config(preset).localize
-        assert (anet.class_threshold, anet.video_score) == (0.1, "added")
+        assert (anet.class_threshold, anet.video_score, anet.max_classes) == (0.1, "added", 0)
     default = load_config().model                                    # acl-dist's defaults
     assert default.fusion == "early" and (default.base_kernel, default.local_kernel) == (1, 1)
     ours = load_config()
@@ -138,10 +138,11 @@ def test_a_run_saved_before_video_score_keeps_the_papers_scoring(tmp_path):
     from acl_dist.artifacts import RunDir
 
     saved = to_dict(load_config(None, ["localize.class_threshold=0.1"], mode="weak"))
-    del saved["localize"]["video_score"]
+    del saved["localize"]["video_score"], saved["localize"]["max_classes"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
     cfg = RunDir(str(tmp_path)).read_config()
     assert (cfg.localize.class_threshold, cfg.localize.video_score) == (0.1, "added")
+    assert cfg.localize.max_classes == 0
     saved["localize"]["video_score"] = "multiplied"
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
     assert RunDir(str(tmp_path)).read_config().localize.video_score == "multiplied"
