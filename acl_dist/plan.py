@@ -137,8 +137,10 @@ def run_plan(cfg: RunConfig, capacity: resources.Capacity) -> dict[str, Any]:
     return {"capacity": {**capacity.to_dict(), "summary": capacity.describe()},
             "train": {"workers": tc.workers, "use_gpu": gpu, "resources_per_worker": worker,
                       "placement_strategy": tc.placement_strategy},
+            # scikit-learn and the Nyström path (numpy) run on a CPU whatever the node
             "cluster": {"backend": cfg.cluster.backend,
-                        "gpu": gpu and cfg.cluster.backend != "sklearn"},
+                        "gpu": gpu and cfg.cluster.backend != "sklearn"
+                        and cfg.cluster.graph != "nystrom"},
             "attention": {"actors": actors, "gpu": gpu},
             "request": [dict(worker) for _ in range(tc.workers)],
             "config": to_dict(cfg)}

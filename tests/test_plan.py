@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from acl_dist.config import RunConfig, load_config
+from acl_dist.config import RunConfig, load_config, with_updates
 from acl_dist.errors import ConfigError
 from acl_dist.plan import describe_plan, resolve_config, run_plan
 from acl_dist.resources import (Capacity, NodeType, capacity_from, machine_cores,
@@ -58,6 +58,9 @@ def test_a_cold_gpu_cluster_plans_gpu_training(tiny_store):
                              "placement_strategy": "PACK"}
     assert plan["cluster"]["gpu"] and plan["attention"] == {"actors": 4, "gpu": True}
     assert plan["request"] == [{"CPU": 1.0, "GPU": 1.0}] * 4
+    # the Nyström path is numpy: its task takes no GPU on the same cluster
+    nystrom = with_updates(cfg, cluster={"graph": "nystrom"})
+    assert not run_plan(nystrom, cap)["cluster"]["gpu"]
     assert plan["config"]["train"]["workers"] == 4 and plan["config"]["train"]["use_gpu"]
     assert plan["capacity"]["max_gpus"] == 32.0
     assert not tc.compile   # a short GPU round: compiling (~66 s) would not pay
