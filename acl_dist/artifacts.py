@@ -247,6 +247,20 @@ def read_descriptors(path: str) -> tuple[list[str], Any]:
     return ids, np.stack(rows) if rows else np.zeros((0, 0), np.float32)
 
 
+def decode_localised_row(row: dict[str, Any]) -> tuple[Any, dict[str, Any], Any]:
+    """A localised (test or validation) row of a round's outputs as arrays: the fused CAS
+    ``(T, C)`` float32, each stream's class-agnostic attention ``{stream: (T,)}`` float32
+    and the fused video logits ``(C,)`` (the row's format: :func:`outputs_schema`)."""
+    import numpy as np
+
+    logits = np.frombuffer(row["video_logits"], dtype=np.float32)
+    cas = np.frombuffer(row["cas"], dtype=np.float16).astype(np.float32).reshape(
+        -1, len(logits))
+    attention = {k[len("attention_"):]: np.frombuffer(v, dtype=np.float16).astype(np.float32)
+                 for k, v in row.items() if k.startswith("attention_") and v}
+    return cas, attention, logits
+
+
 def check_artifact(path: str) -> None:
     """Check one artifact by its kind (``.pt``, ``.parquet``, ``.json``)."""
     if path.endswith(".pt"):

@@ -25,6 +25,9 @@ from . import fsutil
 PREFIX = "acl-tb-"       # + the writing process's pid + "-": see reap_abandoned
 
 
+_reaped = False        # reap_abandoned ran in this process (once is enough)
+
+
 def reap_abandoned(folder: str | None = None) -> list[str]:
     """Remove the temporary event directories of processes that no longer exist (a worker
     killed by SIGKILL runs no cleanup; its events could not be copied anyway). Returns the
@@ -60,8 +63,8 @@ class EventFile:
     checkpoint then shows the steps since that checkpoint twice, one line per file.
     Otherwise the file is written in a temporary directory and copied whole by
     :meth:`close` (S3 cannot append; a named file replaces its earlier version at once);
-    the directory goes with the object or at exit, and a killed process's with the next
-    EventFile made on the machine."""
+    the directory goes with the object or at exit, and a killed process's with the first
+    such EventFile of a later process on the machine."""
 
     def __init__(self, target: str, name: str | None = None):
         from tensorboardX import SummaryWriter
@@ -74,8 +77,11 @@ class EventFile:
         else:
             # removed by close(), or when this object is collected or the process exits
             # (a round cut short by a stopped worker or a Tune trial ended early); a
-            # killed process's is removed by the next EventFile (reap_abandoned)
-            reap_abandoned()
+            # killed process's is removed by the next process's first EventFile
+            global _reaped
+            if not _reaped:
+                reap_abandoned()
+                _reaped = True
             self._local = tempfile.TemporaryDirectory(prefix=f"{PREFIX}{os.getpid()}-")
             self.local = self._local.name
         self.writer = SummaryWriter(self.local, flush_secs=FLUSH_S)

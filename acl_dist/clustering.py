@@ -606,6 +606,12 @@ def spectral_clustering_knn(descriptors, n_clusters: int, seed: int = 0,
 
 # --------------------------------------------------------------------------- Nyström path
 
+def landmarks_used(n_videos: int, n_landmarks: int, n_components: int) -> int:
+    """The Nyström path's landmark count: ``n_landmarks``, at least 2 x the components,
+    at most every video."""
+    return min(n_videos, max(n_landmarks, 2 * n_components))
+
+
 def nystrom_embedding(descriptors: np.ndarray, n_components: int,
                       n_landmarks: int = N_LANDMARKS, seed: int = 0,
                       sigma: float | None = None) -> tuple[np.ndarray, float]:
@@ -626,7 +632,7 @@ def nystrom_embedding(descriptors: np.ndarray, n_components: int,
     """
     x = np.asarray(descriptors, dtype=np.float64)
     n = len(x)
-    m = min(n, max(n_landmarks, 2 * n_components))
+    m = landmarks_used(n, n_landmarks, n_components)
     landmarks = np.sort(np.random.default_rng(seed).choice(n, size=m, replace=False))
     sq = (x * x).sum(1)
     d2 = np.clip(sq[:, None] + sq[landmarks][None, :] - 2.0 * (x @ x[landmarks].T), 0.0, None)
@@ -645,9 +651,10 @@ def nystrom_embedding(descriptors: np.ndarray, n_components: int,
     psi = phi * dinv[:, None]
     values, vectors = np.linalg.eigh(psi.T @ psi)                 # ascending
     top = np.argsort(-values)[:n_components]
-    emb = (psi @ vectors[:, top]) / np.sqrt(np.clip(values[top], 1e-12, None)) * dinv[:, None]
-    signs = np.sign(emb[np.abs(emb).argmax(axis=0), np.arange(emb.shape[1])])
-    return emb * np.where(signs == 0, 1.0, signs), sigma
+    vecs = (psi @ vectors[:, top]) / np.sqrt(np.clip(values[top], 1e-12, None))
+    import torch
+
+    return _diffusion_embedding(torch.from_numpy(vecs), torch.from_numpy(dinv)).numpy(), sigma
 
 
 def spectral_clustering_nystrom(descriptors: np.ndarray, n_clusters: int, seed: int = 0,
@@ -755,7 +762,7 @@ def run_clustering(descriptors: np.ndarray, n_clusters: int, backend: str = "aut
     if kind == "knn":
         out["n_neighbors"] = int(min(n_neighbors, len(descriptors) - 1))
     if kind == "nystrom":
-        out["n_landmarks"] = int(min(len(descriptors), max(n_landmarks, 2 * n_clusters)))
+        out["n_landmarks"] = landmarks_used(len(descriptors), n_landmarks, n_clusters)
     with phases("scores"):
         if truth is not None:
             out["scores"] = clustering_scores(labels, truth)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import fsutil
-from .artifacts import RunDir, label_names as run_label_names
+from .artifacts import RunDir, decode_localised_row, label_names as run_label_names
 from .errors import ArtifactError
 from .plots import figure_png, pyplot
 from .evaluate import cluster_class_mapping, cluster_name, contingency
@@ -239,10 +239,7 @@ def _strips_section(rundir: RunDir, cfg: Any, store: FeatureStore,
         m, row = test_meta[vid], outputs.get(vid)
         if row is None or not row["cas"]:
             continue
-        cas = np.frombuffer(row["cas"], dtype=np.float16).astype(np.float32).reshape(
-            m.num_snippets, -1)
-        att = {s: np.frombuffer(row[f"attention_{s}"], dtype=np.float16).astype(np.float32)
-               for s in store.streams if row.get(f"attention_{s}")}
+        cas, att, _ = decode_localised_row(row)
         shown = sorted({int(x[0]) for x in json.loads(row["detections"])[:5]})
         v_dets = [(d["label"], d["score"], d["segment"][0], d["segment"][1])
                   for d in dets.get(vid, [])]

@@ -40,32 +40,26 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from acl_dist.artifacts import RunDir, label_names  # noqa: E402
+from acl_dist.artifacts import RunDir, decode_localised_row, label_names  # noqa: E402
 from acl_dist.evaluate import Detection  # noqa: E402
 from acl_dist.localize import fuse, localize_video  # noqa: E402
 from acl_dist.plan import split_videos  # noqa: E402
 from acl_dist.results import RunResults  # noqa: E402
 from acl_dist.store import FeatureStore  # noqa: E402
 
-# (name, overrides of the run's own localisation config)
+def setting(gate: float, video_score: str, max_classes: int = 0) -> tuple[str, dict]:
+    """(row name, overrides of the run's own localisation config); 0 classes: no cap."""
+    name = (f"gate {gate:g}" if gate else "no gate") + f", {video_score}" + (
+        f", <= {max_classes} classes" if max_classes else "") + (
+        " (the paper's)" if (gate, video_score, max_classes) == (0.1, "added", 0) else "")
+    return name, {"class_threshold": gate, "video_score": video_score,
+                  "max_classes": max_classes}
+
+
 SETTINGS: list[tuple[str, dict[str, Any]]] = [
-    ("gate 0.1, added (the paper's)", {"class_threshold": 0.1, "video_score": "added",
-                                       "max_classes": 0}),
-    ("gate 0.1, multiplied", {"class_threshold": 0.1, "video_score": "multiplied",
-                                  "max_classes": 0}),
-    ("gate 0.001, added", {"class_threshold": 0.001, "video_score": "added",
-                                  "max_classes": 0}),
-    ("gate 0.001, multiplied", {"class_threshold": 0.001, "video_score": "multiplied",
-                                  "max_classes": 0}),
-    ("gate 0.001, multiplied, <= 5 classes", {"class_threshold": 0.001,
-                                               "video_score": "multiplied", "max_classes": 5}),
-    ("gate 0.001, multiplied, <= 3 classes", {"class_threshold": 0.001,
-                                               "video_score": "multiplied", "max_classes": 3}),
-    ("no gate, added", {"class_threshold": 0.0, "video_score": "added",
-                                  "max_classes": 0}),
-    ("no gate, multiplied", {"class_threshold": 0.0, "video_score": "multiplied",
-                                  "max_classes": 0}),
-]
+    setting(0.1, "added"), setting(0.1, "multiplied"), setting(0.001, "added"),
+    setting(0.001, "multiplied"), setting(0.001, "multiplied", 5),
+    setting(0.001, "multiplied", 3), setting(0.0, "added"), setting(0.0, "multiplied")]
 
 
 class CachedRun(RunResults):
@@ -86,18 +80,15 @@ class CachedRun(RunResults):
 
     def raw_detections(self, r: int, split: str = "test") -> list[Detection]:
         val_ids, test = self.split.val_ids, self.cfg.test_subset
-        dets, c = [], self.cfg.num_classes
+        dets = []
         for vid, row in self.rows.items():
             meta = self.meta[vid]
             if not (vid in val_ids if split == "val" else
                     meta.subset == test and vid not in val_ids):
                 continue
-            cas = np.frombuffer(row["cas"], np.float16).reshape(-1, c).astype(np.float32)
-            att = {s: np.frombuffer(row[f"attention_{s}"], np.float16).astype(np.float32)
-                   for s in ("rgb", "flow") if row.get(f"attention_{s}")}
+            cas, att, logits = decode_localised_row(row)
             attention = fuse(att["rgb"], att["flow"], self.localize.rgb_weight) \
                 if len(att) == 2 else next(iter(att.values()))
-            logits = np.frombuffer(row["video_logits"], np.float32)
             dets += [Detection(vid, self.label_names[s.label], s.score, s.start, s.end)
                      for s in localize_video(cas, attention, logits, meta.grid,
                                              meta.duration, self.localize)]
