@@ -410,7 +410,7 @@ class RunDir:
         return check_json(path, "rounds")
 
     def write_detections(self, results: dict[str, Any], mapping: str | None = None) -> None:
-        fsutil.write_json_atomic(self.detections_path(mapping), results)
+        fsutil.write_json_atomic(self.detections_path(mapping), results, indent=None)
 
     def read_detections(self, mapping: str | None = None) -> dict[str, Any] | None:
         """The run's ActivityNet result JSON (mapped by ``mapping`` when that file exists,

@@ -176,7 +176,7 @@ def predict(run: str, store: str, out: str, subsets: list[str] | None = None,
     details = (f"acl-dist predict: round {trained.round} of {trained.path} "
                f"({trained.cfg.mode}), labels: {labels}")
     fsutil.write_json_atomic(out, detections_to_json(
-        dets, {"used": False, "details": details}, [v for v, _ in raw]))
+        dets, {"used": False, "details": details}, [v for v, _ in raw]), indent=None)
     summary = {"videos": len(raw), "detections": len(dets), "labels": labels,
                "subsets": subsets, "out": out, "plan": plan,
                "seconds": round(time.perf_counter() - started, 1)}
