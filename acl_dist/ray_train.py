@@ -27,7 +27,9 @@ from .train import VideoItem, fit, make_checkpoint
 def _no_drop_data_config():
     """Ray Train's default split may drop rows to equalise shards (``equal=True``); the
     ACL sampler promises every video once per epoch, so split without dropping. Training is
-    step-based, so unequal shards cannot desynchronise DDP."""
+    step-based, so unequal shards cannot desynchronise DDP. One worker reads the dataset
+    itself (``ds.iterator()``, as Ray's DataConfig does for a dataset it does not split):
+    a split would start a coordinator actor, one more process per round."""
     from ray.train import DataConfig
 
     class NoDropDataConfig(DataConfig):
@@ -38,7 +40,9 @@ def _no_drop_data_config():
                 with warnings.catch_warnings():  # Ray's own default still sets a deprecated field
                     warnings.simplefilter("ignore")
                     ds.context.execution_options = DataConfig.default_ingest_options()
-                for i, split in enumerate(ds.streaming_split(world_size, equal=False)):
+                splits = [ds.iterator()] if world_size == 1 else \
+                    ds.streaming_split(world_size, equal=False)
+                for i, split in enumerate(splits):
                     output[i][name] = split
             return output
 
@@ -228,10 +232,13 @@ def run_training(store: FeatureStore, subset: str, cfg: RunConfig, labels: dict[
     from ray.train.torch import TorchTrainer
 
     tc = cfg.train
-    # Small blocks (streaming repartition, no shuffle): the no-drop split hands whole
-    # blocks to workers, so every worker must be able to get some.
-    rows = max(1, store.num_videos(subset) // (max(1, tc.workers) * 8))
-    ds = store_dataset(store, [subset]).repartition(target_num_rows_per_block=rows)
+    ds = store_dataset(store, [subset])
+    if tc.workers > 1:
+        # Small blocks (streaming repartition, no shuffle): the no-drop split hands whole
+        # blocks to workers, so every worker must be able to get some. (One worker reads
+        # the whole dataset: the repartition's tasks, 93 a demo round, would be waste.)
+        rows = max(1, store.num_videos(subset) // (tc.workers * 8))
+        ds = ds.repartition(target_num_rows_per_block=rows)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"run_config": to_dict(cfg), "labels": labels,
