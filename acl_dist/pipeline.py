@@ -30,15 +30,15 @@ from typing import Any, Callable
 import numpy as np
 
 from . import fsutil, ray_start, resources
-from .artifacts import CONFIG, RUN_INFO, RunDir, label_names, verify_train_storage
+from .artifacts import CONFIG, RUN_INFO, RunDir, label_names
 from .config import RunConfig, with_updates
 from .errors import ConfigError
-from .plan import (VideoSplit, attention_roles, describe_plan, resolve_config, run_plan,
-                   split_videos)
+from .plan import (VideoSplit, attention_pass_actors, attention_roles, describe_plan,
+                   resolve_config, run_plan, split_videos)
 from .progress import log
 from .ray_clustering import run_clustering_task
 from .ray_data import map_attention, map_descriptors, write_dataset
-from .ray_train import run_training
+from .ray_train import RoundTrainings
 from .results import RunResults, clusters_record, clustering_line
 from .store import FeatureStore
 
@@ -58,7 +58,8 @@ class RunOptions:
         with_test: localise and score the test subset (False in Tune trials, which must
             never see it).
         torch_threads: intra-op threads of each training worker and attention actor
-            (None: the machine's cores over the workers).
+            (None: the machine's cores over the training workers, and over the attention
+            actors for those).
         attention_actors: actors of the attention pass (None: the plan's, one per GPU of
             the cluster or per 4 CPUs); a Tune trial gets its own share.
         on_round: called after each round as ``on_round(r, round_metrics)`` with the
@@ -66,6 +67,9 @@ class RunOptions:
         scale_timeout_s: on a cluster, ask the autoscaler for the plan's resources and wait
             up to this long for them before the first training (None: use what is up, as a
             Tune trial does: its driver asked for them).
+        early_training: start each unsupervised round's training while the step before it
+            runs, when the plan says the capacity holds both (``plan.json``'s
+            ``train.early_start``); False in Tune trials, which share the cluster.
     """
     quiet: bool = False
     label_map_given: bool = False
@@ -75,6 +79,7 @@ class RunOptions:
     attention_actors: int | None = None
     on_round: Callable[[int, dict[str, Any]], None] | None = None
     scale_timeout_s: float | None = None
+    early_training: bool = True
 
 
 class Run:
@@ -97,6 +102,9 @@ class Run:
         self.label_names = label_names(cfg.mode, cfg.num_classes, self.store.classes)
         self.results = RunResults(self.dir, cfg, store_path, self.split, self.label_names,
                                   opts.with_test, opts.label_map_given, opts.quiet)
+        self.trainings = RoundTrainings(self.store, cfg, self.dir, self.label_names,
+                                        torch_threads=self.threads,
+                                        max_failures=opts.max_failures, quiet=opts.quiet)
 
     # -- steps ----------------------------------------------------------------
 
@@ -124,35 +132,34 @@ class Run:
         return {"backend": res["backend"]}
 
     def step_train(self, r: int) -> dict:
-        cfg = with_updates(self.cfg, train={"seed": self.cfg.seed + self.cfg.train.seed
-                                            + 1000 * r})   # the seeding rule: TrainConfig
-        labels = self.split.weak_labels if cfg.mode == "weak" else \
+        labels = self.split.weak_labels if self.cfg.mode == "weak" else \
             {v: [k] for v, k in self.dir.read_clusters(r)["labels"].items()}
-        storage = fsutil.absolute(self.dir.path("ray_train"))
-        # an interrupted round restarts from its latest Ray Train checkpoint: check them
-        # here, so a refused or corrupt file is one line naming it, not a worker traceback
-        verify_train_storage(storage, f"round_{r}")
-        ckpt = run_training(self.store, cfg.train_subset, cfg, labels, cfg.num_classes,
-                            self.label_names, r, storage, f"round_{r}",
-                            torch_threads=self.threads,
-                            max_failures=self.opts.max_failures, quiet=self.quiet,
-                            tensorboard_dir=fsutil.absolute(
-                                self.dir.tensorboard_dir(f"round_{r}")))
+        ckpt, early = self.trainings.train(r, labels)
         self.dir.save_model(r, ckpt)
         last = ckpt["history"][-1] if ckpt.get("history") else {}
-        return {"steps": cfg.train.steps, "final_loss": last.get("loss")}
+        return {"steps": self.cfg.train.steps, "final_loss": last.get("loss"),
+                "started_early": early}
+
+    def start_training_early(self, r: int) -> None:
+        """Round ``r``'s training started now, before its clustering
+        (:class:`~acl_dist.ray_train.EarlyTraining`), when the plan allows it
+        (``train.early_start``) and the round is not trained yet."""
+        if self.opts.early_training and self.plan["train"].get("early_start") \
+                and not self.dir.done(f"round_{r}.train"):
+            self.trainings.start(r, [m.video_id for m in self.split.train])
 
     def step_attention(self, r: int) -> dict:
         cfg = self.cfg
         roles = attention_roles(cfg, self.split, self.opts.with_test)
         self.dir.load_model(r)  # refused or unreadable: one line naming it, here
-        actors = self.opts.attention_actors or self.plan["attention"]["actors"]
+        total = sum(self.store.num_videos(s) for s in dict.fromkeys(roles.subsets))
+        actors, threads = attention_pass_actors(self.plan, total)
+        actors, threads = self.opts.attention_actors or actors, self.opts.torch_threads or threads
         ds = map_attention(self.store, roles.subsets, self.dir.model_path(r), roles.detect,
                            cfg.localize, roles.describe, detect_ids=roles.held_out,
                            descriptor=cfg.cluster.descriptor, concurrency=actors,
                            use_gpu=self.plan["attention"]["gpu"],
-                           torch_threads=self.threads)
-        total = sum(self.store.num_videos(s) for s in dict.fromkeys(roles.subsets))
+                           torch_threads=threads)
         return {"videos": write_dataset(ds, self.dir.outputs_path(r),
                                         f"  round {r} attention pass", total, self.quiet)}
 
@@ -165,18 +172,22 @@ class Run:
     # -- the schedule -------------------------------------------------------------
 
     def schedule(self) -> list[tuple[str, Callable[[], Any]]]:
-        """Every step in order as (ledger name, action); ``""`` names the per-round report
-        to ``on_round``, which is not a step (it runs on resumed rounds too)."""
+        """Every step in order as (ledger name, action); ``""`` names what is not a step
+        (it runs on resumed rounds too): the per-round report to ``on_round`` and an
+        unsupervised round's early training start (round 0's during the descriptors and
+        clustering, the next round's during this round's attention pass)."""
         unsup = self.cfg.mode == "unsupervised"
-        steps = [("round_0.descriptors", self.step_descriptors0),
+        steps = [("", partial(self.start_training_early, 0)),
+                 ("round_0.descriptors", self.step_descriptors0),
                  ("round_0.cluster", partial(self.step_cluster, 0))] if unsup else []
         for r in range(self.cfg.rounds):
-            steps += [(f"round_{r}.train", partial(self.step_train, r)),
-                      (f"round_{r}.attention", partial(self.step_attention, r)),
+            steps.append((f"round_{r}.train", partial(self.step_train, r)))
+            if unsup and r + 1 < self.cfg.rounds:
+                steps.append(("", partial(self.start_training_early, r + 1)))
+            steps += [(f"round_{r}.attention", partial(self.step_attention, r)),
                       (f"round_{r}.evaluate", partial(self.results.evaluate, r))]
             if unsup:
-                # the next round's clustering (after the last round: where a next round
-                # would start, and the label-free scores of the last models)
+                # the next round's clustering (after the last: the last models' scores)
                 steps.append((f"round_{r + 1}.cluster", partial(self.step_cluster, r + 1)))
             if self.opts.on_round is not None:
                 steps.append(("", lambda r=r: self.opts.on_round(
@@ -201,7 +212,8 @@ class Run:
             self.dir.write_plan(self.plan)
         for line in describe_plan(self.plan):
             log(line, self.quiet)
-        with self._scale_up():
+        # closed: a stopped run leaves no training waiting for labels
+        with self._scale_up(), contextlib.closing(self.trainings):
             self._run_steps()
         return self.dir.read_metrics()
 

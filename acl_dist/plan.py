@@ -134,16 +134,50 @@ def run_plan(cfg: RunConfig, capacity: resources.Capacity) -> dict[str, Any]:
     else:
         actors = resources.attention_actors(
             capacity.max_cpus if capacity.on_cluster else capacity.cpus, 0.0, False)
+    # scikit-learn and the Nyström path (numpy) run on a CPU whatever the node
+    cluster_gpu = gpu and cfg.cluster.backend != "sklearn" and cfg.cluster.graph != "nystrom"
     return {"capacity": {**capacity.to_dict(), "summary": capacity.describe()},
             "train": {"workers": tc.workers, "use_gpu": gpu, "resources_per_worker": worker,
-                      "placement_strategy": tc.placement_strategy},
-            # scikit-learn and the Nyström path (numpy) run on a CPU whatever the node
-            "cluster": {"backend": cfg.cluster.backend,
-                        "gpu": gpu and cfg.cluster.backend != "sklearn"
-                        and cfg.cluster.graph != "nystrom"},
+                      "placement_strategy": tc.placement_strategy,
+                      "early_start": early_start(cfg, capacity, actors, cluster_gpu)},
+            "cluster": {"backend": cfg.cluster.backend, "gpu": cluster_gpu},
             "attention": {"actors": actors, "gpu": gpu},
             "request": [dict(worker) for _ in range(tc.workers)],
             "config": to_dict(cfg)}
+
+
+def attention_pass_actors(plan: dict[str, Any], videos: int) -> tuple[int, int]:
+    """(actors, torch threads of each) of an attention pass over ``videos`` videos. Actors:
+    the plan's; on a local CPU instance one per core once the pass has 1,000 videos per
+    actor, enough to repay each actor's start (~2 s): an actor's per-video localisation is
+    Python, one core however many threads its forward has. Measured on 2 cores: an
+    ActivityNet-sized share of 5.7k videos 15.2 s with one actor of 2 threads, 9.8 s with
+    two of one; the demo's 410 videos a little slower with two. Threads: the machine's
+    cores over the actors (the pass runs after training: not over the training workers)."""
+    att = plan["attention"]
+    actors = att["actors"]
+    if not (att["gpu"] or plan["capacity"]["on_cluster"]):
+        actors = max(actors, min(resources.machine_cores(), videos // 1000))
+    return actors, resources.torch_threads(resources.machine_cores(), actors)
+
+
+def early_start(cfg: RunConfig, capacity: resources.Capacity, attention_actors: int,
+                cluster_gpu: bool) -> bool:
+    """Whether an unsupervised round's training may start while the steps before it run
+    (the previous attention pass, the clustering: :class:`acl_dist.ray_train.EarlyTraining`):
+    only when the resources up now hold the training workers beside the larger of those
+    steps (an attention actor or the clustering task: 1 CPU each, 1 GPU each on a GPU run)
+    with a CPU to spare for Ray Data's reads. Otherwise the early workers would hold what
+    the attention pass or the clustering waits for (a cold autoscaling cluster: no)."""
+    if cfg.mode != "unsupervised":
+        return False
+    worker = worker_resources(cfg)
+    n = cfg.train.workers
+    gpu = bool(cfg.train.use_gpu)
+    cpus = worker["CPU"] * n + max(attention_actors, 1) + 1
+    gpus = worker.get("GPU", 0.0) * n + max(attention_actors if gpu else 0,
+                                            1 if cluster_gpu else 0)
+    return cpus <= capacity.cpus and gpus <= capacity.gpus
 
 
 def predict_plan(capacity: resources.Capacity, videos: int,
@@ -171,9 +205,10 @@ def describe_plan(plan: dict[str, Any]) -> list[str]:
     t, c, a = plan["train"], plan["cluster"], plan["attention"]
     res = ", ".join(f"{k} {v:g}" for k, v in t["resources_per_worker"].items())
     device = "GPU" if t["use_gpu"] else "CPU"
+    early = " (starts during the step before it)" if t.get("early_start") else ""
     return [f"plan on {plan['capacity']['summary']}:",
             f"  training: {t['workers']} Ray Train worker(s) on {device}s, {res} each "
-            f"({t['placement_strategy']})",
+            f"({t['placement_strategy']}){early}",
             f"  clustering: one task on a {'GPU' if c['gpu'] else 'CPU'} "
             f"(backend {c['backend']})",
             f"  attention pass: {a['actors']} actor(s) on {'GPU' if a['gpu'] else 'CPU'}s"]

@@ -3,21 +3,29 @@ use_gpu)``, the training videos as a Ray Data dataset split across workers witho
 (``get_dataset_shard``), DDP through ``prepare_model``, checkpoints through
 ``ray.train.report``. The per-worker loop itself is :func:`acl_dist.train.fit` (plain
 PyTorch); this module feeds it a shard and reports for it.
+
+A round's fit can start before its pseudo-labels exist (:class:`EarlyTraining`): the
+workers start, read and spill their shards while the driver runs the previous round's
+attention pass and clustering, then wait for the labels in a :func:`label_inbox`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import sys
 import tempfile
+import threading
 import warnings
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
-from .artifacts import ArtifactError, load_train_checkpoint, save_train_checkpoint
-from .config import RunConfig, from_dict, to_dict
+from . import fsutil
+from .artifacts import (ArtifactError, RunDir, load_train_checkpoint, save_train_checkpoint,
+                        verify_train_storage)
+from .config import RunConfig, from_dict, to_dict, with_updates
 from .errors import find_cause
 from .ray_data import store_dataset
 from .store import FeatureStore, feature_views
@@ -95,35 +103,36 @@ class ShardSpill:
 
     def __init__(self, directory: str | None = None):
         self._fh = tempfile.TemporaryFile(dir=directory, prefix="acl-shard-")
-        # (video id, stream -> (byte offset, shape, dtype), labels)
-        self._entries: list[tuple[str, dict[str, tuple], list[int]]] = []
+        # (video id, stream -> (byte offset, shape, dtype))
+        self._entries: list[tuple[str, dict[str, tuple]]] = []
         self._offset = 0
 
-    def add(self, video_id: str, features: dict[str, np.ndarray], labels: list[int]) -> None:
+    def add(self, video_id: str, features: dict[str, np.ndarray]) -> None:
         placed = {}
         for name, arr in features.items():
             arr = np.ascontiguousarray(arr)
             self._fh.write(arr.tobytes())
             placed[name] = (self._offset, arr.shape, arr.dtype.str)
             self._offset += arr.nbytes
-        self._entries.append((video_id, placed, labels))
+        self._entries.append((video_id, placed))
 
-    def items(self) -> list:
+    def items(self, labels: Mapping[str, list[int]]) -> list:
         """The shard as :class:`~acl_dist.train.VideoItem` s whose features are views into
-        the mapped file."""
+        the mapped file, each with its video's ``labels`` (given now: an early-started
+        round spills its shard before its labels exist)."""
         self._fh.flush()
         if self._offset == 0:
-            return [VideoItem(v, {}, lab) for v, _, lab in self._entries]
+            return [VideoItem(v, {}, list(labels[v])) for v, _ in self._entries]
         # copy-on-write: writable views (torch.as_tensor warns on read-only arrays), the file
         # itself never changes
         mapped = np.memmap(self._fh, dtype=np.uint8, mode="c", shape=(self._offset,))
         out = []
-        for vid, placed, labels in self._entries:
+        for vid, placed in self._entries:
             feats = {}
             for name, (offset, shape, dt) in placed.items():
                 n = int(np.prod(shape)) * np.dtype(dt).itemsize
                 feats[name] = mapped[offset:offset + n].view(dt).reshape(shape)
-            out.append(VideoItem(vid, feats, labels))
+            out.append(VideoItem(vid, feats, list(labels[vid])))
         self._fh.close()   # the mapping keeps the (already unlinked) file alive
         return out
 
@@ -142,18 +151,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if config.get("torch_threads"):
         torch.set_num_threads(int(config["torch_threads"]))
-    streams, dtype, labels = config["streams"], config["dtype"], config["labels"]
+    streams, dtype = config["streams"], config["dtype"]
+    videos = set(config["videos"])   # the training videos (held-out ones are not)
     shard = ray.train.get_dataset_shard("train")
     spill = ShardSpill()
     for batch in shard.iter_batches(batch_format="pyarrow", batch_size=64):
         feats = {s: feature_views(batch.column(s), d, dtype) for s, d in streams.items()}
         for i, vid in enumerate(batch.column("video_id").to_pylist()):
-            if vid in labels:  # the keys are the training videos (held-out ones are not)
-                spill.add(vid, {s: feats[s][i] for s in streams}, list(labels[vid]))
+            if vid in videos:
+                spill.add(vid, {s: feats[s][i] for s in streams})
+    labels = config["labels"]
+    if labels is None:   # started early: the driver is still clustering
+        labels = ray.get(config["inbox"].get.remote(config["round"]))
+        if labels is None:   # the run stopped before this round's labels existed
+            return
     # Ray Data hands rows over in no fixed order; the epochs' seeded shuffles start from the
     # ids' order, so a one-worker round is the same every time it runs (two demo runs
     # differed by 2.6 test mAP before this)
-    items = sorted(spill.items(), key=lambda item: item.video_id)
+    items = sorted(spill.items(labels), key=lambda item: item.video_id)
     start = None
     resume = ray.train.get_checkpoint()
     if resume is not None:
@@ -227,7 +242,167 @@ def run_training(store: FeatureStore, subset: str, cfg: RunConfig, labels: dict[
                  storage_path: str, name: str, torch_threads: int | None = None,
                  max_failures: int = 0, quiet: bool = False,
                  tensorboard_dir: str | None = None) -> dict[str, Any]:
-    """One round's training on Ray Train; returns the final checkpoint dict."""
+    """One round's training on Ray Train on the videos of ``labels`` (video -> label
+    indices); returns the final checkpoint dict."""
+    trainer = _trainer(store, subset, cfg, sorted(labels), labels, None, num_classes,
+                       label_names, round_index, storage_path, name, torch_threads,
+                       max_failures, quiet, tensorboard_dir)
+    return _fit(trainer, round_index)
+
+
+def label_inbox():
+    """A Ray actor (no CPU, on the driver's node) that holds each early-started round's
+    pseudo-labels for its workers: ``put.remote(round, labels)`` from the driver,
+    ``get.remote(round)`` from the workers (waits until put; None: the run stopped). Named
+    by nothing and owned by the driver: it dies with it."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node = ray.get_runtime_context().get_node_id()
+    return ray.remote(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
+        node, soft=False))(LabelInbox).remote()
+
+
+class LabelInbox:
+    """The class of :func:`label_inbox`'s actor (async: a waiting ``get`` blocks no
+    ``put``)."""
+
+    def __init__(self) -> None:
+        self._labels: dict[int, dict | None] = {}
+        self._ready: dict[int, asyncio.Event] = {}
+
+    def _event(self, key: int) -> asyncio.Event:
+        return self._ready.setdefault(key, asyncio.Event())
+
+    async def put(self, key: int, labels: dict[str, list[int]] | None) -> None:
+        self._labels[key] = labels
+        self._event(key).set()
+
+    async def get(self, key: int) -> dict[str, list[int]] | None:
+        await self._event(key).wait()
+        return self._labels[key]
+
+
+class EarlyTraining:
+    """One round's Ray Train fit started before its pseudo-labels exist, in a daemon
+    thread of the driver: the controller, the workers, their process group and their
+    shards (read and spilled) come up while the driver clusters; the workers then wait in
+    ``inbox`` for :meth:`result`'s labels. That start is ~8-10 s of each round on a
+    2-core machine (bench/train_start.py), as long as a demo round's attention pass and
+    clustering together. The fit itself is :func:`run_training`'s, on the same videos.
+
+    ``videos``: the round's training videos (the labels' keys, known before them)."""
+
+    def __init__(self, store: FeatureStore, subset: str, cfg: RunConfig, videos: list[str],
+                 inbox: Any, num_classes: int, label_names: list[str], round_index: int,
+                 storage_path: str, name: str, torch_threads: int | None = None,
+                 max_failures: int = 0, quiet: bool = False,
+                 tensorboard_dir: str | None = None):
+        self.round, self.videos, self._inbox = round_index, set(videos), inbox
+        trainer = _trainer(store, subset, cfg, sorted(videos), None, inbox, num_classes,
+                           label_names, round_index, storage_path, name, torch_threads,
+                           max_failures, quiet, tensorboard_dir)
+        self._outcome: dict[str, Any] = {}
+        self._thread = threading.Thread(target=self._fit, args=(trainer,), daemon=True,
+                                        name=f"acl-dist-train-round-{round_index}")
+        self._thread.start()
+
+    def _fit(self, trainer: Any) -> None:
+        try:
+            self._outcome["checkpoint"] = _fit(trainer, self.round)
+        except BaseException as err:   # handed to the driver's thread by result()
+            self._outcome["error"] = err
+
+    def result(self, labels: dict[str, list[int]]) -> dict[str, Any]:
+        """Give the workers ``labels`` (for exactly the videos given at the start), wait
+        for the fit; the final checkpoint dict, or the fit's error."""
+        if set(labels) != self.videos:
+            raise ValueError(f"round {self.round}: labels for {len(labels)} videos, the "
+                             f"training started on {len(self.videos)}")
+        self._inbox.put.remote(self.round, labels)
+        self._thread.join()
+        if "error" in self._outcome:
+            raise self._outcome["error"]
+        return self._outcome["checkpoint"]
+
+    def cancel(self, timeout_s: float = 30.0) -> None:
+        """The run stopped before this round's labels: its workers return untrained (no
+        checkpoint, no error) and the fit ends; waits up to ``timeout_s`` for it."""
+        with contextlib.suppress(Exception):   # Ray itself may be going down
+            self._inbox.put.remote(self.round, None)
+        self._thread.join(timeout_s)
+
+
+class RoundTrainings:
+    """A run's trainings, one per round, each started at its step (:meth:`train`,
+    :func:`run_training`) or early (:meth:`start`, an :class:`EarlyTraining`; those share
+    one :func:`label_inbox`). Round ``r`` trains with seed ``seed + train.seed + 1000 r``
+    (the seeding rule: :class:`~acl_dist.config.TrainConfig`), checkpoints in the run's
+    ``ray_train/round_<r>`` and its TensorBoard events in ``tensorboard/round_<r>``. Before
+    a round's trainer starts, the checkpoints Ray Train may restore for it (an interrupted
+    round resumes from its latest) are checked: a refused or corrupt file is one line
+    naming it, not a worker traceback.
+
+    ``**fit_options``: :func:`run_training`'s ``torch_threads``, ``max_failures``,
+    ``quiet``."""
+
+    def __init__(self, store: FeatureStore, cfg: RunConfig, run_dir: RunDir,
+                 label_names: list[str], **fit_options: Any):
+        self.store, self.cfg, self.dir, self.label_names = store, cfg, run_dir, label_names
+        self.storage = fsutil.absolute(run_dir.path("ray_train"))
+        self.options = fit_options
+        self._early: dict[int, EarlyTraining] = {}
+        self._inbox: Any = None
+
+    def _args(self, r: int) -> tuple[RunConfig, tuple, dict[str, Any]]:
+        """Round ``r``'s config, the trainer's positional arguments after the labels, and
+        its keyword arguments."""
+        cfg = with_updates(self.cfg, train={"seed": self.cfg.seed + self.cfg.train.seed
+                                            + 1000 * r})
+        verify_train_storage(self.storage, f"round_{r}")
+        board = fsutil.absolute(self.dir.tensorboard_dir(f"round_{r}"))
+        return cfg, (cfg.num_classes, self.label_names, r, self.storage, f"round_{r}"), \
+            dict(self.options, tensorboard_dir=board)
+
+    def start(self, r: int, videos: list[str]) -> None:
+        """Start round ``r``'s fit on ``videos`` now; its labels come at :meth:`train`."""
+        cfg, args, kwargs = self._args(r)
+        if self._inbox is None:
+            self._inbox = label_inbox()
+        self._early[r] = EarlyTraining(self.store, cfg.train_subset, cfg, videos, self._inbox,
+                                       *args, **kwargs)
+
+    def train(self, r: int, labels: dict[str, list[int]]) -> tuple[dict[str, Any], bool]:
+        """Round ``r``'s training on ``labels`` to its end: (the final checkpoint dict,
+        whether it had started early)."""
+        early = self._early.pop(r, None)
+        if early is not None:
+            return early.result(labels), True
+        cfg, args, kwargs = self._args(r)
+        return run_training(self.store, cfg.train_subset, cfg, labels, *args, **kwargs), False
+
+    def close(self) -> None:
+        """Cancel the fits started early whose step never came (the run stopped) and end
+        the inbox."""
+        import ray
+
+        for early in self._early.values():
+            early.cancel()
+        self._early.clear()
+        if self._inbox is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(self._inbox)
+            self._inbox = None
+
+
+def _trainer(store: FeatureStore, subset: str, cfg: RunConfig, videos: list[str],
+             labels: dict[str, list[int]] | None, inbox: Any, num_classes: int,
+             label_names: list[str], round_index: int, storage_path: str, name: str,
+             torch_threads: int | None, max_failures: int, quiet: bool,
+             tensorboard_dir: str | None) -> Any:
+    """The round's ``TorchTrainer``: the store's ``subset`` as a Ray Data dataset split
+    over the workers, which train on ``videos`` with ``labels`` (or, None, those the
+    ``inbox`` gets for this round)."""
     from ray.train import FailureConfig, LoggingConfig, RunConfig as TrainRunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -239,10 +414,11 @@ def run_training(store: FeatureStore, subset: str, cfg: RunConfig, labels: dict[
         # the whole dataset: the repartition's tasks, 93 a demo round, would be waste.)
         rows = max(1, store.num_videos(subset) // (tc.workers * 8))
         ds = ds.repartition(target_num_rows_per_block=rows)
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"run_config": to_dict(cfg), "labels": labels,
-                           "num_classes": num_classes, "label_names": label_names,
+        train_loop_config={"run_config": to_dict(cfg), "videos": videos, "labels": labels,
+                           "inbox": inbox, "num_classes": num_classes,
+                           "label_names": label_names,
                            "round": round_index, "streams": store.streams,
                            "dtype": store.dtype, "torch_threads": torch_threads,
                            "quiet": quiet, "tensorboard_dir": tensorboard_dir},
@@ -255,6 +431,11 @@ def run_training(store: FeatureStore, subset: str, cfg: RunConfig, labels: dict[
                                   failure_config=FailureConfig(max_failures=max_failures),
                                   # our own progress line replaces Train's per-report INFO
                                   logging_config=LoggingConfig(log_level="WARNING")))
+
+
+def _fit(trainer: Any, round_index: int) -> dict[str, Any]:
+    """``trainer.fit()``; the final checkpoint dict (a refused or unreadable checkpoint
+    file: the :class:`ArtifactError` naming it)."""
     try:
         result = trainer.fit()
     except Exception as err:  # Train V1 and V2 wrap worker errors differently

@@ -116,7 +116,7 @@ def tune_trial(config: dict[str, Any], *, store: str, root: str, base: dict[str,
     # (a fresh trial has none)
     opts = RunOptions(quiet=True, with_test=False, torch_threads=torch_threads,
                       attention_actors=attention_actors, on_round=on_round,
-                      max_failures=max_failures)
+                      max_failures=max_failures, early_training=False)
     Run(store, out, cfg, opts).execute(resume=True)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 
 from acl_dist import pipeline
 from acl_dist.cli import main
-from acl_dist.config import load_config
+from acl_dist.config import load_config, with_updates
 from acl_dist.evaluate import load_detections
 from acl_dist.resources import capacity_from
 
@@ -87,6 +88,10 @@ class FakeSteps:
         monkeypatch.setattr(pipeline.RunResults, "evaluate",
                             lambda results, r: write(self.run, f"round_{r}.evaluate"))
         monkeypatch.setattr(pipeline.Run, "step_finish", lambda self: write(self, "finish"))
+        # the rounds whose training would start early (during the steps before them)
+        self.early: list[int] = []
+        monkeypatch.setattr(pipeline.RoundTrainings, "start",
+                            lambda trainings, r, videos: self.early.append(r))
         # the stand-ins' files hold no numbers to plot
         monkeypatch.setattr(pipeline.RunResults, "board_points", lambda self, step: None)
         original = pipeline.Run.execute
@@ -118,6 +123,7 @@ def test_resume_reruns_the_interrupted_step_only(tiny_store, tmp_path, monkeypat
     with pytest.raises(RuntimeError, match="simulated crash in round_1.attention"):
         pipeline.run_acl(store, run, cfg, quiet=True)
     assert steps.calls == SCHEDULE[:SCHEDULE.index("round_1.attention") + 1]
+    assert steps.early == [0, 1]       # before round 0's descriptors, after round 0's training
     state = json.loads(open(os.path.join(run, "state.json")).read())["steps"]
     assert list(state) == SCHEDULE[:SCHEDULE.index("round_1.attention")]
     model_time = os.path.getmtime(os.path.join(run, "round_0", "model.pt"))
@@ -126,9 +132,11 @@ def test_resume_reruns_the_interrupted_step_only(tiny_store, tmp_path, monkeypat
     assert json.loads(open(os.path.join(run, "state.json")).read())["steps"] == state
 
     steps.calls.clear()
+    steps.early.clear()
     steps.crash_at = None
     pipeline.run_acl(store, run, None, resume=True, quiet=True)
     assert steps.calls == SCHEDULE[SCHEDULE.index("round_1.attention"):]
+    assert steps.early == []           # both rounds were trained before the interrupt
     assert os.path.getmtime(os.path.join(run, "round_0", "model.pt")) == model_time
     done = json.loads(open(os.path.join(run, "state.json")).read())["steps"]
     assert list(done) == SCHEDULE
@@ -140,8 +148,10 @@ def test_resume_reruns_the_interrupted_step_only(tiny_store, tmp_path, monkeypat
     assert steps.calls == []
     # round 0's model lost: its training and every step after it run again
     os.unlink(os.path.join(run, "round_0", "model.pt"))
+    steps.early.clear()
     pipeline.run_acl(store, run, None, resume=True, quiet=True)
     assert steps.calls == SCHEDULE[SCHEDULE.index("round_0.train"):]
+    assert steps.early == [0, 1]
 
 
 @pytest.mark.ray
@@ -184,6 +194,55 @@ def test_no_label_reaches_an_unsupervised_run(ray_session, tiny_store, tmp_path)
     ta, tb = (pq.read_table(d / "round_0" / "outputs.parquet", columns=columns)
               .sort_by("video_id") for d in (a, b))
     assert ta.num_rows > 0 and ta.equals(tb)
+
+    # the same run with its training started at its step, not during the clustering
+    # (:class:`acl_dist.ray_train.EarlyTraining`): the same model, bit for bit
+    late = tmp_path / "run-late"
+    cfg = load_config("tiny", ["train.workers=1"], mode="unsupervised", num_classes=4)
+    pipeline.new_run(stores["labels"], str(late), with_updates(cfg, rounds=1),
+                     pipeline.RunOptions(quiet=True, early_training=False)).execute()
+    trained = {d: json.loads((d / "state.json").read_text())["steps"]["round_0.train"]
+               for d in (a, late)}
+    assert trained[a]["started_early"] and not trained[late]["started_early"]
+    cl = torch.load(late / "round_0" / "model.pt", weights_only=True)
+    assert all(torch.equal(ca["model"][k], cl["model"][k]) for k in ca["model"])
+    assert clusters(late, 1)["labels"] == clusters(a, 1)["labels"]
+
+
+@pytest.mark.ray
+def test_a_run_stopped_before_its_labels_leaves_no_training_behind(ray_session, tiny_store,
+                                                                   tmp_path, monkeypatch):
+    """Round 0's training starts with the descriptors; the clustering then fails. The
+    error is the clustering's; the early fit is cancelled (its workers return untrained:
+    no checkpoint), its thread ends and its labels' inbox actor is gone."""
+    import threading
+
+    from acl_dist.errors import StoreError
+
+    def broken(self, r):
+        time.sleep(2)   # the early fit is starting: its controller and workers come up
+        raise StoreError("shard x.parquet: simulated unreadable row group")
+    monkeypatch.setattr(pipeline.Run, "step_cluster", broken)
+    cfg = load_config("tiny", ["train.workers=1"], mode="unsupervised", num_classes=4)
+    run = pipeline.new_run(tiny_store[0], str(tmp_path / "run"), cfg,
+                           pipeline.RunOptions(quiet=True))
+    assert run.plan["train"]["early_start"]
+    inboxes = []
+    start = pipeline.RoundTrainings.start
+
+    def spy(trainings, *a, **k):
+        start(trainings, *a, **k)
+        inboxes.append(trainings._inbox)
+    monkeypatch.setattr(pipeline.RoundTrainings, "start", spy)
+    t0 = time.perf_counter()
+    with pytest.raises(StoreError, match="simulated unreadable"):
+        run.execute()
+    assert time.perf_counter() - t0 < 60
+    assert len(inboxes) == 1
+    assert not [t for t in threading.enumerate() if t.name.startswith("acl-dist-train")]
+    assert not list((tmp_path / "run" / "ray_train").glob("round_0/checkpoint_*"))
+    with pytest.raises(ray_session.exceptions.RayActorError):
+        ray_session.get(inboxes[0].get.remote(0), timeout=30)
 
 
 def read_scalars(folder):

@@ -10,7 +10,7 @@ import yaml
 
 from acl_dist.config import RunConfig, load_config, with_updates
 from acl_dist.errors import ConfigError
-from acl_dist.plan import describe_plan, resolve_config, run_plan
+from acl_dist.plan import attention_pass_actors, describe_plan, resolve_config, run_plan
 from acl_dist.resources import (Capacity, NodeType, capacity_from, machine_cores,
                                 node_types_from_launcher, training_workers)
 from acl_dist.store import FeatureStore
@@ -55,7 +55,7 @@ def test_a_cold_gpu_cluster_plans_gpu_training(tiny_store):
     plan = run_plan(cfg, cap)
     assert plan["train"] == {"workers": 4, "use_gpu": True,
                              "resources_per_worker": {"CPU": 1.0, "GPU": 1.0},
-                             "placement_strategy": "PACK"}
+                             "placement_strategy": "PACK", "early_start": False}
     assert plan["cluster"]["gpu"] and plan["attention"] == {"actors": 4, "gpu": True}
     assert plan["request"] == [{"CPU": 1.0, "GPU": 1.0}] * 4
     # the Nyström path is numpy: its task takes no GPU on the same cluster
@@ -96,6 +96,50 @@ def test_explicit_settings_win_and_a_cpu_plan_stays_on_cpus(tiny_store):
     assert plan["train"]["workers"] == max(1, machine_cores() // 4)
     assert plan["attention"] == {"actors": 1, "gpu": False}
     assert describe_plan(plan)[0].startswith("plan on local Ray instance")
+
+
+def test_early_training_only_where_the_capacity_holds_it_beside_the_steps_before(tiny_store):
+    """A round's training starts during the previous steps only when the resources up now
+    hold its workers beside the attention pass's actors (or the clustering task) and a CPU
+    for Ray Data: a local 2-core instance yes; weak mode (nothing before it) no; a cold
+    cluster no; GPU workers beside GPU attention actors only when the GPUs hold both."""
+    fs = FeatureStore.open(tiny_store[0])
+
+    def plan(cap, *sets, mode="unsupervised"):
+        cfg = resolve_config(load_config("tiny", list(sets), mode=mode, num_classes=4), fs,
+                             cpus=cap.sizing_cpus(), gpus=cap.gpus)
+        return run_plan(cfg, cap)
+
+    local = capacity_from({"CPU": 4.0}, [], on_cluster=False)
+    assert plan(local, "train.workers=1")["train"]["early_start"]        # 1 + 1 + 1 <= 4
+    assert "(starts during the step before it)" in describe_plan(plan(local))[1]
+    assert not plan(local, "train.workers=3", "train.cpus_per_worker=1")["train"]["early_start"]
+    assert not plan(local, mode="weak")["train"]["early_start"]
+    assert not plan(cold_cluster_yaml(), "train.use_gpu=false")["train"]["early_start"]
+    gpus4 = capacity_from({"CPU": 48.0, "GPU": 4.0}, [], on_cluster=True)
+    assert not plan(gpus4, "train.workers=4")["train"]["early_start"]   # 4 + 4 GPUs > 4
+    gpus8 = capacity_from({"CPU": 48.0, "GPU": 8.0}, [], on_cluster=True)
+    assert plan(gpus8, "train.workers=4")["train"]["early_start"]
+
+
+def test_a_long_local_attention_pass_takes_an_actor_per_core(tiny_store, monkeypatch):
+    """On a local CPU instance the pass gets one actor per core once it has 1,000 videos
+    per actor; a short pass, a cluster and a GPU run keep the plan's actors."""
+    from acl_dist import plan as plan_module
+
+    monkeypatch.setattr(plan_module.resources, "machine_cores", lambda: 2)
+    fs = FeatureStore.open(tiny_store[0])
+    cfg = resolve_config(load_config("tiny", mode="unsupervised", num_classes=4), fs, cpus=2)
+    local = run_plan(cfg, capacity_from({"CPU": 4.0}, [], on_cluster=False))
+    assert local["attention"]["actors"] == 1
+    assert [attention_pass_actors(local, n) for n in (410, 1999, 2000, 14367)] == \
+        [(1, 2), (1, 2), (2, 1), (2, 1)]     # and the cores over the actors: threads each
+    cluster = run_plan(cfg, capacity_from({"CPU": 8.0}, [], on_cluster=True))
+    assert attention_pass_actors(cluster, 14367)[0] == cluster["attention"]["actors"] == 2
+    gpu_cfg = resolve_config(load_config("tiny", mode="unsupervised", num_classes=4), fs,
+                             cpus=2, gpus=1.0)
+    gpu = run_plan(gpu_cfg, capacity_from({"CPU": 4.0, "GPU": 1.0}, [], on_cluster=False))
+    assert attention_pass_actors(gpu, 14367)[0] == 1
 
 
 @pytest.mark.parametrize("cpus,gpus,use_gpu,batch,k,expected", [

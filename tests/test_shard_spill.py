@@ -18,8 +18,8 @@ def test_spilled_items_equal_the_input_and_leave_no_file(tmp_path):
                        [i % 2]))
     spill = ShardSpill(str(tmp_path))
     for vid, feats, labels in videos:
-        spill.add(vid, feats, labels)
-    items = spill.items()
+        spill.add(vid, feats)
+    items = spill.items({vid: labels for vid, _, labels in videos})
     assert os.listdir(tmp_path) == []          # unlinked: a killed worker leaves nothing
     assert [it.video_id for it in items] == ["v0", "v1", "v2"]
     for item, (vid, feats, labels) in zip(items, videos):
@@ -40,4 +40,4 @@ def test_spilled_items_equal_the_input_and_leave_no_file(tmp_path):
 
 def test_empty_shard():
     spill = ShardSpill()
-    assert spill.items() == []
+    assert spill.items({}) == []
