@@ -15,6 +15,15 @@ come near the store's feature bytes.
 ``--save`` keeps the figures (seconds per step, NMI, mAP, peak memory, the machine) for a
 later run's ``--against``, which prints both side by side with their ratios: how a change
 is judged on the same store and seed. bench/results/ holds the saved runs.
+
+After the run, in the same process (Ray idle), each step's floor where one is defined: the
+same work on the run's own data without Ray. Descriptors: pyarrow reads + uniform pooling
+(the actor's code called directly); clustering: ``run_clustering`` on the round's
+descriptors; training: ``train.fit`` for the same steps on the same videos and labels
+(features read into memory first, not timed); attention pass: pyarrow reads + the trained
+model's forward in a plain batched loop (``infer.predict``, 128 videos a batch), issue
+15's definition (localisation, descriptors and the outputs file are what the pass adds).
+Evaluation and the finish step are plain Python over files: no floor.
 """
 
 from __future__ import annotations
@@ -27,6 +36,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+import pyarrow as pa
 
 
 def _proc_memory() -> dict[int, tuple[str, int, int]]:
@@ -136,6 +147,12 @@ def main() -> None:
     print(f"\n{'process':42s} {'peak RSS MiB':>13s} {'anon MiB':>9s} {'/ store':>8s}")
     for role, (rss, anon, _) in sorted(sampler.peak.items(), key=lambda kv: -kv[1][0]):
         print(f"{role:42s} {rss / 2**20:13.0f} {anon / 2**20:9.0f} {rss / store_bytes:8.2f}")
+    floors = measure_floors(fs, str(run), threads=os.cpu_count() or 2)
+    print(f"\n{'step vs its floor (no Ray)':28s} {'seconds':>8s} {'floor':>8s} {'x floor':>8s}")
+    for name, info in steps.items():
+        floor = floors.get(name)
+        print(f"{name:28s} {info['seconds']:8.1f} "
+              + (f"{floor:8.1f} {info['seconds'] / floor:8.2f}" if floor else f"{'-':>8s}"))
     r0 = metrics["rounds"][0]
     print(f"\nNMI round 0 {r0.get('nmi', float('nan')):.3f}, after training "
           f"{metrics['rounds'][-1].get('nmi', float('nan')):.3f}; "
@@ -144,7 +161,7 @@ def main() -> None:
                "workers": args.workers, "videos": n_train, "round_s": run_s,
                "step_s": {name: info["seconds"] for name, info in steps.items()},
                "nmi_round0": r0.get("nmi"), "nmi_after": metrics["rounds"][-1].get("nmi"),
-               "map_avg": metrics["average"],
+               "map_avg": metrics["average"], "floor_s": floors,
                "peak_rss_mib": {role: rss / 2**20 for role, (rss, _, _) in sampler.peak.items()}}
     if args.save:
         Path(args.save).write_text(json.dumps(figures, indent=1))
@@ -152,6 +169,63 @@ def main() -> None:
         compare(json.loads(Path(args.against).read_text()), figures)
     if not args.out:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def measure_floors(store, run: str, threads: int) -> dict[str, float]:
+    """Seconds of each step's floor (module docstring) on the finished one-round ``run``."""
+    import pyarrow.parquet as pq
+    import torch
+
+    from acl_dist.artifacts import RunDir, load_checkpoint
+    from acl_dist.clustering import run_clustering
+    from acl_dist.infer import load_models, predict
+    from acl_dist.ray_data import UniformDescriptors, batch_features
+    from acl_dist.train import VideoItem, fit
+
+    torch.set_num_threads(threads)
+    rd = RunDir(run)
+    cfg = rd.read_config()
+    train, test = cfg.train_subset, cfg.test_subset
+
+    def batches(subsets):
+        for url in store.shard_urls(subsets):
+            yield from pq.ParquetFile(url).iter_batches(batch_size=128)
+
+    floors = {}
+    t0 = time.perf_counter()
+    pool = UniformDescriptors(store.streams, store.dtype)
+    for batch in batches([train]):
+        pool.process(pa.Table.from_batches([batch]))
+    floors["round_0.descriptors"] = time.perf_counter() - t0
+
+    cc = cfg.cluster
+    for r in (0, 1):
+        ids, desc = rd.read_descriptors(r)
+        t0 = time.perf_counter()
+        run_clustering(desc, cfg.num_classes, cc.backend, cfg.seed + cc.seed, cc.n_init,
+                       cc.sigma, None, None, cc.graph, cc.n_neighbors, cc.dense_max_videos,
+                       cc.dense_max_videos_cpu, cc.n_landmarks)
+        floors[f"round_{r}.cluster"] = time.perf_counter() - t0
+
+    labels = rd.read_clusters(0)["labels"]
+    items = []
+    for batch in batches([train]):
+        feats = batch_features(batch, store.streams, store.dtype, float32=False)
+        items += [VideoItem(v, f, [labels[v]]) for v, f in
+                  zip(batch.column("video_id").to_pylist(), feats) if v in labels]
+    items.sort(key=lambda item: item.video_id)
+    t0 = time.perf_counter()
+    fit(items, cfg, cfg.num_classes, store.streams)
+    floors["round_0.train"] = time.perf_counter() - t0
+
+    model = load_models(load_checkpoint(rd.model_path(0)))
+    t0 = time.perf_counter()
+    for batch in batches([test, train]):
+        ids = batch.column("video_id").to_pylist()
+        predict(model, list(zip(ids, batch_features(batch, store.streams, store.dtype,
+                                                     float32=False))))
+    floors["round_0.attention"] = time.perf_counter() - t0
+    return floors
 
 
 def compare(before: dict, now: dict) -> None:
@@ -164,7 +238,8 @@ def compare(before: dict, now: dict) -> None:
         ratio = f"{n / b:7.2f}" if b else f"{'-':>7s}"
         print(f"{name:28s} {b if b is not None else float('nan'):8.1f} {n:8.1f} {ratio}")
     for key in ("nmi_round0", "nmi_after", "map_avg"):
-        print(f"{key:28s} {before.get(key) or float('nan'):8.3f} {now.get(key) or float('nan'):8.3f}")
+        b, n = before.get(key), now.get(key)
+        print(f"{key:28s} {b or float('nan'):8.3f} {n or float('nan'):8.3f}")
 
 
 if __name__ == "__main__":
