@@ -96,6 +96,14 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
                    help="shared background scenes (default classes//5)")
     p.add_argument("--scene-scale", type=POSITIVE_FLOAT, default=1.0,
                    help="scales the shared scenes alone, on top of --difficulty (default 1)")
+    p.add_argument("--phases", type=POSITIVE_INT, default=1,
+                   help="phases each action unfolds in; >= 2: the first and last shared "
+                        "between classes (default 1)")
+    p.add_argument("--phase-share", type=_number(float, 0.0, high=1.0), default=0.5,
+                   help="the shared prototype's share of the first and last phases "
+                        "(default 0.5)")
+    p.add_argument("--receptive-field", type=POSITIVE_INT, default=1,
+                   help="snippets each snippet's features see, I3D-like (default 1)")
     p.add_argument("--dtype", choices=list(FEATURE_DTYPES), default="float16",
                    help="stored feature dtype (default float16)")
     p.add_argument("--npy-layout", metavar="DIR",
@@ -114,8 +122,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     cfg = SynthConfig(preset=args.preset, classes=args.classes, videos=args.videos, dim=args.dim,
                       difficulty=args.difficulty, scene_scale=args.scene_scale,
-                      scenes=args.scenes, seed=args.seed,
-                      dtype=args.dtype)
+                      scenes=args.scenes, phases=args.phases, phase_share=args.phase_share,
+                      receptive_field=args.receptive_field, seed=args.seed, dtype=args.dtype)
     summary = synthesize(cfg, args.out, npy_layout=args.npy_layout, overwrite=args.overwrite,
                          quiet=args.quiet, report=not args.no_report)
     subsets = ", ".join(f"{k}: {v['videos']}" for k, v in summary["subsets"].items())

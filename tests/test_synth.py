@@ -136,3 +136,57 @@ def test_scene_scale_strengthens_the_shared_scene_alone():
             assert sv[0] > 1.0 and sv[1] < 1e-4 * sv[0], (a.video_id, s, sv[:2])
     with pytest.raises(ConfigError, match="scene_scale: must be >= 0"):
         SynthConfig(scene_scale=-1.0)
+
+
+def test_receptive_field_mixes_neighbours_by_a_triangle():
+    """Hand-worked: width 3 is the kernel [1, 2, 1] / 4, the ends repeat the edge snippet;
+    width 1 leaves the features as they are."""
+    from acl_dist.synth import receptive_field
+
+    x = np.array([[0.0], [0.0], [4.0], [0.0], [0.0]])
+    np.testing.assert_allclose(receptive_field(x, 3)[:, 0], [0, 1, 2, 1, 0])
+    np.testing.assert_allclose(receptive_field(np.array([[4.0], [0.0], [0.0]]), 3)[:, 0],
+                               [3, 1, 0])                    # (4 + 2 x 4 + 0) / 4 at the edge
+    # width 5: [1, 2, 3, 2, 1] / 9
+    np.testing.assert_allclose(receptive_field(x, 5)[:, 0], np.array([4, 8, 12, 8, 4]) / 9)
+    np.testing.assert_array_equal(receptive_field(x, 1), x)
+    # in the benchmark it is the last thing done: the same draws, each video smoothed
+    base = SynthConfig(classes=3, videos=4, dim=8, seed=2, dtype="float32")
+    plain = list(iter_benchmark(base))
+    wide = list(iter_benchmark(SynthConfig(**{**base.__dict__, "receptive_field": 5})))
+    for a, b in zip(plain, wide):
+        np.testing.assert_allclose(b.features["flow"], receptive_field(a.features["flow"], 5),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_phases_share_their_edges_between_classes_and_keep_the_middle_own():
+    """With 3 phases a class's action is (edge, its own prototype, edge) along the
+    segment's thirds, each edge sqrt(1 - share) x its prototype + sqrt(share) x one of
+    max(2, classes // 5) shared prototypes (share 1: the edge is the shared one exactly,
+    so with 10 classes several classes have the same edge). Phases draw from their own
+    generator: the class prototypes and the default features are those of 1 phase."""
+    from acl_dist.synth import FeatureModel
+    from acl_dist.annotations import Segment
+
+    classes = [f"c{i}" for i in range(10)]
+    one = FeatureModel(classes, SynthConfig(dim=16, seed=4))
+    three = FeatureModel(classes, SynthConfig(dim=16, seed=4, phases=3))
+    shared = FeatureModel(classes, SynthConfig(dim=16, seed=4, phases=3, phase_share=1.0))
+    assert one.phase_proto == {}
+    for s in ("rgb", "flow"):
+        assert all(np.array_equal(one.proto[s][c], three.proto[s][c]) for c in classes)
+        protos = three.phase_proto[s]
+        assert all(p.shape == (3, 16) for p in protos.values())
+        assert all(np.array_equal(protos[c][1], three.proto[s][c]) for c in classes)
+        for edge in (0, 2):
+            mixed_in = {tuple(np.round((protos[c][edge] - np.sqrt(0.5) * one.proto[s][c])
+                                       / np.sqrt(0.5), 12)) for c in classes}
+            exact = {tuple(shared.phase_proto[s][c][edge]) for c in classes}
+            assert len(mixed_in) <= 2 and mixed_in == {tuple(np.round(e, 12)) for e in exact}
+    # a 3-second segment on 1-second snippets: thirds are one snippet each; the snippets
+    # before and after it take the nearest phase (they are not covered)
+    seg = Segment("c0", 1.0, 4.0)
+    starts = np.arange(6, dtype=float)
+    assert three._phase_of_snippets(seg, starts, starts + 1).tolist() == [0, 0, 1, 2, 2, 2]
+    with pytest.raises(ConfigError, match="phases: must be >= 1"):
+        SynthConfig(phases=0)
