@@ -153,8 +153,8 @@ class Run:
         roles = attention_roles(cfg, self.split, self.opts.with_test)
         self.dir.load_model(r)  # refused or unreadable: one line naming it, here
         total = sum(self.store.num_videos(s) for s in dict.fromkeys(roles.subsets))
-        actors, threads = attention_pass_actors(self.plan, total)
-        actors, threads = self.opts.attention_actors or actors, self.opts.torch_threads or threads
+        actors, threads = attention_pass_actors(self.plan, total, self.opts.attention_actors)
+        threads = self.opts.torch_threads or threads
         ds = map_attention(self.store, roles.subsets, self.dir.model_path(r), roles.detect,
                            cfg.localize, roles.describe, detect_ids=roles.held_out,
                            descriptor=cfg.cluster.descriptor, concurrency=actors,

@@ -146,18 +146,27 @@ def run_plan(cfg: RunConfig, capacity: resources.Capacity) -> dict[str, Any]:
             "config": to_dict(cfg)}
 
 
-def attention_pass_actors(plan: dict[str, Any], videos: int) -> tuple[int, int]:
-    """(actors, torch threads of each) of an attention pass over ``videos`` videos. Actors:
-    the plan's; on a local CPU instance one per core once the pass has 1,000 videos per
-    actor, enough to repay each actor's start (~2 s): an actor's per-video localisation is
-    Python, one core however many threads its forward has. Measured on 2 cores: an
-    ActivityNet-sized share of 5.7k videos 15.2 s with one actor of 2 threads, 9.8 s with
-    two of one; the demo's 410 videos a little slower with two. Threads: the machine's
-    cores over the actors (the pass runs after training: not over the training workers)."""
-    att = plan["attention"]
-    actors = att["actors"]
-    if not (att["gpu"] or plan["capacity"]["on_cluster"]):
-        actors = max(actors, min(resources.machine_cores(), videos // 1000))
+def attention_pass_actors(plan: dict[str, Any], videos: int, actors: int | None = None
+                          ) -> tuple[int, int]:
+    """(actors, torch threads of each) of an attention pass over ``videos`` videos.
+
+    Actors (unless given): the plan's; on a local CPU instance one per core once the pass
+    has 1,000 videos per actor, enough to repay each actor's start (~2 s): an actor's
+    per-video localisation is Python, one core however many threads its forward has
+    (measured on 2 cores: an ActivityNet-sized share of 5.7k videos 15.2 s with one actor
+    of 2 threads, 9.8 s with two of one; the demo's 410 videos a little slower with two);
+    with a next round's training started early (``train.early_start``), no more than the
+    Ray CPUs its workers and Ray Data leave. Threads: the machine's cores over the actors
+    (the early workers only read their shards meanwhile, then wait)."""
+    if actors is None:
+        att, cap = plan["attention"], plan["capacity"]
+        actors = att["actors"]
+        if not (att["gpu"] or cap["on_cluster"]):
+            room = resources.machine_cores()
+            if plan["train"].get("early_start"):
+                held = sum(b.get("CPU", 0.0) for b in plan["request"])
+                room = min(room, int(cap["cpus"] - held - 1))
+            actors = max(actors, min(room, videos // 1000))
     return actors, resources.torch_threads(resources.machine_cores(), actors)
 
 
@@ -166,9 +175,11 @@ def early_start(cfg: RunConfig, capacity: resources.Capacity, attention_actors: 
     """Whether an unsupervised round's training may start while the steps before it run
     (the previous attention pass, the clustering: :class:`acl_dist.ray_train.EarlyTraining`):
     only when the resources up now hold the training workers beside the larger of those
-    steps (an attention actor or the clustering task: 1 CPU each, 1 GPU each on a GPU run)
-    with a CPU to spare for Ray Data's reads. Otherwise the early workers would hold what
-    the attention pass or the clustering waits for (a cold autoscaling cluster: no)."""
+    steps (the attention pass's actors or the clustering task: 1 CPU each, 1 GPU each on a
+    GPU run) with a CPU to spare for Ray Data's reads. Otherwise the early workers would
+    hold what the attention pass or the clustering waits for (a cold autoscaling cluster:
+    no). A longer local pass takes more actors only within what is left
+    (:func:`attention_pass_actors`)."""
     if cfg.mode != "unsupervised":
         return False
     worker = worker_resources(cfg)

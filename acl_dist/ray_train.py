@@ -275,7 +275,10 @@ class LabelInbox:
         return self._ready.setdefault(key, asyncio.Event())
 
     async def put(self, key: int, labels: dict[str, list[int]] | None) -> None:
-        self._labels[key] = labels
+        """The first value put for ``key`` stays (a cancel after the labels changes
+        nothing: a restarted worker gets the same labels)."""
+        if key not in self._labels:
+            self._labels[key] = labels
         self._event(key).set()
 
     async def get(self, key: int) -> dict[str, list[int]] | None:
@@ -327,10 +330,17 @@ class EarlyTraining:
 
     def cancel(self, timeout_s: float = 30.0) -> None:
         """The run stopped before this round's labels: its workers return untrained (no
-        checkpoint, no error) and the fit ends; waits up to ``timeout_s`` for it."""
+        checkpoint, no error) and the fit ends; waits up to ``timeout_s`` for it. Labels
+        already given stay given (a None after them changes nothing): a fit interrupted
+        while training runs on until the driver exits (outside the main thread, Ray Train
+        installs no Ctrl-C handler of its own)."""
         with contextlib.suppress(Exception):   # Ray itself may be going down
             self._inbox.put.remote(self.round, None)
         self._thread.join(timeout_s)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
 
 
 class RoundTrainings:
@@ -375,24 +385,29 @@ class RoundTrainings:
     def train(self, r: int, labels: dict[str, list[int]]) -> tuple[dict[str, Any], bool]:
         """Round ``r``'s training on ``labels`` to its end: (the final checkpoint dict,
         whether it had started early)."""
-        early = self._early.pop(r, None)
+        early = self._early.get(r)
         if early is not None:
-            return early.result(labels), True
+            ckpt = early.result(labels)   # raising, it stays here for close() to cancel
+            del self._early[r]
+            return ckpt, True
         cfg, args, kwargs = self._args(r)
         return run_training(self.store, cfg.train_subset, cfg, labels, *args, **kwargs), False
 
     def close(self) -> None:
-        """Cancel the fits started early whose step never came (the run stopped) and end
-        the inbox."""
+        """Cancel the fits started early whose step never came or failed (the run
+        stopped), then end the inbox once no fit can still ask it: a fit still reading its
+        shard after :meth:`EarlyTraining.cancel`'s wait keeps it (it gets None, returns,
+        and the actor dies with the driver)."""
         import ray
 
         for early in self._early.values():
             early.cancel()
+        alive = any(early.running for early in self._early.values())
         self._early.clear()
-        if self._inbox is not None:
+        if self._inbox is not None and not alive:
             with contextlib.suppress(Exception):
                 ray.kill(self._inbox)
-            self._inbox = None
+        self._inbox = None
 
 
 def _trainer(store: FeatureStore, subset: str, cfg: RunConfig, videos: list[str],

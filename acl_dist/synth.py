@@ -97,8 +97,8 @@ class SynthConfig:
             ``max(2, classes // 5)`` phase prototypes shared between classes.
         phase_share: the shared prototype's share of the first and last phases' variance
             (1: those phases tell no class from another).
-        receptive_field: snippets each snippet's features see (1 = only itself, the
-            default; I3D's is ~5 at 16-frame snippets).
+        receptive_field: snippets each snippet's features see, odd: centred on it (1 =
+            only itself, the default; I3D's is ~5 at 16-frame snippets).
         seed: random seed; the benchmark is a pure function of the config.
         dtype: storage dtype.
     """
@@ -129,6 +129,9 @@ class SynthConfig:
                                 "home_prob": (0, 1), "temporal_rho": (0, 1, False, True),
                                 "phases": (1,), "phase_share": (0, 1),
                                 "receptive_field": (1,), "seed": (0,)})
+        if self.receptive_field % 2 == 0:
+            raise ConfigError(f"receptive_field: must be odd (a window centred on its "
+                              f"snippet), got {self.receptive_field}")
 
 
 @dataclass
@@ -259,9 +262,8 @@ class FeatureModel:
                     own = self.proto[s][c]
                     first, last = (np.sqrt(1 - w) * own + np.sqrt(w) * pool[e]
                                    for e in edges[c])
-                    middle = [own] * max(cfg.phases - 2, 1 if cfg.phases == 2 else 0)
-                    self.phase_proto[s][c] = np.stack(
-                        [first] + middle + ([last] if cfg.phases > 2 else []))
+                    self.phase_proto[s][c] = np.stack([first] + [own] * (cfg.phases - 2)
+                                                      + [last])
 
     def video(self, ann: VideoAnnotation, grid: SnippetGrid, rng: np.random.Generator
               ) -> dict[str, np.ndarray]:
@@ -311,7 +313,6 @@ class FeatureModel:
             # (the order of I3D's per-dim spread), which also keeps float16 exact enough.
             out[s] = (gain * 0.5 * np.sqrt(d) * x).astype(np.float32)
         return out
-
 
     def _phase_of_snippets(self, seg: Segment, starts: np.ndarray, ends: np.ndarray
                            ) -> np.ndarray:

@@ -19,7 +19,8 @@ is judged on the same store and seed. bench/results/ holds the saved runs.
 After the run, in the same process (Ray idle), each step's floor where one is defined: the
 same work on the run's own data without Ray. Descriptors: pyarrow reads + uniform pooling
 (the actor's code called directly); clustering: ``run_clustering`` on the round's
-descriptors; training: ``train.fit`` for the same steps on the same videos and labels
+descriptors (without the step's scores against the labels and the previous round: a little
+optimistic); training: ``train.fit`` for the same steps on the same videos and labels
 (features read into memory first, not timed); attention pass: pyarrow reads + the trained
 model's forward in a plain batched loop (``infer.predict``, 128 videos a batch), issue
 15's definition (localisation, descriptors and the outputs file are what the pass adds).
@@ -92,6 +93,8 @@ class MemorySampler(threading.Thread):
 
 
 def main() -> None:
+    """Long because: the bench in the order it runs (store, run, tables, floors, saved
+    figures), each table printed where its figures are."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dim", type=int, default=64, help="feature dim per stream (I3D: 1024)")
     ap.add_argument("--videos", type=int, help="training videos (default: all 9,641)")

@@ -101,6 +101,8 @@ class FakeSteps:
             return original(run, resume)
         monkeypatch.setattr(pipeline.Run, "execute", execute)
         monkeypatch.setattr(pipeline.ray_start, "init_ray", lambda **kw: None)
+        # sized as on this 2-core machine whatever the host (early starts need room)
+        monkeypatch.setattr(pipeline.resources, "machine_cores", lambda: 2)
         monkeypatch.setattr(pipeline.ray_start, "cluster_capacity",
                             lambda quiet=False: capacity_from({"CPU": 4.0}, [], False))
 
@@ -175,9 +177,12 @@ def test_no_label_reaches_an_unsupervised_run(ray_session, tiny_store, tmp_path)
     for name, store in stores.items():
         runs[name] = tmp_path / f"run-{name}"
         with redirect_stdout(io.StringIO()):
+            # two rounds on the labelled store: the early start of round 1 (during round
+            # 0's attention pass) is compared below too
+            rounds = "2" if name == "labels" else "1"
             assert main(["run", "--store", store, "--out", str(runs[name]), "--mode",
                          "unsupervised", "--num-classes", "4", "--config", "tiny",
-                         "--rounds", "1", "--set", "train.workers=1", "--quiet"]) == 0
+                         "--rounds", rounds, "--set", "train.workers=1", "--quiet"]) == 0
     a, b = runs["labels"], runs["permuted"]
 
     def clusters(d, r):
@@ -195,18 +200,43 @@ def test_no_label_reaches_an_unsupervised_run(ray_session, tiny_store, tmp_path)
               .sort_by("video_id") for d in (a, b))
     assert ta.num_rows > 0 and ta.equals(tb)
 
-    # the same run with its training started at its step, not during the clustering
-    # (:class:`acl_dist.ray_train.EarlyTraining`): the same model, bit for bit
+    # the same run with each training started at its step, not during the steps before
+    # it (:class:`acl_dist.ray_train.EarlyTraining`): the same models, bit for bit
     late = tmp_path / "run-late"
     cfg = load_config("tiny", ["train.workers=1"], mode="unsupervised", num_classes=4)
-    pipeline.new_run(stores["labels"], str(late), with_updates(cfg, rounds=1),
+    pipeline.new_run(stores["labels"], str(late), with_updates(cfg, rounds=2),
                      pipeline.RunOptions(quiet=True, early_training=False)).execute()
-    trained = {d: json.loads((d / "state.json").read_text())["steps"]["round_0.train"]
-               for d in (a, late)}
-    assert trained[a]["started_early"] and not trained[late]["started_early"]
-    cl = torch.load(late / "round_0" / "model.pt", weights_only=True)
-    assert all(torch.equal(ca["model"][k], cl["model"][k]) for k in ca["model"])
-    assert clusters(late, 1)["labels"] == clusters(a, 1)["labels"]
+    for r in (0, 1):
+        trained = {d: json.loads((d / "state.json").read_text())["steps"][f"round_{r}.train"]
+                   for d in (a, late)}
+        assert trained[a]["started_early"] and not trained[late]["started_early"]
+        ce, cl = (torch.load(d / f"round_{r}" / "model.pt", weights_only=True)
+                  for d in (a, late))
+        assert all(torch.equal(ce["model"][k], cl["model"][k]) for k in ce["model"]), r
+        assert clusters(late, r + 1)["labels"] == clusters(a, r + 1)["labels"]
+
+
+def test_an_early_training_that_fails_its_hand_over_is_cancelled_at_close(tmp_path):
+    """Labels that do not match the videos an early fit started on (or an interrupt while
+    handing them over) leave the fit in the run's trainings: closing them cancels it."""
+    from acl_dist.artifacts import RunDir
+    from acl_dist.ray_train import RoundTrainings
+
+    class Early:
+        running, cancelled = False, 0
+
+        def result(self, labels):
+            raise ValueError("round 0: labels for 1 videos, the training started on 2")
+
+        def cancel(self):
+            self.cancelled += 1
+
+    trainings = RoundTrainings(None, load_config("tiny"), RunDir(str(tmp_path)), [])
+    early = trainings._early[0] = Early()
+    with pytest.raises(ValueError, match="labels for 1 videos"):
+        trainings.train(0, {"v1": [0]})
+    trainings.close()
+    assert early.cancelled == 1 and trainings._early == {}
 
 
 @pytest.mark.ray

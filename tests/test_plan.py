@@ -112,7 +112,8 @@ def test_early_training_only_where_the_capacity_holds_it_beside_the_steps_before
 
     local = capacity_from({"CPU": 4.0}, [], on_cluster=False)
     assert plan(local, "train.workers=1")["train"]["early_start"]        # 1 + 1 + 1 <= 4
-    assert "(starts during the step before it)" in describe_plan(plan(local))[1]
+    assert "(starts during the step before it)" in describe_plan(
+        plan(local, "train.workers=1"))[1]
     assert not plan(local, "train.workers=3", "train.cpus_per_worker=1")["train"]["early_start"]
     assert not plan(local, mode="weak")["train"]["early_start"]
     assert not plan(cold_cluster_yaml(), "train.use_gpu=false")["train"]["early_start"]
@@ -136,6 +137,14 @@ def test_a_long_local_attention_pass_takes_an_actor_per_core(tiny_store, monkeyp
         [(1, 2), (1, 2), (2, 1), (2, 1)]     # and the cores over the actors: threads each
     cluster = run_plan(cfg, capacity_from({"CPU": 8.0}, [], on_cluster=True))
     assert attention_pass_actors(cluster, 14367)[0] == cluster["attention"]["actors"] == 2
+    # beside a next round's early-started workers, only what they and Ray Data leave: 8
+    # Ray CPUs - 2 workers x 2 CPUs - 1 = 3 actors of 8 // 3 threads
+    monkeypatch.setattr(plan_module.resources, "machine_cores", lambda: 8)
+    cfg8 = resolve_config(load_config("tiny", ["train.workers=2", "train.cpus_per_worker=2"],
+                                      mode="unsupervised", num_classes=4), fs, cpus=8)
+    wide = run_plan(cfg8, capacity_from({"CPU": 8.0}, [], on_cluster=False))
+    assert wide["train"]["early_start"] and attention_pass_actors(wide, 14367) == (3, 2)
+    assert attention_pass_actors(wide, 14367, actors=4) == (4, 2)       # given: kept
     gpu_cfg = resolve_config(load_config("tiny", mode="unsupervised", num_classes=4), fs,
                              cpus=2, gpus=1.0)
     gpu = run_plan(gpu_cfg, capacity_from({"CPU": 4.0, "GPU": 1.0}, [], on_cluster=False))

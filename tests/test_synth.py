@@ -188,5 +188,10 @@ def test_phases_share_their_edges_between_classes_and_keep_the_middle_own():
     seg = Segment("c0", 1.0, 4.0)
     starts = np.arange(6, dtype=float)
     assert three._phase_of_snippets(seg, starts, starts + 1).tolist() == [0, 0, 1, 2, 2, 2]
+    two = FeatureModel(classes, SynthConfig(dim=16, seed=4, phases=2))
+    assert all(np.array_equal(two.phase_proto[s][c], protos[[0, 2]])
+               for c, protos in three.phase_proto[s].items())   # both halves are edges
     with pytest.raises(ConfigError, match="phases: must be >= 1"):
         SynthConfig(phases=0)
+    with pytest.raises(ConfigError, match="receptive_field: must be odd"):
+        SynthConfig(receptive_field=4)
