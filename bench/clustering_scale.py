@@ -12,8 +12,8 @@ planted labels and NMI against the dense path.
     python bench/clustering_scale.py [--videos 10000] [--clusters 200] [--dim 1024]
         [--run RUN --round R] [--rows dense:sklearn,nystrom:sklearn,knn:torch]
 
-``--run`` clusters a finished run's round-``R`` descriptors (its training videos, their
-main class as the truth; e.g. bench/scale_round.py's ActivityNet-1.3-sized run) instead
+``--run`` clusters a finished run's round-``R`` descriptors (the videos it clustered: its
+training videos less its validation split, their main class as the truth; e.g. bench/scale_round.py's ActivityNet-1.3-sized run) instead
 of planted ones: real descriptors are noisier than planted clusters, which is where the
 kNN graph lost NMI.
 
@@ -61,13 +61,15 @@ def main() -> None:
     args = ap.parse_args()
     if args.run:
         from acl_dist.artifacts import RunDir
+        from acl_dist.plan import split_videos
         from acl_dist.store import FeatureStore
 
         rundir = RunDir(args.run)
         cfg = rundir.read_config()
-        meta = FeatureStore.open(rundir.read_info()["store"]).metadata(cfg.train_subset)
-        ids, x = rundir.read_descriptors(args.round, [m.video_id for m in meta])
-        truth = np.array([m.primary_label for m in meta])
+        # the videos the run clustered: its training subset less its validation split
+        split = split_videos(cfg, FeatureStore.open(rundir.read_info()["store"]))
+        ids, x = rundir.read_descriptors(args.round, [m.video_id for m in split.train])
+        truth = np.array(split.truth)
         args.clusters = cfg.num_classes
         what = f"{len(ids)} videos of {args.run} round {args.round}, {args.clusters} clusters"
     else:
