@@ -46,7 +46,7 @@ import inspect
 import math
 import time
 import warnings
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -705,6 +705,15 @@ def graph_and_backend(n_videos: int, backend: str, graph: str, dense_max: int,
         used, why = "sklearn", (f"{why}; Nyström embedding of the dense graph from "
                                 "landmark videos (numpy), scikit-learn's k-means")
     return kind, used, why
+
+
+def cluster_with(descriptors: np.ndarray, n_clusters: int, cc: Any,
+                 truth: list[str] | None = None, previous: np.ndarray | None = None) -> dict:
+    """:func:`run_clustering` with a :class:`~acl_dist.config.ClusterConfig`'s settings
+    (``cc``; its ``seed`` as given: a run adds its own seed first)."""
+    return run_clustering(descriptors, n_clusters, cc.backend, cc.seed, cc.n_init, cc.sigma,
+                          truth, previous, cc.graph, cc.n_neighbors, cc.dense_max_videos,
+                          cc.dense_max_videos_cpu, cc.n_landmarks)
 
 
 def run_clustering(descriptors: np.ndarray, n_clusters: int, backend: str = "auto",

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .clustering import run_clustering
+from .clustering import cluster_with
 from .progress import log
 
 
@@ -25,10 +25,8 @@ def run_clustering_task(descriptors: np.ndarray, n_clusters: int, cc: Any,
     # "DEFAULT", not inherited: inside a Tune trial a task would otherwise be captured by
     # the trial's placement group (0.01 CPU) and could never be scheduled.
     task = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0,
-                      scheduling_strategy="DEFAULT")(run_clustering)
-    ref = task.remote(descriptors, n_clusters, cc.backend, cc.seed, cc.n_init, cc.sigma,
-                      truth, previous, cc.graph, cc.n_neighbors, cc.dense_max_videos,
-                      cc.dense_max_videos_cpu, cc.n_landmarks)
+                      scheduling_strategy="DEFAULT")(cluster_with)
+    ref = task.remote(descriptors, n_clusters, cc, truth, previous)
     started = time.perf_counter()
     while not ray.wait([ref], timeout=every_s)[0]:
         log(f"{desc}: {len(descriptors)} videos into {n_clusters} clusters on a "

@@ -137,6 +137,33 @@ class ShardSpill:
         return out
 
 
+def _shard_items(config: dict[str, Any]) -> list[VideoItem] | None:
+    """This worker's training videos with their labels, in id order: its Ray Data shard
+    spilled (:class:`ShardSpill`), then the labels (from the config, or, for a round
+    started early, from its inbox once the driver has clustered; None: the run stopped)."""
+    import ray
+    import ray.train
+
+    streams, dtype = config["streams"], config["dtype"]
+    videos = set(config["videos"])   # the training videos (held-out ones are not)
+    spill = ShardSpill()
+    for batch in ray.train.get_dataset_shard("train").iter_batches(batch_format="pyarrow",
+                                                                   batch_size=64):
+        feats = {s: feature_views(batch.column(s), d, dtype) for s, d in streams.items()}
+        for i, vid in enumerate(batch.column("video_id").to_pylist()):
+            if vid in videos:
+                spill.add(vid, {s: feats[s][i] for s in streams})
+    labels = config["labels"]
+    if labels is None:
+        labels = ray.get(config["inbox"].get.remote(config["round"]))
+        if labels is None:
+            return None
+    # Ray Data hands rows over in no fixed order; the epochs' seeded shuffles start from the
+    # ids' order, so a one-worker round is the same every time it runs (two demo runs
+    # differed by 2.6 test mAP before this)
+    return sorted(spill.items(labels), key=lambda item: item.video_id)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: spill this worker's shard to a mapped file, restore a checkpoint
     if Ray restarted it, then :func:`train.fit` with a report hook (progress, TensorBoard,
@@ -151,24 +178,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if config.get("torch_threads"):
         torch.set_num_threads(int(config["torch_threads"]))
-    streams, dtype = config["streams"], config["dtype"]
-    videos = set(config["videos"])   # the training videos (held-out ones are not)
-    shard = ray.train.get_dataset_shard("train")
-    spill = ShardSpill()
-    for batch in shard.iter_batches(batch_format="pyarrow", batch_size=64):
-        feats = {s: feature_views(batch.column(s), d, dtype) for s, d in streams.items()}
-        for i, vid in enumerate(batch.column("video_id").to_pylist()):
-            if vid in videos:
-                spill.add(vid, {s: feats[s][i] for s in streams})
-    labels = config["labels"]
-    if labels is None:   # started early: the driver is still clustering
-        labels = ray.get(config["inbox"].get.remote(config["round"]))
-        if labels is None:   # the run stopped before this round's labels existed
-            return
-    # Ray Data hands rows over in no fixed order; the epochs' seeded shuffles start from the
-    # ids' order, so a one-worker round is the same every time it runs (two demo runs
-    # differed by 2.6 test mAP before this)
-    items = sorted(spill.items(labels), key=lambda item: item.video_id)
+    streams = config["streams"]
+    items = _shard_items(config)
+    if items is None:   # the run stopped before this round's labels existed
+        return
     start = None
     resume = ray.train.get_checkpoint()
     if resume is not None:
@@ -237,19 +250,6 @@ def average_gradients(grads: list) -> None:
         grad.copy_(mean)
 
 
-def run_training(store: FeatureStore, subset: str, cfg: RunConfig, labels: dict[str, list[int]],
-                 num_classes: int, label_names: list[str], round_index: int,
-                 storage_path: str, name: str, torch_threads: int | None = None,
-                 max_failures: int = 0, quiet: bool = False,
-                 tensorboard_dir: str | None = None) -> dict[str, Any]:
-    """One round's training on Ray Train on the videos of ``labels`` (video -> label
-    indices); returns the final checkpoint dict."""
-    trainer = _trainer(store, subset, cfg, sorted(labels), labels, None, num_classes,
-                       label_names, round_index, storage_path, name, torch_threads,
-                       max_failures, quiet, tensorboard_dir)
-    return _fit(trainer, round_index)
-
-
 def label_inbox():
     """A Ray actor (no CPU, on the driver's node) that holds each early-started round's
     pseudo-labels for its workers: ``put.remote(round, labels)`` from the driver,
@@ -292,19 +292,13 @@ class EarlyTraining:
     shards (read and spilled) come up while the driver clusters; the workers then wait in
     ``inbox`` for :meth:`result`'s labels. That start is ~8-10 s of each round on a
     2-core machine (bench/train_start.py), as long as a demo round's attention pass and
-    clustering together. The fit itself is :func:`run_training`'s, on the same videos.
+    clustering together. The fit itself is a round's usual one, on the same videos.
 
-    ``videos``: the round's training videos (the labels' keys, known before them)."""
+    ``trainer``: the round's (:func:`_trainer`, without labels, with ``inbox``);
+    ``videos``: its training videos (the labels' keys, known before them)."""
 
-    def __init__(self, store: FeatureStore, subset: str, cfg: RunConfig, videos: list[str],
-                 inbox: Any, num_classes: int, label_names: list[str], round_index: int,
-                 storage_path: str, name: str, torch_threads: int | None = None,
-                 max_failures: int = 0, quiet: bool = False,
-                 tensorboard_dir: str | None = None):
+    def __init__(self, trainer: Any, inbox: Any, round_index: int, videos: list[str]):
         self.round, self.videos, self._inbox = round_index, set(videos), inbox
-        trainer = _trainer(store, subset, cfg, sorted(videos), None, inbox, num_classes,
-                           label_names, round_index, storage_path, name, torch_threads,
-                           max_failures, quiet, tensorboard_dir)
         self._outcome: dict[str, Any] = {}
         self._thread = threading.Thread(target=self._fit, args=(trainer,), daemon=True,
                                         name=f"acl-dist-train-round-{round_index}")
@@ -344,16 +338,16 @@ class EarlyTraining:
 
 
 class RoundTrainings:
-    """A run's trainings, one per round, each started at its step (:meth:`train`,
-    :func:`run_training`) or early (:meth:`start`, an :class:`EarlyTraining`; those share
-    one :func:`label_inbox`). Round ``r`` trains with seed ``seed + train.seed + 1000 r``
+    """A run's trainings, one per round, each started at its step (:meth:`train`) or early
+    (:meth:`start`, an :class:`EarlyTraining`; those share one :func:`label_inbox`).
+    Round ``r`` trains with seed ``seed + train.seed + 1000 r``
     (the seeding rule: :class:`~acl_dist.config.TrainConfig`), checkpoints in the run's
     ``ray_train/round_<r>`` and its TensorBoard events in ``tensorboard/round_<r>``. Before
     a round's trainer starts, the checkpoints Ray Train may restore for it (an interrupted
     round resumes from its latest) are checked: a refused or corrupt file is one line
     naming it, not a worker traceback.
 
-    ``**fit_options``: :func:`run_training`'s ``torch_threads``, ``max_failures``,
+    ``**fit_options``: :func:`_trainer`'s ``torch_threads``, ``max_failures``,
     ``quiet``."""
 
     def __init__(self, store: FeatureStore, cfg: RunConfig, run_dir: RunDir,
@@ -364,23 +358,23 @@ class RoundTrainings:
         self._early: dict[int, EarlyTraining] = {}
         self._inbox: Any = None
 
-    def _args(self, r: int) -> tuple[RunConfig, tuple, dict[str, Any]]:
-        """Round ``r``'s config, the trainer's positional arguments after the labels, and
-        its keyword arguments."""
+    def _trainer(self, r: int, videos: list[str], labels: dict[str, list[int]] | None,
+                 inbox: Any) -> Any:
+        """Round ``r``'s ``TorchTrainer`` (its seed, storage checked, TensorBoard dir)."""
         cfg = with_updates(self.cfg, train={"seed": self.cfg.seed + self.cfg.train.seed
                                             + 1000 * r})
         verify_train_storage(self.storage, f"round_{r}")
         board = fsutil.absolute(self.dir.tensorboard_dir(f"round_{r}"))
-        return cfg, (cfg.num_classes, self.label_names, r, self.storage, f"round_{r}"), \
-            dict(self.options, tensorboard_dir=board)
+        return _trainer(self.store, cfg.train_subset, cfg, sorted(videos), labels, inbox,
+                        cfg.num_classes, self.label_names, r, self.storage, f"round_{r}",
+                        tensorboard_dir=board, **self.options)
 
     def start(self, r: int, videos: list[str]) -> None:
         """Start round ``r``'s fit on ``videos`` now; its labels come at :meth:`train`."""
-        cfg, args, kwargs = self._args(r)
         if self._inbox is None:
             self._inbox = label_inbox()
-        self._early[r] = EarlyTraining(self.store, cfg.train_subset, cfg, videos, self._inbox,
-                                       *args, **kwargs)
+        self._early[r] = EarlyTraining(self._trainer(r, videos, None, self._inbox),
+                                       self._inbox, r, videos)
 
     def train(self, r: int, labels: dict[str, list[int]]) -> tuple[dict[str, Any], bool]:
         """Round ``r``'s training on ``labels`` to its end: (the final checkpoint dict,
@@ -390,8 +384,7 @@ class RoundTrainings:
             ckpt = early.result(labels)   # raising, it stays here for close() to cancel
             del self._early[r]
             return ckpt, True
-        cfg, args, kwargs = self._args(r)
-        return run_training(self.store, cfg.train_subset, cfg, labels, *args, **kwargs), False
+        return _fit(self._trainer(r, list(labels), labels, None), r), False
 
     def close(self) -> None:
         """Cancel the fits started early whose step never came or failed (the run
@@ -413,8 +406,8 @@ class RoundTrainings:
 def _trainer(store: FeatureStore, subset: str, cfg: RunConfig, videos: list[str],
              labels: dict[str, list[int]] | None, inbox: Any, num_classes: int,
              label_names: list[str], round_index: int, storage_path: str, name: str,
-             torch_threads: int | None, max_failures: int, quiet: bool,
-             tensorboard_dir: str | None) -> Any:
+             torch_threads: int | None = None, max_failures: int = 0, quiet: bool = False,
+             tensorboard_dir: str | None = None) -> Any:
     """The round's ``TorchTrainer``: the store's ``subset`` as a Ray Data dataset split
     over the workers, which train on ``videos`` with ``labels`` (or, None, those the
     ``inbox`` gets for this round)."""

@@ -18,7 +18,7 @@ is judged on the same store and seed. bench/results/ holds the saved runs.
 
 After the run, in the same process (Ray idle), each step's floor where one is defined: the
 same work on the run's own data without Ray. Descriptors: pyarrow reads + uniform pooling
-(the actor's code called directly); clustering: ``run_clustering`` on the round's
+(the actor's code called directly); clustering: ``cluster_with`` on the round's
 descriptors (without the step's scores against the labels and the previous round: a little
 optimistic); training: ``train.fit`` for the same steps on the same videos and labels
 (features read into memory first, not timed); attention pass: pyarrow reads + the trained
@@ -67,7 +67,7 @@ def _role(title: str, pid: int) -> str | None:
     for key, role in (("RayTrainWorker", "Ray Train worker"),
                       ("TrainController", "Ray Train controller"),
                       ("MapWorker", "Ray Data actor (attention / descriptors)"),
-                      ("run_clustering", "clustering task"),
+                      ("cluster_with", "clustering task"),
                       ("ReadFiles", "Ray Data read task"), ("ray::IDLE", "idle Ray worker"),
                       ("SplitCoordinator", "Ray Data split coordinator"),
                       ("raylet", "raylet"), ("gcs_server", "GCS"),
@@ -180,7 +180,8 @@ def measure_floors(store, run: str, threads: int) -> dict[str, float]:
     import torch
 
     from acl_dist.artifacts import RunDir, load_checkpoint
-    from acl_dist.clustering import run_clustering
+    from acl_dist.clustering import cluster_with
+    from acl_dist.config import with_updates
     from acl_dist.infer import load_models, predict
     from acl_dist.ray_data import UniformDescriptors, batch_features
     from acl_dist.train import VideoItem, fit
@@ -201,13 +202,11 @@ def measure_floors(store, run: str, threads: int) -> dict[str, float]:
         pool.process(pa.Table.from_batches([batch]))
     floors["round_0.descriptors"] = time.perf_counter() - t0
 
-    cc = cfg.cluster
+    cc = with_updates(cfg.cluster, seed=cfg.seed + cfg.cluster.seed)
     for r in (0, 1):
         ids, desc = rd.read_descriptors(r)
         t0 = time.perf_counter()
-        run_clustering(desc, cfg.num_classes, cc.backend, cfg.seed + cc.seed, cc.n_init,
-                       cc.sigma, None, None, cc.graph, cc.n_neighbors, cc.dense_max_videos,
-                       cc.dense_max_videos_cpu, cc.n_landmarks)
+        cluster_with(desc, cfg.num_classes, cc)
         floors[f"round_{r}.cluster"] = time.perf_counter() - t0
 
     labels = rd.read_clusters(0)["labels"]
