@@ -96,14 +96,15 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
                    help="shared background scenes (default classes//5)")
     p.add_argument("--scene-scale", type=POSITIVE_FLOAT, default=1.0,
                    help="scales the shared scenes alone, on top of --difficulty (default 1)")
-    p.add_argument("--phases", type=POSITIVE_INT, default=1,
+    p.add_argument("--phases", type=POSITIVE_INT, default=3,
                    help="phases each action unfolds in; >= 2: the first and last mix in "
-                        "prototypes shared between classes (default 1)")
+                        "prototypes shared between classes (default 3; 1: the v1 benchmark)")
     p.add_argument("--phase-share", type=_number(float, 0.0, high=1.0), default=0.5,
                    help="the shared prototype's share of the first and last phases "
                         "(default 0.5)")
-    p.add_argument("--receptive-field", type=POSITIVE_INT, default=1,
-                   help="snippets each snippet's features see, odd, I3D-like (default 1)")
+    p.add_argument("--receptive-field", type=POSITIVE_INT, default=5,
+                   help="snippets each snippet's features see, odd, I3D-like (default 5; "
+                        "1: the v1 benchmark)")
     p.add_argument("--dtype", choices=list(FEATURE_DTYPES), default="float16",
                    help="stored feature dtype (default float16)")
     p.add_argument("--npy-layout", metavar="DIR",

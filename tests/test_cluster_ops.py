@@ -207,9 +207,11 @@ def test_tune_job_asha_interrupt_resume_on_s3_and_best_config(cluster, s3_endpoi
     from acl_dist.synth import SynthConfig, synthesize
 
     fs = s3fs.S3FileSystem()
-    store = str(tmp_path / "store")   # an easy store: trained and untrained models differ
-    synthesize(SynthConfig(classes=3, videos=24, dim=16, seed=3, difficulty=0.4), store,
-               quiet=True)
+    # an easy store (the v1 generator, weaker noise): trained and untrained models differ
+    # by more than a trial's seed noise, so ASHA's cutoff stops the untrained trial
+    store = str(tmp_path / "store")
+    synthesize(SynthConfig(classes=3, videos=24, dim=16, seed=3, difficulty=0.4, phases=1,
+                           receptive_field=1), store, quiet=True)
     space = tmp_path / "space.yaml"
     # trial 0 trains, 1-2 barely move (lr ~ 0): with 2 at a time, trial 2 reaches round 1
     # after 0 and 1 have set ASHA's cutoff (their median), and stops there

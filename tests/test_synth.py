@@ -87,12 +87,20 @@ def test_actions_differ_per_class_and_background_dominates():
     assert correct / total > 0.8
 
 
-def test_round0_gap_is_large(tiny_store):
-    _, summary = tiny_store
+def test_round0_gap_is_large_on_the_default_benchmark(tmp_path):
+    """Issue 17: the default benchmark has headroom. Its round-0 clustering (uniform
+    pooling of the 200 training videos) is far below clustering the same features pooled
+    over the ground-truth action snippets; the v1 generator (one prototype per action,
+    each snippet seeing only itself) starts higher at round 0 (0.505 against 0.443). The
+    benchmark as the demo makes it, ~6 s each."""
+    summary = synthesize(SynthConfig(), str(tmp_path / "v2"), quiet=True)
     r0 = summary["round0"]
-    assert r0["clusters"] == 4 and r0["videos"] == 24
-    assert r0["action_pool"]["nmi"] > 0.6
-    assert r0["nmi_gap"] > 0.3
+    assert r0["clusters"] == 20 and r0["videos"] == 200
+    assert r0["mean_pool"]["nmi"] < 0.5 and r0["action_pool"]["nmi"] > 0.9
+    assert r0["nmi_gap"] > 0.45
+    v1 = synthesize(SynthConfig(phases=1, receptive_field=1), str(tmp_path / "v1"),
+                    quiet=True)["round0"]
+    assert v1["mean_pool"]["nmi"] > r0["mean_pool"]["nmi"] + 0.04
 
 
 def test_npy_layout_round_trips_through_ingest(tmp_path):
@@ -151,7 +159,7 @@ def test_receptive_field_mixes_neighbours_by_a_triangle():
     np.testing.assert_allclose(receptive_field(x, 5)[:, 0], np.array([4, 8, 12, 8, 4]) / 9)
     np.testing.assert_array_equal(receptive_field(x, 1), x)
     # in the benchmark it is the last thing done: the same draws, each video smoothed
-    base = SynthConfig(classes=3, videos=4, dim=8, seed=2, dtype="float32")
+    base = SynthConfig(classes=3, videos=4, dim=8, seed=2, dtype="float32", receptive_field=1)
     plain = list(iter_benchmark(base))
     wide = list(iter_benchmark(SynthConfig(**{**base.__dict__, "receptive_field": 5})))
     for a, b in zip(plain, wide):
@@ -169,7 +177,7 @@ def test_phases_share_their_edges_between_classes_and_keep_the_middle_own():
     from acl_dist.annotations import Segment
 
     classes = [f"c{i}" for i in range(10)]
-    one = FeatureModel(classes, SynthConfig(dim=16, seed=4))
+    one = FeatureModel(classes, SynthConfig(dim=16, seed=4, phases=1))
     three = FeatureModel(classes, SynthConfig(dim=16, seed=4, phases=3))
     shared = FeatureModel(classes, SynthConfig(dim=16, seed=4, phases=3, phase_share=1.0))
     assert one.phase_proto == {}
