@@ -56,7 +56,10 @@ def main() -> None:
     work = Path(args.out or tempfile.mkdtemp(prefix="acl-attention-"))
     store_dir = work / "store"
     if not (store_dir / "manifest.json").exists():
-        synthesize(SynthConfig(preset="anet13", dim=args.dim, videos=args.videos), str(store_dir))
+        # the v1 generator (one prototype per action, no receptive field): the store of the
+        # figures docs/cluster.md quotes, so that a new run's times compare with theirs
+        synthesize(SynthConfig(preset="anet13", dim=args.dim, videos=args.videos, phases=1,
+                               receptive_field=1), str(store_dir))
     store = FeatureStore.open(str(store_dir))
     cfg = load_config(None, mode="unsupervised", num_classes=len(store.classes))
     torch.manual_seed(0)

@@ -114,7 +114,10 @@ def main() -> None:
     store = str(work / "store")
     t0 = time.perf_counter()
     if not (work / "store" / "manifest.json").exists():
-        synthesize(SynthConfig(preset="anet13", dim=args.dim, videos=args.videos), store)
+        # the v1 generator (one prototype per action, no receptive field): the store of the
+        # saved results in bench/results/, so that a new run's times compare with theirs
+        synthesize(SynthConfig(preset="anet13", dim=args.dim, videos=args.videos, phases=1,
+                               receptive_field=1), store)
     synth_s = time.perf_counter() - t0
     fs = FeatureStore.open(store)
     store_bytes = sum(f.stat().st_size for f in (work / "store").rglob("*.parquet"))
