@@ -10,10 +10,13 @@ per round on this 2-core machine):
    with its conv's kernel 3 (the baseline) and 1 (each snippet alone, as ACL's defaults);
 4. with --paper-descriptor, unsupervised ACL again with the paper's X^T S descriptor.
 
-Prints a table and writes bench_results.json under --out. About 8 minutes on 2 cores (15 with
---paper-descriptor).
+Every method runs with each of ``--seeds`` (the run seed: initialisation, batches, crops,
+clustering; seed 0's runs under --out, seed s's under --out/seed<s>, one store). Prints
+the table (mean +- sd over the seeds) and writes bench_results.json under --out. About 6
+minutes a seed on 2 cores (11 with --paper-descriptor).
 
-    python bench/acl_benchmark.py [--out bench_runs] [--paper-descriptor] [--weak-only]
+    python bench/acl_benchmark.py [--out bench_runs] [--seeds 0,1,2] [--paper-descriptor]
+        [--weak-only]
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import os
 import shutil
 import sys
 import time
+
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,10 +59,78 @@ def remap(run_dir: str, store: str, mode: str) -> dict:
     return res.as_dict()
 
 
+def run_seed(store: str, out: str, seed: int, rounds: int, paper_descriptor: bool,
+             weak_only: bool) -> dict:
+    """Every method of the table with run seed ``seed`` (runs under ``out``): name ->
+    metrics (unsupervised runs with ``by_mapping`` and their NMI per round)."""
+    results: dict = {}
+    runs = [("weak", "weak", [])]
+    if not weak_only:
+        runs.append(("unsupervised", "unsupervised", []))
+    if paper_descriptor and not weak_only:
+        runs.append(("unsupervised, paper descriptor", "unsupervised",
+                     ["cluster.descriptor=attention"]))
+    for name, mode, overrides in runs:
+        run_dir = os.path.join(out, name.replace(", ", "_").replace(" ", "_"))
+        shutil.rmtree(run_dir, ignore_errors=True)
+        cfg = load_config(None, overrides + [f"seed={seed}"], mode=mode, rounds=rounds)
+        t0 = time.perf_counter()
+        metrics = run_acl(store, run_dir, cfg, quiet=True)
+        metrics["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        if mode == "unsupervised":
+            metrics["by_mapping"] = {m: remap(run_dir, store, m) for m in ("majority", "soft")}
+        results[name] = metrics
+        print(f"seed {seed} {name}: mAP@0.5 {at(metrics, 0.5):.2f} avg "
+              f"{metrics['average']:.2f} ({metrics['wall_seconds']:.0f} s)", flush=True)
+    weak_cfg = load_config(os.path.join(out, "weak", "config.yaml"))
+    steps = weak_cfg.train
+    for name, kernel in MILS.items():
+        results[name] = train_and_evaluate(store, steps=steps.steps, batch=steps.batch_size,
+                                           max_len=steps.max_len or 10**9, seed=seed,
+                                           localize=weak_cfg.localize, kernel=kernel)
+    return results
+
+
+MILS = {"top-k MIL": 3, "top-k MIL (kernel 1)": 1}     # name -> kernel of its conv
+
+
+def rows_of(results: dict) -> list[tuple[str, dict]]:
+    """(table row, metrics) of one seed's results, in the table's order."""
+    rows = [("ACL weak", results["weak"])] + [(f"{n} (weak)", results[n]) for n in MILS]
+    for name in results:
+        if name.startswith("unsupervised"):
+            rows.append((f"ACL {name} (hungarian)", results[name]))
+            rows += [(f"ACL {name} ({m})", res) for m, res in results[name]["by_mapping"].items()]
+    return rows
+
+
+def mean_sd(values: list[float]) -> str:
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return f"{float(np.mean(values)):6.2f} +- {sd:4.2f}"
+
+
+def print_table(per_seed: dict[int, dict]) -> None:
+    """mAP@0.5, average and the ratio to weak at 0.5: mean +- sd over the seeds."""
+    tables = [rows_of(res) for res in per_seed.values()]
+    print(f"\n{'method (seeds ' + ','.join(map(str, per_seed)) + ')':44s} {'mAP@0.5':>14s} "
+          f"{'avg 0.1:0.7':>14s} {'/ weak @0.5':>14s}")
+    for i, (label, _) in enumerate(tables[0]):
+        cells = [[at(t[i][1], 0.5) for t in tables], [t[i][1]["average"] for t in tables],
+                 [at(t[i][1], 0.5) / max(at(t[0][1], 0.5), 1e-9) for t in tables]]
+        print(f"{label:44s} {mean_sd(cells[0]):>14s} {mean_sd(cells[1]):>14s} "
+              f"{float(np.mean(cells[2])):14.3f}")
+    for seed, res in per_seed.items():
+        for name in res:
+            if name.startswith("unsupervised"):
+                nmi = " -> ".join(f"{r['nmi']:.3f}" for r in res[name]["rounds"])
+                print(f"NMI per round ({name}, seed {seed}): {nmi}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bench_runs")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seeds", default="0", help="comma list of run seeds (default 0)")
     ap.add_argument("--paper-descriptor", action="store_true")
     ap.add_argument("--weak-only", action="store_true",
                     help="only weak ACL and the top-k MIL baseline (about 5 minutes)")
@@ -66,51 +139,16 @@ def main() -> None:
     store = os.path.join(args.out, "store")
     if not os.path.exists(os.path.join(store, "manifest.json")):
         synthesize(SynthConfig(), store, quiet=True)
-    results: dict = {}
-    runs = [("weak", "weak", [])]
-    if not args.weak_only:
-        runs.append(("unsupervised", "unsupervised", []))
-    if args.paper_descriptor and not args.weak_only:
-        runs.append(("unsupervised, paper descriptor", "unsupervised",
-                     ["cluster.descriptor=attention"]))
-    for name, mode, overrides in runs:
-        run_dir = os.path.join(args.out, name.replace(", ", "_").replace(" ", "_"))
-        shutil.rmtree(run_dir, ignore_errors=True)
-        cfg = load_config(None, overrides, mode=mode, rounds=args.rounds)
-        t0 = time.perf_counter()
-        metrics = run_acl(store, run_dir, cfg, quiet=True)
-        metrics["wall_seconds"] = round(time.perf_counter() - t0, 1)
-        if mode == "unsupervised":
-            metrics["by_mapping"] = {m: remap(run_dir, store, m) for m in ("majority", "soft")}
-        results[name] = metrics
-        print(f"{name}: mAP@0.5 {at(metrics, 0.5):.2f} avg {metrics['average']:.2f} "
-              f"({metrics['wall_seconds']:.0f} s)", flush=True)
-    weak_cfg = load_config(os.path.join(args.out, "weak", "config.yaml"))
-    steps = weak_cfg.train
-    mils = {"top-k MIL": 3, "top-k MIL (kernel 1)": 1}     # name -> kernel of its conv
-    for name, kernel in mils.items():
-        results[name] = train_and_evaluate(store, steps=steps.steps, batch=steps.batch_size,
-                                           max_len=steps.max_len or 10**9,
-                                           localize=weak_cfg.localize, kernel=kernel)
-
-    weak = results["weak"]
-    print(f"\n{'method':38s} {'mAP@0.5':>8s} {'avg 0.1:0.7':>12s} {'/ weak @0.5':>12s}")
-    rows = [("ACL weak", weak)] + [(f"{name} (weak)", results[name]) for name in mils]
-    for name in results:
-        if name.startswith("unsupervised"):
-            rows.append((f"ACL {name} (hungarian)", results[name]))
-            for m, res in results[name]["by_mapping"].items():
-                rows.append((f"ACL {name} ({m})", res))
-    for label, m in rows:
-        print(f"{label:38s} {at(m, 0.5):8.2f} {m['average']:12.2f} "
-              f"{at(m, 0.5) / max(at(weak, 0.5), 1e-9):12.3f}")
-    for name in results:
-        if name.startswith("unsupervised"):
-            nmi = " -> ".join(f"{r['nmi']:.3f}" for r in results[name]["rounds"])
-            print(f"NMI per round ({name}): {nmi}")
-    with open(os.path.join(args.out, "bench_results.json"), "w") as fh:
-        json.dump(results, fh, indent=1)
-    print(f"\nresults: {os.path.join(args.out, 'bench_results.json')}")
+    per_seed = {}
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        out = args.out if seed == 0 else os.path.join(args.out, f"seed{seed}")
+        per_seed[seed] = run_seed(store, out, seed, args.rounds, args.paper_descriptor,
+                                  args.weak_only)
+    print_table(per_seed)
+    path = os.path.join(args.out, "bench_results.json")
+    with open(path, "w") as fh:
+        json.dump(per_seed if len(per_seed) > 1 else per_seed[0], fh, indent=1)
+    print(f"\nresults: {path}")
 
 
 if __name__ == "__main__":
