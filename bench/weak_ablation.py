@@ -20,20 +20,23 @@ ACL's defaults were chosen over (kernel 1/3 x dropout 0/0.5/0.7 x width 256/512)
 second call tries the best with the paper's thresholds (``--mil NAME+thr``), so MIL is
 compared at its own best, not with settings tuned for ACL; a third scores the chosen
 baselines and variants on the test subset (``--skip-validation --mil A,B --test V,W
---seeds 0,1,2``; every ``--mil`` given is trained there too). docs/method.md's table:
+--seeds 0,1,2``; every ``--mil`` given is trained there too). docs/method.md's tables (the
+second call: the network choices' v2 column):
 
     python bench/weak_ablation.py --store S --folds 5 --mil grid \
-        --variants default,no_sep_trip,no_agnostic_attention
+        --variants default,k3,no_sep_trip,no_agnostic_attention
+    python bench/weak_ablation.py --store S --folds 5 --mil '' --variants local_k3,paper_network
     python bench/weak_ablation.py --store S --folds 5 --mil mil_k1_d0.7_w512+thr --variants ''
     python bench/weak_ablation.py --store S --seeds 0,1,2 --skip-validation \
-        --mil mil,mil_k1,mil_k1_d0.7_w512 --test default,no_sep_trip,no_agnostic_attention
+        --mil mil,mil_k1,mil_k1_d0.7_w512 --test default,k3,no_sep_trip,no_agnostic_attention
 
 The store defaults to the default synthetic THUMOS-like benchmark (made if missing, the
 one bench/acl_benchmark.py uses).
 
 Prints a table (mAP@0.5 and average over the store's tIoUs, mean over folds or seeds) and
 writes ``weak_ablation.json`` beside the store (or ``--out``). On 2 cores an ACL variant
-takes ~30-45 s per fold or seed, a MIL baseline ~20-30 s; docs/method.md has the results.
+takes ~10-20 s per fold or seed (the paper's network ~90 s), a MIL baseline ~8-20 s: the
+four calls ~35 minutes; docs/method.md has the results.
 """
 
 from __future__ import annotations
