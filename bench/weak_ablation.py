@@ -21,11 +21,12 @@ second call tries the best with the paper's thresholds (``--mil NAME+thr``), so 
 compared at its own best, not with settings tuned for ACL; a third scores the chosen
 baselines and variants on the test subset (``--skip-validation --mil A,B --test V,W
 --seeds 0,1,2``; every ``--mil`` given is trained there too). docs/method.md's tables (the
-second call: the network choices' v2 column):
+second and third calls: the v2 re-checks of the network and weak-supervision choices):
 
     python bench/weak_ablation.py --store S --folds 5 --mil grid \
         --variants default,k3,no_sep_trip,no_agnostic_attention
     python bench/weak_ablation.py --store S --folds 5 --mil '' --variants local_k3,paper_network
+    python bench/weak_ablation.py --store S --folds 5 --mil '' --variants no_topk,paper_thresholds
     python bench/weak_ablation.py --store S --folds 5 --mil mil_k1_d0.7_w512+thr --variants ''
     python bench/weak_ablation.py --store S --seeds 0,1,2 --skip-validation \
         --mil mil,mil_k1,mil_k1_d0.7_w512 --test default,k3,no_sep_trip,no_agnostic_attention
@@ -36,7 +37,7 @@ one bench/acl_benchmark.py uses).
 Prints a table (mAP@0.5 and average over the store's tIoUs, mean over folds or seeds) and
 writes ``weak_ablation.json`` beside the store (or ``--out``). On 2 cores an ACL variant
 takes ~10-20 s per fold or seed (the paper's network ~90 s), a MIL baseline ~8-20 s: the
-four calls ~35 minutes; docs/method.md has the results.
+five calls ~40 minutes; docs/method.md has the results.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ VARIANTS: dict[str, list[str]] = {
     "late": ["model.fusion=late"],
     "nonlocal": ["model.global_context=true"],
     "no_topk": ["loss.lambda_topk=0"],
+    "paper_thresholds": ["localize.thresholds=[0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0]"],
     "topk2": ["loss.lambda_topk=2"],
     "sep_agnostic": ["loss.sep_attention=agnostic"],
     "cas_attention": ["localize.signal=cas_attention"],
