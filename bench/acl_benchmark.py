@@ -12,8 +12,8 @@ per round on this 2-core machine):
 
 Every method runs with each of ``--seeds`` (the run seed: initialisation, batches, crops,
 clustering; seed 0's runs under --out, seed s's under --out/seed<s>, one store). Prints
-the table (mean +- sd over the seeds) and writes bench_results.json under --out. About 6
-minutes a seed on 2 cores (11 with --paper-descriptor).
+the table (mean +- sd over the seeds) and writes bench_results.json under --out. About 3
+minutes a seed on 2 cores (4.5 with --paper-descriptor; 8 minutes for seeds 0-2, measured).
 
     python bench/acl_benchmark.py [--out bench_runs] [--seeds 0,1,2] [--paper-descriptor]
         [--weak-only]
@@ -59,6 +59,9 @@ def remap(run_dir: str, store: str, mode: str) -> dict:
     return res.as_dict()
 
 
+MILS = {"top-k MIL": 3, "top-k MIL (kernel 1)": 1}     # name -> kernel of its conv
+
+
 def run_seed(store: str, out: str, seed: int, rounds: int, paper_descriptor: bool,
              weak_only: bool) -> dict:
     """Every method of the table with run seed ``seed`` (runs under ``out``): name ->
@@ -89,9 +92,6 @@ def run_seed(store: str, out: str, seed: int, rounds: int, paper_descriptor: boo
                                            max_len=steps.max_len or 10**9, seed=seed,
                                            localize=weak_cfg.localize, kernel=kernel)
     return results
-
-
-MILS = {"top-k MIL": 3, "top-k MIL (kernel 1)": 1}     # name -> kernel of its conv
 
 
 def rows_of(results: dict) -> list[tuple[str, dict]]:
@@ -133,7 +133,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0", help="comma list of run seeds (default 0)")
     ap.add_argument("--paper-descriptor", action="store_true")
     ap.add_argument("--weak-only", action="store_true",
-                    help="only weak ACL and the top-k MIL baseline (about 5 minutes)")
+                    help="only weak ACL and the top-k MIL baselines (about a minute a seed)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     store = os.path.join(args.out, "store")

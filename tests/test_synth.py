@@ -103,6 +103,25 @@ def test_round0_gap_is_large_on_the_default_benchmark(tmp_path):
     assert v1["mean_pool"]["nmi"] > r0["mean_pool"]["nmi"] + 0.04
 
 
+def test_v1_benchmark_is_reproduced_bit_for_bit():
+    """docs/method.md keeps v1's figures as the record of how the defaults were chosen:
+    ``phases=1, receptive_field=1`` must keep making v1's features. The hash was computed
+    with the code before v2 became the default (commit 4f7868a, its defaults)."""
+    import hashlib
+
+    def digest(cfg: SynthConfig) -> str:
+        h = hashlib.sha256()
+        for r in iter_benchmark(cfg):
+            h.update(r.video_id.encode())
+            for s in ("rgb", "flow"):
+                h.update(np.ascontiguousarray(r.features[s]).tobytes())
+        return h.hexdigest()[:16]
+
+    small = dict(classes=4, videos=12, dim=8, seed=1)
+    assert digest(SynthConfig(**small, phases=1, receptive_field=1)) == "faa51e64b6af7c44"
+    assert digest(SynthConfig(**small)) != "faa51e64b6af7c44"      # v2 is another benchmark
+
+
 def test_npy_layout_round_trips_through_ingest(tmp_path):
     cfg = SynthConfig(classes=3, videos=8, dim=8, seed=4, dtype="float32")
     synthesize(cfg, str(tmp_path / "a"), npy_layout=str(tmp_path / "npy"), quiet=True,
