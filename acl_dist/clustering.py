@@ -46,9 +46,12 @@ import inspect
 import math
 import time
 import warnings
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .config import ClusterConfig
 
 
 def pool_features(features: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
@@ -707,7 +710,7 @@ def graph_and_backend(n_videos: int, backend: str, graph: str, dense_max: int,
     return kind, used, why
 
 
-def cluster_with(descriptors: np.ndarray, n_clusters: int, cc: Any,
+def cluster_with(descriptors: np.ndarray, n_clusters: int, cc: ClusterConfig,
                  truth: list[str] | None = None, previous: np.ndarray | None = None) -> dict:
     """:func:`run_clustering` with a :class:`~acl_dist.config.ClusterConfig`'s settings
     (``cc``; its ``seed`` as given: a run adds its own seed first)."""

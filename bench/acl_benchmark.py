@@ -33,6 +33,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from mil_baseline import train_and_evaluate  # noqa: E402
+from weak_ablation import at, mean_sd  # noqa: E402
 
 from acl_dist.artifacts import RunDir  # noqa: E402
 from acl_dist.config import load_config  # noqa: E402
@@ -40,10 +41,6 @@ from acl_dist.evaluate import (evaluate_detections, load_ground_truth,  # noqa: 
                                map_detections, parse_tiou)
 from acl_dist.pipeline import Run, RunOptions, run_acl  # noqa: E402
 from acl_dist.synth import SynthConfig, synthesize  # noqa: E402
-
-
-def at(metrics: dict, tiou: float) -> float:
-    return metrics["map"][metrics["tiou"].index(tiou)]
 
 
 def remap(run_dir: str, store: str, mode: str) -> dict:
@@ -102,11 +99,6 @@ def rows_of(results: dict) -> list[tuple[str, dict]]:
             rows.append((f"ACL {name} (hungarian)", results[name]))
             rows += [(f"ACL {name} ({m})", res) for m, res in results[name]["by_mapping"].items()]
     return rows
-
-
-def mean_sd(values: list[float]) -> str:
-    sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    return f"{float(np.mean(values)):6.2f} +- {sd:4.2f}"
 
 
 def print_table(per_seed: dict[int, dict]) -> None:

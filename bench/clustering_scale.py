@@ -13,9 +13,9 @@ planted labels and NMI against the dense path.
         [--run RUN --round R] [--rows dense:sklearn,nystrom:sklearn,knn:torch]
 
 ``--run`` clusters a finished run's round-``R`` descriptors (the videos it clustered: its
-training videos less its validation split, their main class as the truth; e.g. bench/scale_round.py's ActivityNet-1.3-sized run) instead
-of planted ones: real descriptors are noisier than planted clusters, which is where the
-kNN graph lost NMI.
+training videos less its validation split, their main class as the truth; e.g.
+bench/scale_round.py's ActivityNet-1.3-sized run) instead of planted ones: real descriptors
+are noisier than planted clusters, which is where the kNN graph lost NMI.
 
 Issue 15's target: 10k videos <= 10 s on 2 cores at no NMI loss against the dense path.
 On the ActivityNet-1.3-sized run's round-0 descriptors (9,641 videos, 200 clusters):

@@ -168,6 +168,12 @@ def run_one(store_path: str, store: FeatureStore, base: RunConfig, name: str, se
     return res
 
 
+def mean_sd(values: list[float]) -> str:
+    """``mean +- sd`` (sample sd; 0 for one value), as the benches' tables print it."""
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return f"{float(np.mean(values)):6.2f} +- {sd:4.2f}"
+
+
 def print_table(title: str, results: dict[str, list[dict]]) -> None:
     """mAP@0.5 and average (mean +- sd over seeds or folds) per model, and each one's
     average."""
@@ -176,12 +182,9 @@ def print_table(title: str, results: dict[str, list[dict]]) -> None:
     print(f"\n{title}")
     print(f"{'variant':28s} {'mAP@0.5':>14s} {'avg':>14s}   per seed/fold avg")
     for name, runs in results.items():
-        def cell(values: list[float]) -> str:
-            sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-            return f"{float(np.mean(values)):6.2f} +- {sd:4.2f}"
         per = " ".join(f"{r['average']:.2f}" for r in runs)
-        print(f"{name:28s} {cell([at(r) for r in runs]):>14s} "
-              f"{cell([r['average'] for r in runs]):>14s}   {per}")
+        print(f"{name:28s} {mean_sd([at(r) for r in runs]):>14s} "
+              f"{mean_sd([r['average'] for r in runs]):>14s}   {per}")
 
 
 def main() -> None:
