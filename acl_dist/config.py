@@ -361,6 +361,30 @@ class LocalizeConfig:
                               f"got {list(self.thresholds)}")
 
 
+def check_batch_terms(cfg: "RunConfig") -> None:
+    """Refuse a batch shape that zeroes a weighted loss term at every step, naming the
+    key: L_sep needs a group of K >= 2 videos of one cluster, L_trip two such groups (its
+    negatives are grouped videos of another cluster). A batch is global (all workers
+    together), so the worker count never changes this."""
+    tc, lc = cfg.train, cfg.loss
+    z, k = tc.clusters_per_batch, tc.videos_per_cluster
+    if (lc.lambda_sep > 0 or lc.lambda_trip > 0) and k < 2:
+        raise ConfigError(f"train.videos_per_cluster={k}: L_sep and L_trip compare videos of "
+                          "one cluster and would be 0 at every step; set it to at least 2 (or "
+                          "loss.lambda_sep=0 and loss.lambda_trip=0)")
+    if lc.lambda_sep > 0 and z < 1:
+        raise ConfigError("train.clusters_per_batch=0: L_sep would be 0 at every step; set it "
+                          "to at least 1 (or loss.lambda_sep=0)")
+    if lc.lambda_trip > 0 and z < 2:
+        raise ConfigError(f"train.clusters_per_batch={z}: L_trip takes its negatives from "
+                          "another cluster of the batch and would be 0 at every step; set it "
+                          "to at least 2 (or loss.lambda_trip=0)")
+    if lc.lambda_trip > 0 and tc.batch_size is not None and tc.batch_size < 2 * k:
+        raise ConfigError(f"train.batch_size={tc.batch_size} holds fewer than two clusters of "
+                          f"train.videos_per_cluster={k}: L_trip would be 0 at every step; set "
+                          f"train.batch_size to at least {2 * k} (or loss.lambda_trip=0)")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One ACL run: mode, rounds and every step's settings.
@@ -426,6 +450,7 @@ class RunConfig:
             if self.localize.signal == "cas_attention":
                 raise ConfigError("model.agnostic_attention=false: localize.signal="
                                   "cas_attention needs the class-agnostic attention; use cas")
+        check_batch_terms(self)
         if self.weak_labels != "all" and self.mode != "weak":
             raise ConfigError("weak_labels: applies to weak mode only (an unsupervised run "
                               "reads no labels)")

@@ -10,32 +10,42 @@ plain one: the elementwise passes over (B, T, D) tensors), graphed + compiled 2.
 (1.4x). The losses were written sync-free (masks, not boolean indexing) for this. What
 stays eager per step: the batch's index tensors copied in (pinned, asynchronous), the fused
 Adam update, the learning-rate schedule, and, with several workers, one coalesced
-all-reduce of the gradients (``reduce_grads``; DDP's hooks cannot sit inside a captured
-graph).
+all-reduce of the gradients (DDP's hooks cannot sit inside a captured graph). With several
+workers each computes its rows of the global batch and the rows' pooled terms are
+gathered inside the step (:func:`acl_dist.losses.gather_terms`; captured with it, as NCCL
+collectives can be), so the terms that compare videos see the whole batch.
 
 Shapes are made few: ``T`` is padded up to a bucket (:func:`bucket_length`, steps of
-sqrt(2)), ``Z`` to the configured clusters per batch; padded snippets are masked, padded
-groups are -1 rows, which change no loss (tested against the unpadded batch). A shape is
+sqrt(2)) of the global batch's longest crop, ``Z`` to the configured clusters per batch,
+and with several workers each one's rows to a bucket of the largest share
+(:func:`acl_dist.global_batch.bucket_rows`), so that every worker runs (and captures) the
+same shape at the same step; padded snippets are masked, padded groups are -1 rows and
+padded rows enter no loss, which change nothing (tested against the unpadded batch). A
+shape is
 run eagerly twice (the warm-up CUDA graphs need, on a side stream), captured the third
 time and replayed from then on; at most ``max_graphs`` shapes are captured, the rest stay
 eager. ``capture=False`` runs the same static-buffer step without graphs (any device):
 how the tests check this module on a CPU.
 
-Pure core: torch only, no Ray, no torch.distributed.
+Pure core: torch only, no Ray; the workers' exchanges come through the
+:class:`~acl_dist.collectives.WorkerGroup` it is given (no torch.distributed import).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from .config import LossConfig
-from .losses import total_loss
+from .losses import batch_loss, gather_terms, video_terms
+
+if TYPE_CHECKING:
+    from .collectives import WorkerGroup
 
 
 def bucket_length(longest: int, max_len: int | None = None, smallest: int = 64) -> int:
@@ -80,10 +90,11 @@ class FeatureBank:
 
 @dataclass
 class _Shape:
-    """Static device buffers of one batch shape (``B`` videos, ``T`` snippets, ``Z`` groups)
-    and, once captured, its graph and the gradient buffers the graph writes."""
+    """Static device buffers of one batch shape (``R`` rows this worker computes, ``B``
+    videos in the global batch, ``T`` snippets, ``Z`` groups) and, once captured, its graph
+    and the gradient buffers the graph writes."""
 
-    meta: torch.Tensor              # (2B + Z*K + Z,) int64: first rows, lengths, groups, classes
+    meta: torch.Tensor              # (3R [+ B] + Z*K + Z,) int64: see GraphedStep._unpack
     targets: torch.Tensor           # (B, C) float32 multi-hot
     seen: int = 0
     graph: torch.cuda.CUDAGraph | None = None
@@ -101,21 +112,22 @@ class GraphedStep:
         loss_cfg, num_classes, k: the loss settings, C, and K (videos per cluster group).
         z: groups per batch the ``(Z, K)`` tensor is padded to.
         capture: capture CUDA graphs (a CUDA device); False runs the same step eagerly.
-        reduce_grads: called with the gradients after backward, before the update (the
-            all-reduce of several workers); None for one worker.
+        group: the workers (:class:`acl_dist.collectives.WorkerGroup`) when there are
+            several: each computes its rows of the global batch, the rows' pooled terms
+            are gathered inside the step (captured with it: NCCL collectives can be), and
+            the gradients averaged after it. None: one worker, the batch is its own.
     """
 
     def __init__(self, model: nn.Module, optim: torch.optim.Optimizer, bank: FeatureBank,
                  loss_cfg: LossConfig, num_classes: int, k: int, z: int, *,
                  capture: bool = True, compile: bool = False, max_len: int | None = None,
-                 max_graphs: int = 6,
-                 reduce_grads: Callable[[list[torch.Tensor]], None] | None = None):
+                 max_graphs: int = 6, group: "WorkerGroup | None" = None):
         self.model, self.optim, self.bank, self.loss_cfg = model, optim, bank, loss_cfg
         self.num_classes, self.k, self.z, self.max_len = num_classes, k, z, max_len
-        self.capture, self.max_graphs, self.reduce_grads = capture, max_graphs, reduce_grads
+        self.capture, self.max_graphs, self.group = capture, max_graphs, group
         self.device = next(iter(bank.features.values())).device
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.shapes: dict[tuple[int, int, int], _Shape] = {}
+        self.shapes: dict[tuple[int, int, int, int], _Shape] = {}
         self.cuda = self.device.type == "cuda"
         # torch.compile fuses the elementwise chains (gather, masks, ReLUs, the losses)
         # into few kernels. It compiles in the first warm-up; a second shape recompiles
@@ -127,51 +139,69 @@ class GraphedStep:
     # ----------------------------------------------------------------- host side
 
     def step(self, video_ids: Sequence[str], starts: np.ndarray, lengths: np.ndarray,
-             targets: np.ndarray, groups: np.ndarray, group_class: np.ndarray
+             row_class: np.ndarray, targets: np.ndarray, groups: np.ndarray,
+             group_class: np.ndarray, *, gather_index: np.ndarray | None = None,
+             rows: int | None = None, longest: int | None = None
              ) -> dict[str, torch.Tensor]:
-        """One update on a batch; returns the loss terms (device tensors, detached).
+        """One update; returns the loss terms (device tensors, detached).
 
         Args:
-            video_ids: ``B`` videos of the bank. starts, lengths: ``(B,)`` each video's
-                crop (first snippet, snippets). targets: ``(B, C)`` multi-hot.
-            groups: ``(Z', K)`` batch rows per cluster group, -1 padded (``Z' <= z``).
-            group_class: ``(Z',)``.
+            video_ids: the ``R`` videos of the bank this worker computes (one worker: the
+                batch). starts, lengths: ``(R,)`` each one's crop (first snippet,
+                snippets). row_class: ``(R,)`` each one's group's cluster (0: fill).
+            targets: ``(B, C)`` multi-hot of the global batch. groups: ``(Z', K)`` its
+                rows per cluster group, -1 padded (``Z' <= z``). group_class: ``(Z',)``.
+            gather_index: with several workers, ``(B,)`` each global row's place among the
+                workers' gathered rows (:meth:`acl_dist.global_batch.Split.gather_index`).
+            rows: with several workers, the rows every worker computes this step (``>=
+                R``, the same on all; the extra ones are padding).
+            longest: the global batch's longest crop (``T``'s bucket: the same on all
+                workers); default this worker's.
         """
-        b = len(video_ids)
+        b = targets.shape[0]
+        r = rows if rows is not None else len(video_ids)
         z = max(self.z, len(groups))
-        t = bucket_length(int(lengths.max()), self.max_len)
-        shape = self._shape((b, t, z))
-        first = np.fromiter((self.bank.row[v] for v in video_ids), np.int64, b) + starts
+        top = longest if longest is not None else int(lengths.max()) if len(lengths) else 1
+        t = bucket_length(top, self.max_len)
+        key = (r, b, t, z)
+        shape = self._shape(key)
+        pad = r - len(video_ids)   # padding rows: one snippet of the bank, in no loss
+        first = np.concatenate([np.fromiter((self.bank.row[v] for v in video_ids), np.int64,
+                                            len(video_ids)) + starts, np.zeros(pad, np.int64)])
+        length = np.concatenate([lengths.astype(np.int64), np.ones(pad, np.int64)])
+        classes_of_rows = np.concatenate([row_class.astype(np.int64), np.zeros(pad, np.int64)])
         padded = np.full((z, self.k), -1, np.int64)
         padded[:len(groups)] = groups
         classes = np.zeros(z, np.int64)
         classes[:len(group_class)] = group_class
-        meta = np.concatenate([first, lengths.astype(np.int64), padded.ravel(), classes])
+        index = [] if self.group is None else [np.asarray(gather_index, np.int64)]
+        meta = np.concatenate([first, length, classes_of_rows, *index, padded.ravel(), classes])
         self._copy_in(shape.meta, torch.from_numpy(meta))
         self._copy_in(shape.targets, torch.from_numpy(targets.astype(np.float32)))
         shape.seen += 1
         if shape.graph is None and self.capture and shape.seen == 3 \
                 and sum(s.graph is not None for s in self.shapes.values()) < self.max_graphs:
-            self._capture(shape, (b, t, z))
+            self._capture(shape, key)
         if shape.graph is not None:
             shape.graph.replay()
             for p, g in zip(self.params, shape.grads):
                 p.grad = g
             terms = shape.terms
         else:
-            terms = self._eager(shape, (b, t, z), warm_up=self.capture and shape.seen < 3)
-        if self.reduce_grads is not None:
-            self.reduce_grads([p.grad for p in self.params])
+            terms = self._eager(shape, key, warm_up=self.capture and shape.seen < 3)
+        if self.group is not None:
+            self.group.average_gradients([p.grad for p in self.params])
         self.optim.step()
         if shape.graph is None:
             self.optim.zero_grad(set_to_none=True)
         return terms
 
-    def _shape(self, key: tuple[int, int, int]) -> _Shape:
+    def _shape(self, key: tuple[int, int, int, int]) -> _Shape:
         if key not in self.shapes:
-            b, _, z = key
+            r, b, _, z = key
+            size = 3 * r + (b if self.group is not None else 0) + z * self.k + z
             self.shapes[key] = _Shape(
-                meta=torch.zeros(2 * b + z * self.k + z, dtype=torch.long, device=self.device),
+                meta=torch.zeros(size, dtype=torch.long, device=self.device),
                 targets=torch.zeros(b, self.num_classes, device=self.device))
         return self.shapes[key]
 
@@ -186,29 +216,36 @@ class GraphedStep:
 
     # ----------------------------------------------------------------- device side
 
-    def _loss_terms(self, meta: torch.Tensor, targets: torch.Tensor, b: int, t: int, z: int
-                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Gather the batch from the bank, forward, loss (``meta`` as :meth:`step` packs it)."""
-        first, lengths = meta[:b], meta[b:2 * b]
-        groups = meta[2 * b:2 * b + z * self.k].view(z, self.k)
-        group_class = meta[2 * b + z * self.k:]
+    def _loss_terms(self, meta: torch.Tensor, targets: torch.Tensor, r: int, b: int, t: int,
+                    z: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Gather the rows from the bank, forward, each row's pooled terms (gathered from
+        every worker when there are several), the batch's loss. ``meta`` as :meth:`step`
+        packs it: first snippets, lengths, row classes (``R`` each), [the gather index
+        (``B``),] groups (``Z x K``), group classes (``Z``)."""
+        first, lengths, row_class = meta[:r], meta[r:2 * r], meta[2 * r:3 * r]
+        at = 3 * r
+        if self.group is not None:
+            index, at = meta[at:at + b], at + b
+        groups = meta[at:at + z * self.k].view(z, self.k)
+        group_class = meta[at + z * self.k:]
         steps = torch.arange(t, device=meta.device)
-        mask = steps[None, :] < lengths[:, None]                              # (B, T)
+        mask = steps[None, :] < lengths[:, None]                              # (R, T)
         rows = (first[:, None] + steps[None, :]).clamp(max=self.bank.total - 1)
-        inputs = {s: feats[rows].float() * mask[..., None]                   # (B, T, D_s)
+        inputs = {s: feats[rows].float() * mask[..., None]                   # (R, T, D_s)
                   for s, feats in self.bank.features.items()}
-        outputs = self.model(inputs, mask)
-        return total_loss(outputs, {"mask": mask, "targets": targets, "groups": groups,
-                                    "group_class": group_class}, self.loss_cfg)
+        terms = video_terms(self.model(inputs, mask), mask, row_class, self.loss_cfg)
+        if self.group is not None:
+            terms = gather_terms(terms, index, self.group)
+        return batch_loss(terms, targets, groups, group_class, self.loss_cfg)
 
-    def _forward_backward(self, shape: _Shape, key: tuple[int, int, int]
+    def _forward_backward(self, shape: _Shape, key: tuple[int, int, int, int]
                           ) -> dict[str, torch.Tensor]:
         """Loss and backward: the captured body."""
         loss, terms = self.loss_terms(shape.meta, shape.targets, *key)
         loss.backward()
         return terms
 
-    def _eager(self, shape: _Shape, key: tuple[int, int, int], warm_up: bool
+    def _eager(self, shape: _Shape, key: tuple[int, int, int, int], warm_up: bool
                ) -> dict[str, torch.Tensor]:
         self.optim.zero_grad(set_to_none=True)
         if not warm_up:
@@ -220,7 +257,7 @@ class GraphedStep:
         torch.cuda.current_stream(self.device).wait_stream(self.side)
         return terms
 
-    def _capture(self, shape: _Shape, key: tuple[int, int, int]) -> None:
+    def _capture(self, shape: _Shape, key: tuple[int, int, int, int]) -> None:
         # gradients None: backward inside the capture allocates them from the graph's
         # pool, so every replay rewrites the same buffers (no accumulation)
         self.optim.zero_grad(set_to_none=True)

@@ -8,7 +8,8 @@ the batch's random-fill videos belong to none and only enter L_cls.
 
 from __future__ import annotations
 
-from typing import Mapping
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -119,12 +120,20 @@ def separation_loss(features: torch.Tensor, attention: torch.Tensor, mask: torch
     Returns a scalar (0 when no group has a pair).
     """
     action, background = action_background_features(features, attention, mask)
+    return separation_from_pooled(action, background, groups, tau1, tau2)
+
+
+def separation_from_pooled(action: torch.Tensor, background: torch.Tensor,
+                           groups: torch.Tensor, tau1: float = 0.001, tau2: float = 0.5
+                           ) -> torch.Tensor:
+    """:func:`separation_loss` from each video's ``(B, F)`` action and background features
+    (the batch-level half: what a worker computes after gathering them)."""
     own = cosine_distance(action, background)                            # (B,)
     k = groups.shape[1]
     if k < 2:
-        return features.new_zeros(())
+        return action.new_zeros(())
     # every (m, n) pair of every group at once: no Python loop, no host sync
-    i, j = torch.triu_indices(k, k, offset=1, device=features.device)
+    i, j = torch.triu_indices(k, k, offset=1, device=action.device)
     a, b = groups[:, i], groups[:, j]                                    # (Z, P)
     valid = (a >= 0) & (b >= 0)
     a, b = a.clamp(min=0), b.clamp(min=0)
@@ -180,10 +189,126 @@ def triplet_loss(pooled: torch.Tensor, groups: torch.Tensor, group_class: torch.
     return total if reduction == "sum" else total / has.sum().clamp(min=1)
 
 
+@dataclass
+class VideoTerms:
+    """What the batch-level loss terms need of each video of one network's ``(B, T)``
+    batch, pooled over time: everything after this is a function of the batch's videos
+    as a set (who is grouped with whom), nothing of their snippets. Several workers
+    compute these for their own videos and gather them (a few hundred floats a video),
+    so the terms that compare videos see the whole global batch.
+
+    Invariant: every tensor has the batch's ``B`` rows in the same order.
+
+    Attributes:
+        logits: ``(B, C)`` video logits p (L_cls).
+        topk: ``(B, C)`` top-k pooled CAS (L_topk), or None when ``lambda_topk`` is 0.
+        separation: per separation attention (``loss.sep_attention``: class, agnostic, in
+            that order) the ``(B, F)`` action and background features (L_sep).
+        pooled: ``(B, E)`` H = E^T S (L_trip).
+    """
+
+    logits: torch.Tensor
+    topk: torch.Tensor | None
+    separation: list[tuple[torch.Tensor, torch.Tensor]]
+    pooled: torch.Tensor
+
+    def parts(self) -> list[torch.Tensor]:
+        """The tensors in a fixed order (:meth:`flat`'s columns)."""
+        out = [self.logits] + ([self.topk] if self.topk is not None else [])
+        for action, background in self.separation:
+            out += [action, background]
+        return out + [self.pooled]
+
+    def flat(self) -> torch.Tensor:
+        """``(B, W)``: :meth:`parts` side by side (one tensor to gather)."""
+        return torch.cat(self.parts(), dim=1)
+
+    def widths(self) -> list[int]:
+        return [int(t.shape[1]) for t in self.parts()]
+
+    def like(self, flat: torch.Tensor) -> "VideoTerms":
+        """The :class:`VideoTerms` laid out as this one whose rows are ``flat``'s
+        (:meth:`flat` of another batch: e.g. the gathered global batch)."""
+        cols = list(flat.split(self.widths(), dim=1))
+        logits = cols.pop(0)
+        topk = cols.pop(0) if self.topk is not None else None
+        separation = [(cols[2 * i], cols[2 * i + 1]) for i in range(len(self.separation))]
+        return VideoTerms(logits, topk, separation, cols[-1])
+
+
+def gather_terms(terms: Mapping[str, VideoTerms], index: torch.Tensor, group: Any
+                 ) -> dict[str, VideoTerms]:
+    """The global batch's :class:`VideoTerms` from every worker's rows, in global order,
+    gradients kept: each worker's rows (the same count on all, padded) side by side for
+    every network, gathered once (``group``: an
+    :class:`acl_dist.collectives.WorkerGroup`), then ``index`` ``(B,)`` (each global
+    row's place among the gathered rows) picks the batch's rows."""
+    nets = list(terms)
+    rows = group.gather_rows(torch.cat([terms[n].flat() for n in nets], dim=1))[index]
+    parts = rows.split([sum(terms[n].widths()) for n in nets], dim=1)
+    return {n: terms[n].like(p) for n, p in zip(nets, parts)}
+
+
+def video_terms(outputs: Mapping[str, ModelOutput], mask: torch.Tensor,
+                row_class: torch.Tensor, lc: LossConfig) -> dict[str, VideoTerms]:
+    """Per network, its :class:`VideoTerms` of a batch.
+
+    Args:
+        outputs: network name -> :class:`~acl_dist.model.ModelOutput` of a ``(B, T)`` batch.
+        mask: ``(B, T)``.
+        row_class: ``(B,)`` each video's group's cluster (0 for videos in no group: their
+            separation features enter no pair), as :func:`group_classes` gives it.
+        lc: which terms are on.
+    """
+    out: dict[str, VideoTerms] = {}
+    for s, o in outputs.items():
+        separation = []
+        if lc.sep_attention in ("class", "both"):
+            separation.append(action_background_features(
+                o.fused, class_attention(o.cas, mask, row_class), mask))
+        if lc.sep_attention in ("agnostic", "both"):
+            separation.append(action_background_features(o.fused, o.attention, mask))
+        out[s] = VideoTerms(o.video_logits, topk_pooled(o.cas, mask) if lc.lambda_topk else None,
+                            separation, attention_pooled(o.embedding, o.attention))
+    return out
+
+
+def batch_loss(terms: Mapping[str, VideoTerms], targets: torch.Tensor, groups: torch.Tensor,
+               group_class: torch.Tensor, lc: LossConfig
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L = sum over the networks of L_cls + lambda_sep L_sep + lambda_trip L_trip
+    (+ lambda_topk L_topk) from each video's :class:`VideoTerms`, and each term per
+    network (detached, for logging). Every reduction is over the batch given: with the
+    global batch's videos, the global batch's loss, whichever worker computed each video.
+
+    Args:
+        terms: network name -> the batch's :class:`VideoTerms`.
+        targets: ``(B, C)`` multi-hot. groups: ``(Z, K)`` row indices of each drawn
+            cluster's videos (-1 padded). group_class: ``(Z,)`` the clusters' ids.
+    """
+    total = torch.zeros((), device=targets.device)
+    logged: dict[str, torch.Tensor] = {}
+    for s, vt in terms.items():
+        l_cls = classification_loss(vt.logits, targets, lc.cls_reduction)
+        l_sep = total.new_zeros(())
+        for action, background in vt.separation:
+            l_sep = l_sep + separation_from_pooled(action, background, groups, lc.tau1,
+                                                   lc.tau2)
+        l_trip = triplet_loss(vt.pooled, groups, group_class, lc.margin, lc.neg_cap,
+                              lc.trip_reduction)
+        total = total + l_cls + lc.lambda_sep * l_sep + lc.lambda_trip * l_trip
+        if vt.topk is not None:
+            l_topk = classification_loss(vt.topk, targets, lc.cls_reduction)
+            total = total + lc.lambda_topk * l_topk
+            logged[f"{s}/topk"] = l_topk
+        logged.update({f"{s}/cls": l_cls, f"{s}/sep": l_sep, f"{s}/trip": l_trip})
+    logged["loss"] = total
+    return total, {name: t.detach() for name, t in logged.items()}
+
+
 def total_loss(outputs: Mapping[str, ModelOutput], batch: Mapping[str, torch.Tensor],
                lc: LossConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """L = sum over the stream networks of L_cls + lambda_sep L_sep + lambda_trip L_trip
-    (+ lambda_topk L_topk), and each term per network (detached, for logging).
+    """L of one batch on one process: :func:`video_terms` then :func:`batch_loss`.
 
     Args:
         outputs: network name -> :class:`~acl_dist.model.ModelOutput` of a ``(B, T)`` batch.
@@ -195,26 +320,7 @@ def total_loss(outputs: Mapping[str, ModelOutput], batch: Mapping[str, torch.Ten
     Returns:
         (total, {"<net>/cls", "<net>/sep", "<net>/trip"[, "<net>/topk"], "loss"}).
     """
-    mask, targets = batch["mask"], batch["targets"]
-    groups, group_class = batch["groups"], batch["group_class"]
-    total = torch.zeros((), device=mask.device)
-    terms: dict[str, torch.Tensor] = {}
-    for s, out in outputs.items():
-        l_cls = classification_loss(out.video_logits, targets, lc.cls_reduction)
-        l_sep = total.new_zeros(())
-        if lc.sep_attention in ("class", "both"):
-            a = class_attention(out.cas, mask, group_classes(groups, group_class, mask.shape[0]))
-            l_sep = l_sep + separation_loss(out.fused, a, mask, groups, lc.tau1, lc.tau2)
-        if lc.sep_attention in ("agnostic", "both"):
-            l_sep = l_sep + separation_loss(out.fused, out.attention, mask, groups, lc.tau1,
-                                            lc.tau2)
-        l_trip = triplet_loss(attention_pooled(out.embedding, out.attention), groups,
-                              group_class, lc.margin, lc.neg_cap, lc.trip_reduction)
-        total = total + l_cls + lc.lambda_sep * l_sep + lc.lambda_trip * l_trip
-        if lc.lambda_topk:
-            l_topk = classification_loss(topk_pooled(out.cas, mask), targets, lc.cls_reduction)
-            total = total + lc.lambda_topk * l_topk
-            terms[f"{s}/topk"] = l_topk
-        terms.update({f"{s}/cls": l_cls, f"{s}/sep": l_sep, f"{s}/trip": l_trip})
-    terms["loss"] = total
-    return total, {name: t.detach() for name, t in terms.items()}
+    mask, groups, group_class = batch["mask"], batch["groups"], batch["group_class"]
+    rows = group_classes(groups, group_class, mask.shape[0])
+    return batch_loss(video_terms(outputs, mask, rows, lc), batch["targets"], groups,
+                      group_class, lc)

@@ -161,8 +161,12 @@ class CoAttentionNet(nn.Module):
                 agnostic_dim += cfg.global_dim
             self.agnostic_head = nn.Conv1d(agnostic_dim, 1, 1)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> ModelOutput:
-        """Args: ``x`` ``(B, T, D)`` (finite also where padded), ``mask`` ``(B, T)`` bool.
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor | None = None
+                ) -> ModelOutput:
+        """Args: ``x`` ``(B, T, D)`` (finite also where padded), ``mask`` ``(B, T)`` bool;
+        ``keep``: ``(B, D)`` the input dropout's mask, drawn by the caller
+        (:func:`channel_keep`: a batch split over workers drops what one worker would);
+        None: this module's ``Dropout1d`` draws it (in training).
         Returns :class:`ModelOutput`.
 
         Runs in the ``(B, T, C)`` layout throughout (:func:`temporal_convs`); with kernel-1
@@ -172,7 +176,10 @@ class CoAttentionNet(nn.Module):
         cfg = self.cfg
         m = mask[..., None].to(x.dtype)                                     # (B, T, 1)
         # channel dropout as Dropout1d draws it on (B, D, T): one mask per video and channel
-        h = self.dropout(x.transpose(1, 2)).transpose(1, 2)                 # (B, T, D)
+        if keep is not None:
+            h = (x.transpose(1, 2) * keep[..., None]).transpose(1, 2)       # (B, T, D)
+        else:
+            h = self.dropout(x.transpose(1, 2)).transpose(1, 2)
         if cfg.base_kernel > 1:   # zero padding for the wider conv; a kernel-1 base conv
             h = h * m             # maps each snippet alone and E is masked below
         e = F.relu(temporal_convs([self.base], h)[0]) * m                   # (B, T, base)
@@ -270,17 +277,39 @@ class StreamModels(nn.Module):
         self.nets = nn.ModuleDict({s: CoAttentionNet(d, num_classes, cfg)
                                    for s, d in dims.items()})
 
-    def forward(self, inputs: dict[str, torch.Tensor], mask: torch.Tensor
-                ) -> dict[str, ModelOutput]:
+    def forward(self, inputs: dict[str, torch.Tensor], mask: torch.Tensor,
+                keep: dict[str, torch.Tensor] | None = None) -> dict[str, ModelOutput]:
         """``inputs``: stream -> ``(B, T, D_s)``, or for early fusion :data:`EARLY` ->
         the streams' features side by side in ``self.streams`` order (:func:`pad_streams`).
-        Returns network name -> outputs."""
+        ``keep``: network name -> its input dropout's ``(B, D)`` mask (:func:`channel_keep`),
+        or None (each network draws its own). Returns network name -> outputs."""
+        keep = keep or {}
         if self.early:
             x = inputs[EARLY] if EARLY in inputs else \
                 torch.cat([inputs[s] for s in self.streams], -1)
-            return {EARLY: self.nets[EARLY](x, mask)}
-        return {s: net(inputs[s], mask) for s, net in self.nets.items()}
+            return {EARLY: self.nets[EARLY](x, mask, keep.get(EARLY))}
+        return {s: net(inputs[s], mask, keep.get(s)) for s, net in self.nets.items()}
 
     def per_stream(self, outputs: dict[str, ModelOutput]) -> dict[str, ModelOutput]:
         """Outputs by stream: the early-fused network's stand for every stream."""
         return {s: outputs[EARLY] for s in self.streams} if self.early else outputs
+
+
+def channel_keep(model: StreamModels, batch: int, generator: torch.Generator | None = None
+                 ) -> dict[str, torch.Tensor] | None:
+    """The input dropout's masks of a ``batch``-video training batch, per network in
+    forward order: ``(batch, D)`` of 0 and ``1 / (1 - p)``, drawn as ``Dropout1d`` draws
+    them (the same values from the same generator state), or None when there is no
+    dropout. Drawn for the whole global batch on every worker, each worker's rows then
+    drop what one worker running the whole batch would."""
+    p = float(model.nets[next(iter(model.nets))].cfg.dropout)
+    if p <= 0.0:
+        return None
+    out = {}
+    for name, net in model.nets.items():
+        if p >= 1.0:
+            out[name] = torch.zeros(batch, net.in_dim)
+            continue
+        noise = torch.empty(batch, net.in_dim, 1).bernoulli_(1 - p, generator=generator)
+        out[name] = noise.div_(1 - p)[..., 0]
+    return out

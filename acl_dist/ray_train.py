@@ -25,6 +25,7 @@ import numpy as np
 from . import fsutil
 from .artifacts import (ArtifactError, RunDir, load_train_checkpoint, save_train_checkpoint,
                         verify_train_storage)
+from .collectives import WorkerGroup
 from .config import RunConfig, from_dict, to_dict, with_updates
 from .errors import find_cause
 from .ray_data import store_dataset
@@ -34,8 +35,9 @@ from .train import VideoItem, fit, make_checkpoint
 
 def _no_drop_data_config():
     """Ray Train's default split may drop rows to equalise shards (``equal=True``); the
-    ACL sampler promises every video once per epoch, so split without dropping. Training is
-    step-based, so unequal shards cannot desynchronise DDP. One worker reads the dataset
+    global batches draw every video once per epoch, so split without dropping (a dropped
+    video's features would be on no worker). Unequal shards are fine: each worker
+    computes the rows of every step's global batch that it holds. One worker reads the dataset
     itself (``ds.iterator()``, as Ray's DataConfig does for a dataset it does not split):
     a split would start a coordinator actor, one more process per round."""
     from ray.train import DataConfig
@@ -158,9 +160,9 @@ def _shard_items(config: dict[str, Any]) -> list[VideoItem] | None:
         labels = ray.get(config["inbox"].get.remote(config["round"]))
         if labels is None:
             return None
-    # Ray Data hands rows over in no fixed order; the epochs' seeded shuffles start from the
-    # ids' order, so a one-worker round is the same every time it runs (two demo runs
-    # differed by 2.6 test mAP before this)
+    # Ray Data hands rows over in no fixed order: in id order, the feature bank of a GPU
+    # worker is laid out alike in every run (the batches come from the id-sorted table of
+    # every worker's videos, train.fit)
     return sorted(spill.items(labels), key=lambda item: item.video_id)
 
 
@@ -222,9 +224,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
     try:
-        fit(items, cfg, config["num_classes"], streams, rank=rank, world_size=world,
-            device=device, wrap=ray.train.torch.prepare_model, report=report, start=start,
-            reduce_grads=average_gradients)
+        fit(items, cfg, config["num_classes"], streams, group=WorkerGroup(rank, world),
+            device=device, wrap=ray.train.torch.prepare_model, report=report, start=start)
     except BaseException:
         # a round cut short keeps the events it wrote (and leaves no temp dir); an error
         # of the copy must not hide the one that stopped the round
@@ -234,20 +235,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         raise
     if board is not None:
         board.close()
-
-
-def average_gradients(grads: list) -> None:
-    """The gradients' mean over the Ray Train workers, in place: one all-reduce of the
-    gradients flattened into one buffer (what DDP's buckets do, for the CUDA-graph step,
-    whose backward cannot hold DDP's hooks)."""
-    import torch
-    import torch.distributed as dist
-
-    flat = torch._utils._flatten_dense_tensors(grads)
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    for grad, mean in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
-        grad.copy_(mean)
 
 
 def label_inbox():

@@ -45,10 +45,11 @@ def default_max_failures() -> int:
 def training_workers(cpus: int, gpus: float, use_gpu: bool, batch_size: int,
                      videos_per_cluster: int) -> int:
     """DDP workers: one per GPU, else one per 4 CPUs (at least one), and at most
-    ``batch_size // videos_per_cluster``: each worker samples its share of the batch as
-    clusters of K videos (the pair losses need K of a cluster), so a worker with fewer
-    than K videos per step would train on no pair. An autoscaling cluster that can hold
-    32 GPUs thus gets 16 workers for the paper's batch of 32 with K = 2."""
+    ``batch_size // videos_per_cluster``. Every step's batch is global (the same loss on
+    any worker count: acl_dist.global_batch) and each worker computes the rows it holds,
+    B / N on average; with fewer than K a step, workers often hold none of a step's
+    videos and wait. An autoscaling cluster that can hold 32 GPUs thus gets 16 workers
+    for the paper's batch of 32 with K = 2; raise ``train.batch_size`` to use more."""
     wanted = max(1, int(gpus)) if use_gpu else max(1, cpus // 4)
     return max(1, min(wanted, batch_size // max(1, videos_per_cluster)))
 

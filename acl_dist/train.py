@@ -12,7 +12,6 @@ network takes the streams' concatenated features (``model.fusion=early``); under
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -21,11 +20,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .collectives import WorkerGroup
 from .config import RunConfig, to_dict
+from .global_batch import VideoRef, bucket_rows, split_batch, video_table
 from .graphed_step import FeatureBank, GraphedStep
-from .losses import total_loss
-from .model import StreamModels, pad_inputs
-from .sampling import Batch, ClusterBatcher, batches_with_replacement, shuffled
+from .losses import batch_loss, gather_terms, video_terms
+from .model import StreamModels, channel_keep, pad_inputs
+from .sampling import Batch, ClusterBatcher, T, batches_with_replacement, shuffled
 
 
 @dataclass
@@ -98,59 +99,41 @@ def terms_to_floats(terms: dict[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(terms, values))
 
 
-def groups_per_worker(cfg: RunConfig, world_size: int) -> int:
-    """Z of one worker's batches: the run's clusters per batch shared among the workers."""
-    z = cfg.train.clusters_per_batch
-    return max(1, round(z / world_size)) if z else 0
+def row_classes(batch: Batch) -> np.ndarray:
+    """``(B,)`` int64: each row's group's cluster, 0 for the fill (what
+    :func:`acl_dist.losses.group_classes` computes on the device)."""
+    out = np.zeros(len(batch.items), np.int64)
+    for rows, c in zip(batch.groups, batch.group_labels):
+        out[rows] = c
+    return out
 
 
 def graph_batch(batch: Batch[VideoItem], num_classes: int, k: int, max_len: int | None,
                 rng: np.random.Generator) -> tuple:
-    """A batch as :meth:`acl_dist.graphed_step.GraphedStep.step` takes it (host arrays;
-    the same crops, drawn from ``rng`` the same way, as :func:`batch_tensors`)."""
+    """A one-worker batch as :meth:`acl_dist.graphed_step.GraphedStep.step` takes it (host
+    arrays; the same crops, drawn from ``rng`` the same way, as :func:`batch_tensors`)."""
     starts, lengths = crop_windows(batch.items, max_len, rng)
-    return ([item.video_id for item in batch.items], starts, lengths,
+    return ([item.video_id for item in batch.items], starts, lengths, row_classes(batch),
             multi_hot(batch.items, num_classes), group_rows(batch, k),
             np.array(batch.group_labels, np.int64))
 
 
-def graphed_step(items: Sequence[VideoItem], model: nn.Module, optim: torch.optim.Optimizer,
-                 cfg: RunConfig, num_classes: int, world_size: int, device: torch.device,
-                 reduce_grads: Callable[[list[torch.Tensor]], None] | None
-                 ) -> GraphedStep | None:
-    """The CUDA-graph step where it applies: a CUDA device, ``train.cuda_graphs``, the
-    worker's videos within a third of the device's free memory, and with several workers
-    a ``reduce_grads`` (else DDP's eager path)."""
-    if device.type != "cuda" or not cfg.train.cuda_graphs:
-        return None
-    if world_size > 1 and reduce_grads is None:
-        return None
-    if FeatureBank.nbytes(items) > torch.cuda.mem_get_info(device)[0] // 3:
-        return None
+def batch_stream(refs: Sequence[T], cfg: RunConfig) -> Iterable[Batch[T]]:
+    """Endless global batches of the round's videos (every worker draws the same):
+    epoch after epoch, each video once per epoch; or, with ``train.sampling=replacement``,
+    the paper's draws with replacement. ``refs`` in a fixed order (by id)."""
     tc = cfg.train
-    return GraphedStep(model, optim, FeatureBank(items, device), cfg.loss, num_classes,
-                       tc.videos_per_cluster, groups_per_worker(cfg, world_size),
-                       max_len=tc.max_len, compile=bool(tc.compile),
-                       reduce_grads=reduce_grads if world_size > 1 else None)
-
-
-def batch_stream(items: Sequence[VideoItem], cfg: RunConfig, rank: int, world_size: int
-                 ) -> Iterable[Batch[VideoItem]]:
-    """Endless batches of a worker's items: epoch after epoch, each video once per epoch;
-    or, with ``train.sampling=replacement``, the paper's draws with replacement."""
-    tc = cfg.train
-    per_worker = max(1, math.ceil(tc.batch_size / world_size))
-    z = groups_per_worker(cfg, world_size)
+    seed = tc.seed * 1009
     if tc.sampling == "replacement":
-        yield from batches_with_replacement(items, lambda it: it.labels, z,
-                                            tc.videos_per_cluster, per_worker,
-                                            seed=tc.seed * 1009 + rank)
+        yield from batches_with_replacement(refs, lambda it: it.labels,
+                                            tc.clusters_per_batch, tc.videos_per_cluster,
+                                            tc.batch_size, seed=seed)
         return
-    batcher = ClusterBatcher(z, tc.videos_per_cluster, per_worker, seed=tc.seed * 1009 + rank)
+    batcher = ClusterBatcher(tc.clusters_per_batch, tc.videos_per_cluster, tc.batch_size,
+                             seed=seed)
     epoch = 0
     while True:
-        yield from batcher.batches(shuffled(items, tc.seed * 1009 + rank, epoch),
-                                   lambda it: it.labels, epoch)
+        yield from batcher.batches(shuffled(refs, seed, epoch), lambda it: it.labels, epoch)
         epoch += 1
 
 
@@ -164,60 +147,155 @@ class TrainResult:
     steps: int = 0
 
 
-def fit(items: Sequence[VideoItem], cfg: RunConfig, num_classes: int, in_dims: dict[str, int],
-        *, rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
-        wrap: Callable[[nn.Module], nn.Module] | None = None,
-        report: Callable[[dict[str, float], int, dict[str, Any] | None], None] | None = None,
-        start: dict[str, Any] | None = None,
-        reduce_grads: Callable[[list[torch.Tensor]], None] | None = None) -> TrainResult:
-    """Train the stream models for ``cfg.train.steps`` updates on this worker's ``items``.
-    Long because: the training loop reads best whole (resume, seeding, DDP wrap, logging
-    and checkpoint steps in one place, as nanoGPT's).
+class GlobalBatchStep:
+    """One worker's updates on the global batches: the rows it holds forward, every row's
+    :class:`~acl_dist.losses.VideoTerms` gathered, the global batch's loss (the same
+    value on every worker), backward, the update. Why the gradient comes out as one
+    worker's: every worker's loss is the global one, the gather's backward sums the
+    workers' gradients of each row (N times the global loss's), and DDP divides by N.
 
     Args:
-        items: this worker's videos (a disjoint shard when ``world_size > 1``).
+        model: the (DDP-wrapped) models; core: the same unwrapped.
+        local: the videos this worker holds, by id.
+        graphed: a :class:`~acl_dist.graphed_step.GraphedStep` to take the steps instead
+            (on every worker or none).
+    """
+
+    def __init__(self, model: nn.Module, core: StreamModels, optim: torch.optim.Optimizer,
+                 local: dict[str, VideoItem], group: WorkerGroup, cfg: RunConfig,
+                 num_classes: int, in_dims: dict[str, int], device: torch.device,
+                 graphed: GraphedStep | None = None):
+        self.model, self.core, self.optim, self.local = model, core, optim, local
+        self.group, self.cfg, self.num_classes, self.device = group, cfg, num_classes, device
+        self.in_dims, self.graphed = in_dims, graphed
+
+    def step(self, batch: Batch[VideoRef], starts: np.ndarray, lengths: np.ndarray
+             ) -> dict[str, torch.Tensor]:
+        """One update on ``batch`` cropped to ``starts``/``lengths`` (global rows);
+        the global batch's loss terms (detached)."""
+        if self.graphed is not None:
+            return self._graphed(batch, starts, lengths)
+        loss, logged = self.loss(batch, starts, lengths)
+        self.optim.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optim.step()
+        return logged
+
+    def loss(self, batch: Batch[VideoRef], starts: np.ndarray, lengths: np.ndarray
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The global batch's loss through this worker's rows (differentiable), and its
+        terms (detached). Draws the batch's dropout masks from torch's default generator
+        (every worker alike)."""
+        tc, group, dev = self.cfg.train, self.group, self.device
+        split = split_batch([ref.owner for ref in batch.items], group.world_size)
+        mine = split.rows[group.rank]
+        row_class = row_classes(batch)
+        keep = channel_keep(self.core, len(batch.items))   # the global batch's dropout
+        if len(mine):
+            per_stream = {s: [self.local[batch.items[p].video_id].features[s]
+                              [starts[p]:starts[p] + lengths[p]] for p in mine]
+                          for s in self.in_dims}
+            keep = {n: m[mine] for n, m in keep.items()} if keep else None
+        else:   # none of the step's videos is here: one blank row keeps this worker in the
+            # step's collectives (its terms are gathered into no row of the batch)
+            mine = np.zeros(1, np.int64)
+            per_stream = {s: [np.zeros((1, d), np.float32)] for s, d in self.in_dims.items()}
+            keep = {n: torch.ones(1, m.shape[1]) for n, m in keep.items()} if keep else None
+        inputs, mask = pad_inputs(per_stream, self.core.streams if self.core.early else None,
+                                  dev)
+        outputs = self.model(inputs, mask,
+                             {n: m.to(dev) for n, m in keep.items()} if keep else None)
+        terms = video_terms(outputs, mask, torch.from_numpy(row_class[mine]).to(dev),
+                            self.cfg.loss)
+        if group.world_size > 1:
+            if len(mine) < split.cap:   # every worker gathers cap rows (zeros: no row's)
+                terms = {n: t.like(torch.cat([t.flat(), t.flat().new_zeros(
+                    split.cap - len(mine), sum(t.widths()))])) for n, t in terms.items()}
+            terms = gather_terms(terms, torch.from_numpy(split.gather_index()).to(dev), group)
+        targets = torch.from_numpy(multi_hot(batch.items, self.num_classes)).to(dev)
+        return batch_loss(terms, targets,
+                          torch.from_numpy(group_rows(batch, tc.videos_per_cluster)).to(dev),
+                          torch.tensor(batch.group_labels, dtype=torch.long).to(dev),
+                          self.cfg.loss)
+
+    def _graphed(self, batch: Batch[VideoRef], starts: np.ndarray, lengths: np.ndarray
+                 ) -> dict[str, torch.Tensor]:
+        group, many = self.group, self.group.world_size > 1
+        owners = [ref.owner for ref in batch.items]
+        split = split_batch(owners, group.world_size)
+        if many:   # every worker's rows padded to one of few sizes: few graph shapes
+            split = split_batch(owners, group.world_size,
+                                cap=bucket_rows(split.cap, len(batch.items)))
+        mine = split.rows[group.rank]
+        return self.graphed.step(
+            [batch.items[p].video_id for p in mine], starts[mine], lengths[mine],
+            row_classes(batch)[mine], multi_hot(batch.items, self.num_classes),
+            group_rows(batch, self.cfg.train.videos_per_cluster),
+            np.array(batch.group_labels, np.int64),
+            gather_index=split.gather_index() if many else None,
+            rows=split.cap if many else None, longest=int(lengths.max()))
+
+
+def fit(items: Sequence[VideoItem], cfg: RunConfig, num_classes: int, in_dims: dict[str, int],
+        *, group: WorkerGroup | None = None, device: str | torch.device = "cpu",
+        wrap: Callable[[nn.Module], nn.Module] | None = None,
+        report: Callable[[dict[str, float], int, dict[str, Any] | None], None] | None = None,
+        start: dict[str, Any] | None = None) -> TrainResult:
+    """Train the stream models for ``cfg.train.steps`` updates; on several workers, this
+    worker's part of every global batch. Long because: the training loop reads best whole
+    (resume, seeding, DDP wrap, logging and checkpoint steps in one place, as nanoGPT's).
+
+    The batches, crops and dropout masks are drawn for the global batch from seeds every
+    worker shares, over the round's videos sorted by id: N workers train on the batches
+    one worker trains on, whichever shard each worker got.
+
+    Args:
+        items: this worker's videos (with several workers its disjoint shard; may be empty).
         num_classes: C. in_dims: stream -> feature dim.
+        group: the workers (:class:`~acl_dist.collectives.WorkerGroup`); None: one.
         wrap: e.g. DDP (``ray.train.torch.prepare_model``); applied after moving to device.
         report: ``report(metrics, step, state)``, called at the same steps on every worker
             (Ray Train's report is a barrier): every ``log_every`` steps, every
             ``checkpoint_every`` steps and at the end. ``state`` (:func:`training_state`)
-            is given at checkpoint steps and at the end, else None.
+            is given at checkpoint steps and at the end, else None. The loss terms are the
+            global batch's, the same on every worker.
         start: a state from :func:`training_state` to resume from (model, optimiser, step).
-        reduce_grads: averages the gradients over the workers in place (an all-reduce);
-            with it, several GPU workers take the CUDA-graph step (:func:`graphed_step`)
-            instead of ``wrap``'s DDP.
     Returns:
         :class:`TrainResult` with the (unwrapped) model's state dict.
     """
     tc = cfg.train
-    if not items:
-        raise ValueError(f"worker {rank} received no training videos")
+    group = group or WorkerGroup()
     device = torch.device(device)
+    held = group.exchange(([(it.video_id, it.num_snippets, list(it.labels)) for it in items],
+                           can_graph(items, cfg, device)))
+    refs = video_table([h[0] for h in held])
+    if not refs:
+        raise ValueError("no training videos reached the workers")
     model, optim, sched, step = training_setup(cfg, num_classes, in_dims, device, start)
     core = model
-    graphed = graphed_step(items, model, optim, cfg, num_classes, world_size, device,
-                           reduce_grads)
+    graphed = None
+    if all(h[1] for h in held):   # every worker or none: their collectives must match
+        graphed = GraphedStep(model, optim, FeatureBank(items, device), cfg.loss, num_classes,
+                              tc.videos_per_cluster, tc.clusters_per_batch, max_len=tc.max_len,
+                              compile=bool(tc.compile),
+                              group=group if group.world_size > 1 else None)
     if wrap is not None and graphed is None:
         model = wrap(model)
-    torch.manual_seed(tc.seed * 7919 + rank + step)  # dropout differs per worker
-    rng = np.random.default_rng([tc.seed, rank, step])
-    stream = iter(batch_stream(items, cfg, rank, world_size))
+    # The same draws on every worker: the global batch's dropout masks. (The graphed step
+    # drops inside its graph, each worker for its own rows: independent per rank.)
+    torch.manual_seed(tc.seed * 7919 + step + (group.rank if graphed is not None else 0))
+    rng = np.random.default_rng([tc.seed, 0, step])   # crops (0: as one worker drew them)
+    stream = iter(batch_stream(refs, cfg))
+    steps = GlobalBatchStep(model, core, optim, {it.video_id: it for it in items}, group,
+                            cfg, num_classes, in_dims, device, graphed)
     history: list[dict[str, float]] = []
     started = time.perf_counter()
     window_videos, window_start = 0, time.perf_counter()
     model.train()
     while step < tc.steps:
         batch = next(stream)
-        if graphed is not None:
-            terms = graphed.step(*graph_batch(batch, num_classes, tc.videos_per_cluster,
-                                              tc.max_len, rng))
-        else:
-            t = batch_tensors(batch, num_classes, tc.videos_per_cluster, tc.max_len, rng,
-                              device, core.streams if core.early else None)
-            loss, terms = total_loss(model(t["inputs"], t["mask"]), t, cfg.loss)
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
+        starts, lengths = crop_windows(batch.items, tc.max_len, rng)
+        terms = steps.step(batch, starts, lengths)
         sched.step()
         step += 1
         window_videos += len(batch.items)
@@ -235,6 +313,14 @@ def fit(items: Sequence[VideoItem], cfg: RunConfig, num_classes: int, in_dims: d
                        training_state(core, optim, sched, step) if due_ckpt else None)
     return TrainResult({k: v.detach().cpu() for k, v in core.state_dict().items()}, history,
                        time.perf_counter() - started, step)
+
+
+def can_graph(items: Sequence[VideoItem], cfg: RunConfig, device: torch.device) -> bool:
+    """Whether this worker can take the CUDA-graph step: a CUDA device,
+    ``train.cuda_graphs``, and its videos within a third of the device's free memory."""
+    if device.type != "cuda" or not cfg.train.cuda_graphs or not items:
+        return False
+    return FeatureBank.nbytes(items) <= torch.cuda.mem_get_info(device)[0] // 3
 
 
 def training_setup(cfg: RunConfig, num_classes: int, in_dims: dict[str, int],

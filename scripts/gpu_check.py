@@ -44,7 +44,7 @@ from acl_dist.model import StreamModels, pad_batch  # noqa: E402
 from acl_dist.sampling import Batch  # noqa: E402
 from bench.floors import PlainModel  # noqa: E402
 from acl_dist.train import (VideoItem, batch_stream, batch_tensors, fit,  # noqa: E402
-                            graph_batch, groups_per_worker)
+                            graph_batch)
 
 
 def _sync() -> None:
@@ -236,9 +236,9 @@ def fit_table(device: torch.device, quick: bool) -> None:
     model = StreamModels({"rgb": dim, "flow": dim}, classes, cfg.model).to(device)
     optim = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
     graphed = GraphedStep(model, optim, FeatureBank(items, device), cfg.loss, classes,
-                          cfg.train.videos_per_cluster, groups_per_worker(cfg, 1),
+                          cfg.train.videos_per_cluster, cfg.train.clusters_per_batch,
                           capture=device.type == "cuda")
-    stream = batch_stream(items, cfg, 0, 1)
+    stream = batch_stream(items, cfg)
     rng = np.random.default_rng(0)
     arrays = [graph_batch(next(stream), classes, cfg.train.videos_per_cluster, None, rng)
               for _ in range(steps)]

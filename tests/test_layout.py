@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "acl_dist"
 PURE = ["config", "plan", "store", "synth", "model", "losses", "sampling", "clustering",
         "localize", "evaluate", "train", "infer", "artifacts", "fsutil", "timegrid",
         "annotations", "errors", "progress", "ingest", "graphed_step", "resources", "results",
-        "plots", "tune_space", "tune_results"]
+        "plots", "tune_space", "tune_results", "collectives", "global_batch"]
 #: Modules allowed to import Ray.
 RAY_ROOMS = {"ray_start", "ray_data", "ray_train", "ray_clustering", "pipeline", "tune",
              "tune_space", "tune_results", "cli"}
@@ -38,8 +38,9 @@ def test_only_the_ray_rooms_import_ray():
         if mod.split(".")[0] not in RAY_ROOMS:
             assert not uses, f"acl_dist.{mod} imports {sorted(uses)}"
         dist = {n for n in _imports(path) if n.startswith("torch.distributed")}
-        if mod != "ray_train":  # Ray Train's room: DDP, and the graphed step's all-reduce
-            assert not dist, f"acl_dist.{mod} imports {sorted(dist)} (Ray Train owns DDP)"
+        if mod not in ("ray_train", "collectives"):  # DDP; the workers' exchanges
+            assert not dist, f"acl_dist.{mod} imports {sorted(dist)} (Ray Train owns DDP, " \
+                "acl_dist.collectives the workers' exchanges)"
 
 
 def test_pure_cores_import_without_ray():
