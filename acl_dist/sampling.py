@@ -9,8 +9,10 @@ videos from each (clusters with fewer than K give what they have: the loss funct
 ``-1``-padded groups), then fills up to the batch size with other buffered videos, which
 only enter L_cls. Everything is a function of the seed and the epoch number.
 
-Under Ray Train each worker runs a batcher over its own shard of the data (the shards are
-disjoint and cover the dataset); :func:`shard_indices` gives the same guarantee without Ray.
+Under Ray Train every worker runs the same batcher over the table of all the round's
+videos, so the workers draw one global batch a step (acl_dist.global_batch) and each
+computes the rows it holds; the shards they hold are disjoint and cover the dataset
+(:func:`shard_indices` gives the same guarantee without Ray).
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ tables; ``--quick`` shrinks every size so the script itself can be tested on a C
    ACL's CUDA-graph step (:mod:`acl_dist.graphed_step`) side by side, with the graphed
    weights checked against the eager ones after 10 updates.
 2. The per-worker training loop :func:`acl_dist.train.fit` (what Ray Train runs), eager and
-   with CUDA graphs, against the graphed step alone on the same batches.
+   with CUDA graphs, against the graphed step alone on the same batches; then the
+   several-worker graphed step (its all-gather and all-reduces captured inside the graph)
+   in a one-rank NCCL group against the one-worker step.
 3. Spectral clustering: dense Gaussian affinity at N = 5k and 10k (torch on the GPU, and
    scikit-learn on the CPU at 5k for the ratio), the kNN-sparse path at the same sizes
    (NMI against dense), and kNN-sparse at N = 100k and 1M. Peak GPU memory per row shows
@@ -200,6 +202,78 @@ def graph_matches_eager(items, batch, classes, dim, z, k, device, cfg) -> None:
               f"{dl:.2e} (graphs captured: {captured})", flush=True)
 
 
+def group_capture_check(device: torch.device, quick: bool) -> None:
+    """The multi-worker graphed step's collectives captured inside its CUDA graph: a
+    one-rank process group (NCCL on a GPU, gloo on a CPU), the step taking its
+    several-worker path (the rows' pooled terms all-gathered, their gradient all-reduced,
+    the gradients averaged) against the one-worker graphed step on the same batches:
+    losses and weights after 10 updates, and how many shapes each captured. One GPU
+    cannot hold two NCCL ranks; the N-worker arithmetic is tested on CPUs
+    (tests/test_global_batch.py)."""
+    import socket
+
+    import torch.distributed as dist
+
+    from acl_dist.collectives import WorkerGroup, _GatherRows
+
+    class OneRankGroup(WorkerGroup):
+        """Every exchange through the process group even at one rank (the N > 1 path)."""
+
+        def gather_rows(self, rows):
+            return _GatherRows.apply(rows)
+
+        def average_gradients(self, grads):
+            flat = torch._utils._flatten_dense_tensors(grads)
+            dist.all_reduce(flat)
+            for grad, mean in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+                grad.copy_(mean)
+
+    cuda = device.type == "cuda"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    if cuda:
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{port}",
+                            rank=0, world_size=1)
+    try:
+        b, t_max, dim, classes, z, k = (8, 64, 32, 4, 2, 2) if quick else (32, 750, 1024, 20, 4, 2)
+        items = _videos(b, t_max, dim, classes, seed=3)
+        batch = _one_batch(items, z, k)
+        cfg = RunConfig()
+        cfg = replace(cfg, model=replace(cfg.model, dropout=0.0))
+        runs = {}
+        for label, group in (("one worker", None), ("N-worker path", OneRankGroup())):
+            torch.manual_seed(0)
+            model = StreamModels({"rgb": dim, "flow": dim}, classes, cfg.model).to(device)
+            optim = torch.optim.Adam(model.parameters(), lr=1e-4, fused=cuda or None)
+            graphed = GraphedStep(model, optim, FeatureBank(items, device), cfg.loss, classes,
+                                  k, z, capture=cuda, group=group)
+            rng = np.random.default_rng(0)
+            losses, times = [], []
+            for _ in range(10):
+                args = graph_batch(batch, classes, k, None, rng)
+                extra = {} if group is None else {"gather_index": np.arange(b), "rows": b}
+                _sync()
+                t0 = time.perf_counter()
+                losses.append(float(graphed.step(*args, **extra)["loss"]))
+                _sync()
+                times.append(time.perf_counter() - t0)
+            captured = sum(s.graph is not None for s in graphed.shapes.values())
+            runs[label] = (losses, [p.detach().clone() for p in model.parameters()], captured,
+                           statistics.median(times[5:]) * 1e3)
+        ref_losses, ref_weights, ref_captured, ref_ms = runs["one worker"]
+        losses, weights, captured, ms = runs["N-worker path"]
+        dw = max(float((a - c).abs().max()) for a, c in zip(weights, ref_weights))
+        dl = max(abs(a - c) for a, c in zip(losses, ref_losses))
+        print(f"\ncollectives in the graph (one-rank {'NCCL' if cuda else 'gloo'} group, "
+              f"B={b}, T<={t_max}): max |dw| {dw:.2e}, max |dloss| {dl:.2e} after 10 updates; "
+              f"graphs captured {captured} (one worker: {ref_captured}); step "
+              f"{ms:.2f} ms vs {ref_ms:.2f} ms ({ms / ref_ms:.2f}x)", flush=True)
+    finally:
+        dist.destroy_process_group()
+
+
 def fit_table(device: torch.device, quick: bool) -> None:
     """The per-worker loop acl_dist.train.fit (what Ray Train runs), eager and graphed,
     against the graphed step alone on the same batches: the loop's overhead."""
@@ -383,7 +457,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes (runs on a CPU)")
     ap.add_argument("--skip-1m", action="store_true", help="stop the sparse rows at 100k")
-    ap.add_argument("--only", choices=["train", "fit", "cluster", "cuml", "profile"],
+    ap.add_argument("--only", choices=["train", "fit", "group", "cluster", "cuml", "profile"],
                     action="append", help="sections to run (profile: only when named)")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -391,13 +465,15 @@ def main() -> None:
     print(f"device {name}, torch {torch.__version__}, {os.cpu_count()} CPU cores")
     if device.type != "cuda" and not args.quick:
         sys.exit("no GPU: run with --quick to exercise the script on a CPU")
-    only = set(args.only or ["train", "fit", "cluster", "cuml"])
+    only = set(args.only or ["train", "fit", "group", "cluster", "cuml"])
     if "cuml" in only:
         cuml_line()
     if "train" in only:
         train_step_table(device, args.quick)
     if "fit" in only:
         fit_table(device, args.quick)
+    if "group" in only:
+        group_capture_check(device, args.quick)
     if "profile" in (args.only or []):
         profile_table(device, args.quick)
     if "cluster" in only:

@@ -47,6 +47,9 @@ def test_two_rounds_unsupervised_with_two_workers(unsupervised_run):
     assert ckpt["model_config"]["base_dim"] == 32  # the config travels with the weights
     assert len(ckpt["history"]) == 2  # steps 3 and 6 of the tiny preset
     assert all(0 < h["worker_videos"] < 24 for h in ckpt["history"])  # rank 0's shard
+    # rank 0 logs the global batch's terms: L_trip is live with Z = 2 on two workers (each
+    # worker's own batch held one cluster before batches were global, and L_trip was 0)
+    assert all(h["early/trip"] > 0 and h["early/sep"] > 0 for h in ckpt["history"])
     clusters = json.loads((run / "round_1" / "clusters.json").read_text())
     assert len(clusters["labels"]) == 24 and "stability" in clusters
     state = json.loads((run / "state.json").read_text())["steps"]
