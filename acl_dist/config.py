@@ -172,16 +172,21 @@ class TrainConfig:
 
     Attributes:
         steps: optimiser updates per round (paper: 30,005).
-        batch_size: videos per update, over all workers (paper: 32).
-        clusters_per_batch: Z, clusters drawn per batch (unknown in the paper; W-TALC: 3).
-        videos_per_cluster: K videos from each drawn cluster (paper: 2).
+        batch_size: videos per update, over all workers (paper: 32): every worker draws
+            the same global batch and computes the videos of it that it holds.
+        clusters_per_batch: Z, clusters drawn per batch (unknown in the paper; W-TALC: 3);
+            at least 2 while ``loss.lambda_trip`` > 0 (L_trip's negatives come from
+            another cluster of the batch).
+        videos_per_cluster: K videos from each drawn cluster (paper: 2); at least 2 while
+            L_sep or L_trip is on.
         lr, weight_decay: Adam (paper: 1e-3, 1e-4).
         lr_decay_at, lr_decay: after this fraction of the steps lr is multiplied by
             ``lr_decay`` (paper: x0.1 after 15,002 of 30,005).
         max_len: training crops videos longer than this many snippets to a random window;
             0 = whole videos (the paper); None = sized (whole videos on GPUs, 256 on CPUs).
             Test time always uses whole videos.
-        workers: Ray Train workers (DDP).
+        workers: Ray Train workers (DDP). Not a hyperparameter: on any count a step's
+            loss and gradient are those of the global batch as one worker computes them.
         use_gpu: train on GPUs (None: when the cluster has them).
         cuda_graphs: on a GPU, hold the worker's videos on the device and replay each batch
             shape's forward, losses and backward as one CUDA graph (the default network's

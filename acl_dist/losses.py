@@ -4,6 +4,10 @@ Batch structure: ``groups`` is a ``(Z, K)`` long tensor of batch row indices, on
 cluster drawn for the batch, ``-1`` where a cluster had fewer than K videos; ``group_class``
 ``(Z,)`` is each group's cluster (or class) index. A video belongs to at most one group;
 the batch's random-fill videos belong to none and only enter L_cls.
+
+Two stages: :func:`video_terms` pools what each video contributes (:class:`VideoTerms`),
+:func:`batch_loss` reduces them over the batch. Between them several workers gather their
+videos' terms (:func:`gather_terms`), so every reduction is over the global batch.
 """
 
 from __future__ import annotations

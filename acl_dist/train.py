@@ -1,10 +1,13 @@
 """Training of the co-attention network(s) (one round of localisation); the checkpoint
 they are saved in. The networks are :class:`acl_dist.model.StreamModels`, the loss is
-:func:`acl_dist.losses.total_loss`, inference is :mod:`acl_dist.infer`.
+:func:`acl_dist.losses.video_terms` then :func:`acl_dist.losses.batch_loss` (each video's
+pooled terms, then the batch's), inference is :mod:`acl_dist.infer`.
 
 :func:`fit` is the per-worker loop. It is plain PyTorch: Ray Train calls it from
-:func:`acl_dist.ray_train.train_loop_per_worker` with the worker's data shard, a DDP
-wrapper and a reporting hook; tests and the GPU check call it directly. By default one
+:func:`acl_dist.ray_train.train_loop_per_worker` with the worker's data shard, its
+:class:`~acl_dist.collectives.WorkerGroup`, a DDP wrapper and a reporting hook; tests and
+the GPU check call it directly. On N workers every step is one global batch
+(:mod:`acl_dist.global_batch`): the loss and gradient of one worker on that batch. By default one
 network takes the streams' concatenated features (``model.fusion=early``); under the paper's
 ``late`` fusion the RGB and flow networks are independent (trained "separately", METHOD.md
 §10) and share the batch and one Adam (Adam's state is per parameter: two optimisers).

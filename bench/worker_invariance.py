@@ -12,10 +12,15 @@ Then, in N local gloo processes without Ray, the time of the gather that lets th
 comparing videos see the whole batch, beside the whole step it is part of.
 
     python bench/worker_invariance.py [--out bench_runs/workers] [--seeds 0,1,2]
-        [--workers 1,2,4] [--modes weak,unsupervised] [--save FILE.json]
+        [--workers 1,2,4] [--modes weak,unsupervised] [--save FILE.json [--append]]
+        [--no-gather] [--table FILE.json]
 
-About 50 minutes for the defaults on 2 cores (measured: bench/results/, named in
-docs/cluster.md).
+About 30 minutes for the defaults on 2 cores. The saved results docs/cluster.md quotes:
+bench/results/worker_invariance_2026-12-08.json (the defaults, then ``--modes
+unsupervised --seeds 3,4 --no-gather --append``) and
+worker_invariance_rounding_control_2026-12-08.json (``--modes unsupervised --workers 1
+--no-gather`` under ``ATEN_CPU_CAPABILITY=avx2``: one worker, only float rounding
+changed).
 """
 
 from __future__ import annotations
@@ -89,7 +94,7 @@ def print_tables(runs: list[dict]) -> None:
     seeds = sorted({r["seed"] for r in runs})
     print(f"\nworker-count invariance (default benchmark, run seeds {seeds}; mean +- sd)")
     print(f"{'mode':12s} {'workers':>7s} {'avg mAP':>14s} {'final NMI':>16s} "
-          f"{'step ms':>14s} {'/ 1 worker':>10s} {'min L_trip':>10s}")
+          f"{'step ms':>14s} {'/ 1 worker':>10s} {'L_trip > 0':>10s} {'first loss':>10s}")
     for mode in modes:
         base = None
         for n in counts:
@@ -99,12 +104,17 @@ def print_tables(runs: list[dict]) -> None:
             ms = [statistics.mean(r["step_ms"]) for r in sel]
             base = base if base is not None else statistics.mean(ms)
             nmis = [r["nmi"][-1] for r in sel if r["nmi"][-1] is not None]
-            trip = min(v for r in sel for t in r["rank0_terms"] for k, v in t.items()
-                       if k.endswith("/trip"))
-            nmi = mean_sd(nmis).replace(" +- ", " +- ") if nmis else "-"
+            trips = [v for r in sel for t in r["rank0_terms"] for k, v in t.items()
+                     if k.endswith("/trip")]
+            live = f"{sum(v > 0 for v in trips)}/{len(trips)}"
+            first = statistics.mean(r["rank0_terms"][0]["loss"] for r in sel)
+            nmi = mean_sd(nmis) if nmis else "-"
             print(f"{mode:12s} {n:7d} {mean_sd([r['average'] for r in sel]):>14s} "
                   f"{nmi:>16s} {mean_sd(ms):>14s} {statistics.mean(ms) / base:10.2f} "
-                  f"{trip:10.4f}")
+                  f"{live:>10s} {first:10.5f}")
+    print("(L_trip > 0: rank 0's logged steps where it is, over the seeds; the exceptions are "
+          "an epoch's last, partial batch, which may hold one cluster. First loss: rank 0's "
+          "at step 25 of round 0, mean over the seeds.)")
 
 
 # ------------------------------------------------------------------ the gather's cost
@@ -185,15 +195,101 @@ def gather_cost(counts: list[int], steps: int = 20) -> list[dict]:
             port = s.getsockname()[1]
         mp.spawn(_gather_worker, args=(n, port, steps, queue), nprocs=n)
         out.append(queue.get())
+    print_gather(out)
+    return out
+
+
+def print_gather(out: list[dict]) -> None:
     print("\nthe gather (gloo, 2-core CPU, 16-video global batches of I3D-sized "
-          "2 x 1024-d features, T <= 256)")
+          "2 x 1024-d features, T <= 256; fwd includes the wait for the slowest worker)")
     print(f"{'workers':>7s} {'width':>6s} {'gather fwd ms':>14s} {'gather bwd ms':>14s} "
           f"{'step ms':>9s} {'gather share':>12s}")
     for r in out:
         share = (r["gather_forward_ms"] + r["gather_backward_ms"]) / r["step_ms"]
         print(f"{r['workers']:7d} {r['width']:6d} {r['gather_forward_ms']:14.2f} "
               f"{r['gather_backward_ms']:14.2f} {r['step_ms']:9.1f} {share:12.3f}")
-    return out
+
+
+# ------------------------------------------ one round's weights: workers vs rounding
+
+
+def _drift_worker(rank: int, world: int, port: int, store: str, steps: int, out: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from acl_dist.collectives import WorkerGroup
+    from acl_dist.plan import resolve_config
+    from acl_dist.store import FeatureStore
+    from acl_dist.train import VideoItem, fit
+
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                world_size=world)
+    torch.set_num_threads(int(os.environ.get("DRIFT_THREADS", max(1, 2 // world))))
+    fs = FeatureStore.open(store)
+    cfg = resolve_config(load_config(None, [f"train.steps={steps}"], mode="weak"), fs)
+    index = {c: i for i, c in enumerate(fs.classes)}
+    items = [VideoItem(r.video_id, {s: f.astype(np.float32) for s, f in r.features.items()},
+                       sorted({index[c] for c in r.labels}))
+             for r in fs.iter_videos(cfg.train_subset)]
+    order = np.random.default_rng(world).permutation(len(items))   # an arbitrary split
+    shard = [items[i] for i in order[rank::world]]
+    wrap = torch.nn.parallel.DistributedDataParallel if world > 1 else None
+    result = fit(shard, cfg, len(fs.classes), fs.streams, group=WorkerGroup.current(),
+                 wrap=wrap)
+    if rank == 0:
+        torch.save({"weights": result.state_dict, "history": result.history}, out)
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def weight_drift(store: str, out: str, counts: list[int], steps: int = 400) -> list[dict]:
+    """One weak round's training (the store's training videos and labels, the sizes `run`
+    picks) on N gloo workers without Ray, and on one worker with one thread instead of two,
+    with ATen's vector kernels at AVX2 (``ATEN_CPU_CAPABILITY=avx2``) and with MKL's code
+    path at AVX2 (``MKL_CBWR=AVX2``): float rounding alone, as another CPU would change it.
+    Each one's final weights' distance to one worker's, relative to their norm."""
+    import torch
+    import torch.multiprocessing as mp
+
+    runs = [(f"{n} worker(s)", n, {}) for n in counts]
+    runs += [("1 worker, 1 torch thread (not 2)", 1, {"DRIFT_THREADS": "1"}),
+             ("1 worker, ATEN_CPU_CAPABILITY=avx2", 1, {"ATEN_CPU_CAPABILITY": "avx2"}),
+             ("1 worker, MKL_CBWR=AVX2", 1, {"MKL_CBWR": "AVX2"})]
+    saved = {}
+    for label, n, env in runs:
+        path = os.path.join(out, f"drift_{len(saved)}.pt")
+        before = dict(os.environ)
+        os.environ.update(env)   # the spawned processes start with it
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            mp.spawn(_drift_worker, args=(n, port, store, steps, path), nprocs=n)
+        finally:
+            os.environ.clear()
+            os.environ.update(before)
+        saved[label] = torch.load(path, weights_only=True)
+    ref = saved[runs[0][0]]["weights"]
+    norm = float(torch.cat([v.flatten() for v in ref.values()]).norm())
+    rows = []
+    for label, _, _ in runs:
+        got = saved[label]
+        diff = float(torch.cat([(got["weights"][k] - v).flatten() for k, v in ref.items()])
+                     .norm())
+        hist = got["history"]
+        rows.append({"run": label, "relative_weight_distance": diff / norm,
+                     "first_loss": hist[0]["loss"], "last_loss": hist[-1]["loss"]})
+    print_drift(rows, steps)
+    return rows
+
+
+def print_drift(rows: list[dict], steps: int = 400) -> None:
+    print(f"\none weak round's training ({steps} steps), final weights against one worker's")
+    print(f"{'run':38s} {'|w - w1| / |w1|':>16s} {'loss @25':>10s} {'last loss':>10s}")
+    for r in rows:
+        print(f"{r['run']:38s} {r['relative_weight_distance']:16.2e} {r['first_loss']:10.5f} "
+              f"{r['last_loss']:10.5f}")
 
 
 def main() -> None:
@@ -204,7 +300,24 @@ def main() -> None:
     ap.add_argument("--modes", default="weak,unsupervised")
     ap.add_argument("--save", default=None, help="also write the results to this JSON file")
     ap.add_argument("--skip-runs", action="store_true", help="only the gather's cost")
+    ap.add_argument("--no-gather", action="store_true", help="only the runs")
+    ap.add_argument("--drift", action="store_true",
+                    help="also one weak round's final weights on N gloo workers and under "
+                         "another float rounding, against one worker's")
+    ap.add_argument("--append", action="store_true",
+                    help="add the runs to those already saved in --save's file")
+    ap.add_argument("--table", metavar="FILE.json",
+                    help="print the tables of saved results and stop")
     args = ap.parse_args()
+    if args.table:
+        with open(args.table) as fh:
+            saved = json.load(fh)
+        print_tables(saved["runs"])
+        if saved.get("gather"):
+            print_gather(saved["gather"])
+        if saved.get("drift"):
+            print_drift(saved["drift"])
+        return
     os.makedirs(args.out, exist_ok=True)
     counts = [int(w) for w in args.workers.split(",")]
     runs: list[dict] = []
@@ -217,10 +330,24 @@ def main() -> None:
                 for n in counts:
                     runs.append(one_run(store, args.out, mode, n, seed))
         print_tables(runs)
-    gathers = gather_cost(counts)
-    result = {"runs": runs, "gather": gathers,
+    gathers = [] if args.no_gather else gather_cost(counts)
+    drift = []
+    if args.drift:
+        store = os.path.join(args.out, "store")
+        if not os.path.exists(os.path.join(store, "manifest.json")):
+            synthesize(SynthConfig(), store, quiet=True)
+        drift = weight_drift(store, args.out, counts)
+    env = {k: v for k, v in os.environ.items()
+           if k in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "OMP_NUM_THREADS")}
+    result = {"runs": runs, "gather": gathers, "drift": drift, "env": env,
               "machine": f"{os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
     path = args.save or os.path.join(args.out, "worker_invariance.json")
+    if args.append and os.path.exists(path):   # more seeds or modes for a saved table
+        with open(path) as fh:
+            saved = json.load(fh)
+        result = dict(saved, runs=saved["runs"] + runs,
+                      gather=gathers or saved.get("gather", []),
+                      drift=drift or saved.get("drift", []))
     with open(path, "w") as fh:
         json.dump(result, fh, indent=1)
     print(f"\nresults: {path}")
