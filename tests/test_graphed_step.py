@@ -97,3 +97,20 @@ def test_padded_static_step_equals_the_eager_step(config, max_len):
         for p, q in zip(models[0].parameters(), models[1].parameters()):
             torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
         assert any(not torch.equal(p, m) for p, m in zip(models[0].parameters(), moved))
+
+
+def test_the_gpu_checks_several_worker_step_runs_on_a_cpu():
+    """scripts/gpu_check.py's check of the several-worker graphed step (its collectives
+    captured in the graph on a GPU) runs as a GPU session will run it, and on a CPU (gloo,
+    no capture) gives the one-worker step's weights exactly."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+    out = subprocess.run([sys.executable, str(script), "--quick", "--only", "group"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    found = re.search(r"max \|dw\| (\S+), max \|dloss\| (\S+)", out.stdout)
+    assert found and float(found[1]) == 0.0 and float(found[2]) == 0.0, out.stdout
