@@ -240,15 +240,18 @@ class VideoTerms:
         return VideoTerms(logits, topk, separation, cols[-1])
 
 
-def gather_terms(terms: Mapping[str, VideoTerms], index: torch.Tensor, group: Any
-                 ) -> dict[str, VideoTerms]:
+def gather_terms(terms: Mapping[str, VideoTerms], index: torch.Tensor, group: Any,
+                 rows: int | None = None) -> dict[str, VideoTerms]:
     """The global batch's :class:`VideoTerms` from every worker's rows, in global order,
-    gradients kept: each worker's rows (the same count on all, padded) side by side for
-    every network, gathered once (``group``: an
-    :class:`acl_dist.collectives.WorkerGroup`), then ``index`` ``(B,)`` (each global
-    row's place among the gathered rows) picks the batch's rows."""
+    gradients kept: each worker's rows side by side for every network, padded with zero
+    rows to ``rows`` (the same count on every worker; default: as they are), gathered once
+    (``group``: an :class:`acl_dist.collectives.WorkerGroup`), then ``index`` ``(B,)``
+    (each global row's place among the gathered rows) picks the batch's rows."""
     nets = list(terms)
-    rows = group.gather_rows(torch.cat([terms[n].flat() for n in nets], dim=1))[index]
+    flat = torch.cat([terms[n].flat() for n in nets], dim=1)
+    if rows is not None and flat.shape[0] < rows:
+        flat = torch.cat([flat, flat.new_zeros(rows - flat.shape[0], flat.shape[1])])
+    rows = group.gather_rows(flat)[index]
     parts = rows.split([sum(terms[n].widths()) for n in nets], dim=1)
     return {n: terms[n].like(p) for n, p in zip(nets, parts)}
 

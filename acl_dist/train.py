@@ -7,10 +7,10 @@ pooled terms, then the batch's), inference is :mod:`acl_dist.infer`.
 :func:`acl_dist.ray_train.train_loop_per_worker` with the worker's data shard, its
 :class:`~acl_dist.collectives.WorkerGroup`, a DDP wrapper and a reporting hook; tests and
 the GPU check call it directly. On N workers every step is one global batch
-(:mod:`acl_dist.global_batch`): the loss and gradient of one worker on that batch. By default one
-network takes the streams' concatenated features (``model.fusion=early``); under the paper's
-``late`` fusion the RGB and flow networks are independent (trained "separately", METHOD.md
-§10) and share the batch and one Adam (Adam's state is per parameter: two optimisers).
+(:mod:`acl_dist.global_batch`): the loss and gradient of one worker on that batch. By
+default one network takes the streams' concatenated features (``model.fusion=early``);
+under the paper's ``late`` fusion the RGB and flow networks are independent (trained
+"separately", METHOD.md §10) and share the batch and one Adam (Adam's state is per parameter: two optimisers).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from torch import nn
 
 from .collectives import WorkerGroup
 from .config import RunConfig, to_dict
-from .global_batch import VideoRef, bucket_rows, split_batch, video_table
+from .global_batch import Split, VideoRef, bucket_rows, split_batch, video_table
 from .graphed_step import FeatureBank, GraphedStep
 from .losses import batch_loss, gather_terms, video_terms
 from .model import StreamModels, channel_keep, pad_inputs
@@ -211,10 +211,8 @@ class GlobalBatchStep:
         terms = video_terms(outputs, mask, torch.from_numpy(row_class[mine]).to(dev),
                             self.cfg.loss)
         if group.world_size > 1:
-            if len(mine) < split.cap:   # every worker gathers cap rows (zeros: no row's)
-                terms = {n: t.like(torch.cat([t.flat(), t.flat().new_zeros(
-                    split.cap - len(mine), sum(t.widths()))])) for n, t in terms.items()}
-            terms = gather_terms(terms, torch.from_numpy(split.gather_index()).to(dev), group)
+            terms = gather_terms(terms, torch.from_numpy(split.gather_index()).to(dev), group,
+                                 rows=split.cap)
         targets = torch.from_numpy(multi_hot(batch.items, self.num_classes)).to(dev)
         return batch_loss(terms, targets,
                           torch.from_numpy(group_rows(batch, tc.videos_per_cluster)).to(dev),
@@ -224,11 +222,9 @@ class GlobalBatchStep:
     def _graphed(self, batch: Batch[VideoRef], starts: np.ndarray, lengths: np.ndarray
                  ) -> dict[str, torch.Tensor]:
         group, many = self.group, self.group.world_size > 1
-        owners = [ref.owner for ref in batch.items]
-        split = split_batch(owners, group.world_size)
+        split = split_batch([ref.owner for ref in batch.items], group.world_size)
         if many:   # every worker's rows padded to one of few sizes: few graph shapes
-            split = split_batch(owners, group.world_size,
-                                cap=bucket_rows(split.cap, len(batch.items)))
+            split = Split(split.rows, bucket_rows(split.cap, len(batch.items)))
         mine = split.rows[group.rank]
         return self.graphed.step(
             [batch.items[p].video_id for p in mine], starts[mine], lengths[mine],
