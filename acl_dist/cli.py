@@ -1,6 +1,6 @@
 """``acl-dist`` command line. Thin: parse arguments, call the package, print results.
 
-The command forms are a contract (DESIGN.md "Contracts"); users' scripts rely on them.
+The command forms are a contract: users' scripts rely on them (README "Commands").
 """
 
 from __future__ import annotations

@@ -304,7 +304,7 @@ class LocalizeConfig:
             scores lets a class a video barely shows add its segments at the bottom of the
             ranking: an unsupervised model gives a CliffDiving video's Diving cluster a video
             score of ~0.001-0.1, and the 0.1 gate dropped every Diving segment there
-            (docs/method.md, issue 19). Each kept class is localised, so the cost grows with
+            (docs/method.md). Each kept class is localised, so the cost grows with
             the classes that pass: the ActivityNet presets keep the paper's gate.
         signal: ``cas`` (min-max normalised class logits, the paper's ``score``) or
             ``cas_attention`` (that times the min-max normalised class-agnostic attention).

@@ -158,7 +158,7 @@ class RunResults:
         self.dir.write_metrics(self.metrics())
 
     def metrics(self) -> dict[str, Any]:
-        """``metrics.json``: the DESIGN.md contract plus per-round details."""
+        """``metrics.json``: the documented metrics contract plus per-round details."""
         cfg = self.cfg
         state = self.dir.state()["steps"]
         final = self.dir.read_eval(cfg.rounds - 1, "test") or {}
