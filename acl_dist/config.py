@@ -605,6 +605,43 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: Deepest nesting a config file may have: configs are two levels deep (``train.lr``); the
+#: bound turns a hostile file into one line before PyYAML's recursion overflows.
+YAML_DEPTH = 32
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases and with bounded depth: an alias is how a
+    small file becomes a self-referential or exponentially large value (``&a [*a]``, the
+    "billion laughs"), and configs have no use for one."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"an alias (*name) at line {mark.line + 1}: acl-dist reads "
+                                 "no YAML aliases")
+        self._depth += 1
+        try:
+            if self._depth > YAML_DEPTH:
+                raise yaml.YAMLError(f"nested deeper than {YAML_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """``text`` as YAML (safe: plain data only, no aliases, bounded depth), or one
+    :class:`ConfigError` naming ``source``."""
+    try:
+        return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML ({exc})".replace("\n", " ")) from None
+    except RecursionError:
+        raise ConfigError(f"{source}: not valid YAML (nested too deeply)") from None
+
+
 def parse_override(text: str) -> dict[str, Any]:
     """``a.b.c=value`` -> ``{"a": {"b": {"c": value}}}`` (value parsed as YAML)."""
     if "=" not in text:
@@ -613,10 +650,7 @@ def parse_override(text: str) -> dict[str, Any]:
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
         raise ConfigError(f"--set: empty key in {text!r}")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: cannot parse {raw!r} ({exc})") from None
+    value = load_yaml(raw, f"--set {key}") if raw.strip() else None
     out: dict[str, Any] = {parts[-1]: value}
     for p in reversed(parts[:-1]):
         out = {p: out}
@@ -638,10 +672,7 @@ def read_yaml(name_or_path: str) -> dict[str, Any]:
     else:
         text = fsutil.read_text(name_or_path)
         source = name_or_path
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML ({exc})") from None
+    data = load_yaml(text, source) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a config file must be a mapping")
     return data

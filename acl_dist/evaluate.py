@@ -57,8 +57,10 @@ class Detection(NamedTuple):
 
 
 def load_detections(source: str | Mapping[str, Any]) -> list[Detection]:
-    """Detections from an ActivityNet result JSON (path or loaded dict), in file order."""
-    data = fsutil.read_json(source) if isinstance(source, str) else source
+    """Detections from an ActivityNet result JSON (path or loaded dict), in file order. A
+    file that names a video twice (or repeats any key) is refused: JSON parsers keep the
+    last value, so the first video's detections would vanish unscored."""
+    data = fsutil.read_json(source, unique_keys=True) if isinstance(source, str) else source
     name = source if isinstance(source, str) else "detections"
     if not isinstance(data, Mapping) or "results" not in data:
         raise DataError(None, f"{name}: not an ActivityNet result file (no 'results' key)")
@@ -137,28 +139,42 @@ def load_ground_truth(source: str | Mapping[str, Any], subset: str,
         blocked: videos to leave out (ActivityNet's blocked list).
     """
     data = _gt_dict(source)
-    if "database" not in data:
-        raise DataError(None, "ground truth has no 'database' key (not ActivityNet JSON)")
+    name = source if isinstance(source, str) else "ground truth"
+    if not isinstance(data, Mapping) or not isinstance(data.get("database"), Mapping):
+        raise DataError(None, f"{name}: no 'database' object mapping video ids to entries "
+                              "(not ActivityNet JSON)")
     keep = set(videos) if videos is not None else None
     blocked = set(blocked)
     classes: list[str] = []
     segs: dict[str, dict[str, list[list[float]]]] = {}
     all_videos: set[str] = set()
     for vid, entry in data["database"].items():
+        if not isinstance(entry, Mapping):
+            raise DataError(vid, f"{name}: expected an object, got {type(entry).__name__}")
         if entry.get("subset") != subset or vid in blocked:
             continue
         if keep is not None and vid not in keep:
             continue
         all_videos.add(vid)
-        for ann in entry.get("annotations", []):
-            label = ann["label"]
+        annotations = entry.get("annotations", [])
+        if not isinstance(annotations, list):
+            raise DataError(vid, f"{name}: 'annotations' must be a list")
+        for ann in annotations:
+            try:
+                label = ann["label"]
+                start, end = (float(x) for x in ann["segment"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise DataError(vid, f"{name}: bad annotation {str(ann)[:80]}: needs label "
+                                     f"and segment [start, end] ({exc})") from None
+            if not isinstance(label, str):
+                raise DataError(vid, f"{name}: label {label!r} is not a string")
             if label not in segs:
                 classes.append(label)
                 segs[label] = {}
-            segs[label].setdefault(vid, []).append([float(ann["segment"][0]),
-                                                    float(ann["segment"][1])])
+            segs[label].setdefault(vid, []).append([start, end])
     if not all_videos:
-        present = sorted({e.get("subset") for e in data["database"].values()} - {None})
+        present = sorted({str(e.get("subset")) for e in data["database"].values()
+                          if isinstance(e, Mapping) and e.get("subset") is not None})
         raise DataError(None, f"no ground-truth videos in subset {subset!r} "
                               f"(subsets present: {present})")
     arrays = {c: {v: np.asarray(s, dtype=np.float64).reshape(-1, 2) for v, s in d.items()}

@@ -66,33 +66,80 @@ def exists(path: str) -> bool:
         raise StoreError(f"cannot access {path}: {exc}") from exc
 
 
+#: The most bytes :func:`read_text` reads from one file (after decompression): text inputs
+#: are configs, annotations and detections, far below it; the cap turns a wrong path (a
+#: device, a video file, a decompression bomb) into one line instead of memory exhaustion.
+TEXT_LIMIT = 2 * 2**30
+
+
 def open_read(path: str, mode: str = "rb"):
-    """Open a file for reading; ``*.gz`` files are decompressed transparently."""
+    """Open a file for reading; ``*.gz`` files are decompressed transparently. Only regular
+    files are read: a device or a FIFO (``/dev/zero``) never ends. Text mode (``"r"``)
+    reads the whole file through :func:`read_text`, so a decoding error is one line."""
+    if "b" not in mode:
+        return io.StringIO(read_text(path))
+    if not is_remote(path):
+        local = path.removeprefix("file://")
+        if os.path.exists(local) and not os.path.isfile(local):
+            kind = "a directory" if os.path.isdir(local) else "not a regular file"
+            raise StoreError(f"{path}: {kind}")
     fs, p = get_fs(path)
     try:
         handle = fs.open(p, "rb")
     except FileNotFoundError as exc:
         raise StoreError(f"{path}: no such file") from exc
+    except IsADirectoryError as exc:
+        raise StoreError(f"{path}: a directory") from exc
     except Exception as exc:
         raise StoreError(f"cannot read {path}: {exc}") from exc
     if path.endswith(".gz"):
         handle = gzip.GzipFile(fileobj=handle)
-    if "b" in mode:
-        return handle
-    return io.TextIOWrapper(handle, encoding="utf-8")
+    return handle
 
 
-def read_text(path: str) -> str:
-    with open_read(path, "r") as fh:
-        return fh.read()
-
-
-def read_json(path: str) -> Any:
-    text = read_text(path)
+def read_text(path: str, limit: int | None = None) -> str:
+    """A whole UTF-8 text file (at most ``limit`` bytes, default :data:`TEXT_LIMIT`); bytes
+    that are not UTF-8, a file over the limit or a damaged ``.gz`` are one
+    :class:`StoreError` naming the file."""
+    limit = TEXT_LIMIT if limit is None else limit
+    with open_read(path) as fh:
+        try:
+            data = fh.read(limit + 1)
+        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            raise StoreError(f"cannot read {path}: {exc}") from exc
+    if len(data) > limit:
+        raise StoreError(f"{path}: larger than {limit / 2**20:.0f} MB, not a text input of "
+                         "acl-dist")
     try:
-        return json.loads(text)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise StoreError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+                         f"{exc.start})") from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"duplicate key {dup!r}")
+    return out
+
+
+def read_json(path: str, *, unique_keys: bool = False, limit: int | None = None) -> Any:
+    """A JSON file, or one :class:`StoreError` naming it: invalid JSON, bytes that are not
+    UTF-8, nesting deeper than Python's recursion allows, over ``limit`` bytes, or (with
+    ``unique_keys``) an object that repeats a key, where JSON keeps only the last value
+    silently."""
+    text = read_text(path, limit)
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys if unique_keys else None)
     except json.JSONDecodeError as exc:
-        raise StoreError(f"{path}: not valid JSON ({exc})") from exc
+        raise StoreError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise StoreError(f"{path}: not valid JSON (nested too deeply)") from None
+    except ValueError as exc:       # _unique_keys
+        raise StoreError(f"{path}: not valid JSON ({exc})") from None
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
@@ -217,6 +264,15 @@ def atomic_output_dir(final: str, overwrite: bool = False,
     last; after the block every object of the old generation is deleted. On failure only
     this attempt's objects are removed.
     """
+    from .locks import exclusive
+
+    with exclusive(final):
+        yield from _atomic_output_dir(final, overwrite, replaceable, marker)
+
+
+def _atomic_output_dir(final: str, overwrite: bool,
+                       replaceable: Callable[[str], str | None] | None,
+                       marker: str | None) -> Iterator[OutputDir]:
     replacing = check_output_dir(final, overwrite, replaceable)
     if is_remote(final):
         yield from _atomic_remote(final, replacing, marker)
@@ -229,6 +285,7 @@ def atomic_output_dir(final: str, overwrite: bool = False,
     except (FileExistsError, NotADirectoryError):
         raise StoreError(f"cannot create {shown}: a part of its path is a file, not a "
                          "directory") from None
+    sweep_temporaries(final)
     tmp = os.path.join(parent, f".{os.path.basename(final)}.tmp-{uuid.uuid4().hex[:8]}")
     os.makedirs(tmp)
     try:
@@ -251,6 +308,29 @@ def atomic_output_dir(final: str, overwrite: bool = False,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def sweep_temporaries(final: str) -> list[str]:
+    """Remove what killed writers of ``final`` left beside it (``.NAME.tmp-*``: a
+    directory being built, a file being written, an old directory being dropped). Called
+    with ``final``'s lock held (:mod:`acl_dist.locks`), when no other writer of it can be
+    running, so every such entry is a leftover. Returns the removed names."""
+    if is_remote(final):
+        return []     # an S3 writer removes its own objects; a killed one's stay unlisted
+    parent, name = os.path.split(os.path.abspath(final))
+    prefix = f".{name}.tmp-"
+    try:
+        left = [e for e in os.listdir(parent) if e.startswith(prefix)]
+    except OSError:
+        return []
+    for entry in left:
+        path = os.path.join(parent, entry)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+    return left
 
 
 def _is_dir(path: str) -> bool:

@@ -139,3 +139,43 @@ def fake_cuml(monkeypatch):
     monkeypatch.setitem(sys.modules, "cuml", fake)
     monkeypatch.setitem(sys.modules, "cuml.cluster", fake.cluster)
     return calls
+
+
+#: Fixtures that start or use the session's Ray instance: a test naming one is a Ray test.
+RAY_FIXTURES = {"ray_session", "unsupervised_run"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that asks for the session's Ray instance must carry the ``ray`` marker, so
+    ``-m "not ray"`` really runs without Ray."""
+    unmarked = [item.nodeid for item in items
+                if RAY_FIXTURES & set(getattr(item, "fixturenames", ()))
+                and item.get_closest_marker("ray") is None]
+    if unmarked:
+        raise pytest.UsageError("tests using the session's Ray instance without the 'ray' "
+                                f"marker: {', '.join(unmarked)}")
+
+
+class RayStartedByUnmarkedTest(AssertionError):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _ray_only_in_ray_tests(request, monkeypatch):
+    """A test without the ``ray`` marker that reaches a Ray start fails, naming itself:
+    the marker is what lets the suite be split and Ray kept to one instance per session
+    (the guard patches acl-dist's one start function and ``ray.init``)."""
+    if request.node.get_closest_marker("ray") is not None:
+        yield
+        return
+
+    def refuse(*args, **kwargs):
+        raise RayStartedByUnmarkedTest(f"{request.node.nodeid} starts Ray but is not marked "
+                                       "'ray'")
+
+    from acl_dist import ray_start
+
+    monkeypatch.setattr(ray_start, "init_ray", refuse)
+    if "ray" in sys.modules:
+        monkeypatch.setattr(sys.modules["ray"], "init", refuse)
+    yield

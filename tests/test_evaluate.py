@@ -142,6 +142,26 @@ def test_score_ties_follow_argsort_reversed():
     assert ap_of(r, "A")[0] == pytest.approx(0.5)
 
 
+def test_tiou_ties_between_ground_truths_go_to_the_later_listed():
+    """Official rule: a prediction visits its video's ground truth in ``tiou_arr.argsort()
+    [::-1]`` order (ActivityNet's ``compute_average_precision_detection``), so when two
+    ground-truth segments tie in tIoU, the one listed *later* is locked first.
+
+    GT A = [0, 4], B = [6, 10]. Prediction p1 = [2, 8] (score 0.9) has tIoU 2/8 = 0.25 with
+    both; p2 = [5.5, 10] (0.8) has tIoU 4/4.5 with B, 0 with A. At threshold 0.2:
+    listed A, B: p1 takes B, p2 finds B locked -> TP, FP -> AP = 1/2 * 1 = 0.5;
+    listed B, A (the control): p1 takes A, p2 takes B -> TP, TP -> AP = 1.
+    """
+    assert list(segment_iou(np.array([2.0, 8.0]), np.array([[0.0, 4.0], [6.0, 10.0]]))) == \
+        [0.25, 0.25]
+    assert list(np.array([0.25, 0.25]).argsort()[::-1]) == [1, 0]
+    dets = [D("v1", "A", 0.9, 2, 8), D("v1", "A", 0.8, 5.5, 10)]
+    a_then_b = gt_json({"v1": [("A", 0, 4), ("A", 6, 10)]})
+    b_then_a = gt_json({"v1": [("A", 6, 10), ("A", 0, 4)]})
+    assert evaluate(a_then_b, dets, thr=(0.2,)).map[0] == pytest.approx(0.5)
+    assert evaluate(b_then_a, dets, thr=(0.2,)).map[0] == pytest.approx(1.0)
+
+
 def test_class_without_predictions_scores_zero_and_counts():
     gt = gt_json({"v1": [("B", 0, 10), ("A", 20, 30)], "v2": [("C", 5, 6)]})
     r = evaluate(gt, [D("v1", "A", 0.9, 20, 30)])

@@ -92,6 +92,7 @@ def test_predict_on_a_store_the_run_never_saw(unsupervised_run, new_videos, tmp_
     assert json.loads(dets.read_text()) == result
 
 
+@pytest.mark.ray
 def test_detections_are_named_by_clusters_or_by_the_runs_mapping(unsupervised_run):
     trained = open_trained_run(str(unsupervised_run[0]))
     assert trained.label_names[0] == "cluster_00" and set(trained.mappings) == {
@@ -107,6 +108,7 @@ def test_detections_are_named_by_clusters_or_by_the_runs_mapping(unsupervised_ru
                                          )["classes"]
 
 
+@pytest.mark.ray
 def test_stores_and_runs_that_do_not_fit_are_refused_in_one_line(unsupervised_run,
                                                                  tmp_path, capsys):
     run = str(unsupervised_run[0])
