@@ -99,14 +99,18 @@ def _float(value: Any, video: str, what: str) -> float:
         raise DataError(video, f"{what} is not a number: {value!r}") from exc
 
 
-def _parse_segments(video: str, anns: list[dict]) -> list[Segment]:
+def _parse_segments(video: str, anns: Any) -> list[Segment]:
+    if not isinstance(anns, list):
+        raise DataError(video, f"'annotations' must be a list, got {type(anns).__name__}")
     segs = []
     for ann in anns:
-        if "segment" not in ann or "label" not in ann:
-            raise DataError(video, f"annotation without 'segment' or 'label': {ann!r}")
+        if not isinstance(ann, dict) or "segment" not in ann or "label" not in ann:
+            raise DataError(video, f"annotation without 'segment' or 'label': {ann!r}"[:200])
         seg = ann["segment"]
-        if len(seg) != 2:
-            raise DataError(video, f"segment must be [start, end], got {seg!r}")
+        if not isinstance(seg, (list, tuple)) or len(seg) != 2:
+            raise DataError(video, f"segment must be [start, end], got {seg!r}"[:200])
+        if not isinstance(ann["label"], (str, int)):
+            raise DataError(video, f"label must be a string, got {ann['label']!r}"[:200])
         segs.append(Segment(str(ann["label"]), _float(seg[0], video, "segment start"),
                             _float(seg[1], video, "segment end")))
     return segs
@@ -122,20 +126,31 @@ def parse_activitynet(data: dict, source: str = "", info_csv: str | None = None,
             the BSN form, which has no subset field.
         classes: the class list; default: every label in the file, sorted.
     """
-    if "database" in data:
+    name = source or "annotations"
+    if isinstance(data, dict) and "database" in data:
         database = data["database"]
-    elif data and all(isinstance(v, dict) and "annotations" in v for v in data.values()):
+        if not isinstance(database, dict):
+            raise StoreError(f"{name}: 'database' must be an object mapping video ids to "
+                             f"entries, got {type(database).__name__}")
+    elif isinstance(data, dict) and data and all(
+            isinstance(v, dict) and "annotations" in v for v in data.values()):
         database = data  # BSN form: top level keyed by video
     else:
-        raise StoreError(f"{source or 'annotations'}: no 'database' key and not the BSN form "
+        raise StoreError(f"{name}: no 'database' key and not the BSN form "
                          "(a dict of videos with 'annotations')")
     info: dict[str, dict[str, str]] = {}
     if info_csv is not None:
         with fsutil.open_read(info_csv, "r") as fh:
-            for row in csv.DictReader(fh):
+            reader = csv.DictReader(fh)
+            if "video" not in (reader.fieldnames or []):
+                raise StoreError(f"{info_csv}: no 'video' column (BSN's video_info_new.csv "
+                                 "has video, numFrame, seconds, fps, rfps, subset, ...)")
+            for row in reader:
                 info[row["video"]] = row
     videos: dict[str, VideoAnnotation] = {}
     for vid, entry in database.items():
+        if not isinstance(entry, dict):
+            raise DataError(vid, f"{name}: expected an object, got {type(entry).__name__}")
         subset = entry.get("subset")
         duration = entry.get("duration", entry.get("duration_second"))
         if vid in info:
