@@ -357,11 +357,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("--out is required (or --resume RUN)")
     store = args.store
     if args.resume:
+        # given means not None (and not an empty --set list): 0 is a value, and a
+        # changed one, never "not given"
         changes = [flag for flag, value in (
             ("--config", args.config), ("--set", args.overrides), ("--mode", args.mode),
             ("--num-classes", args.num_classes), ("--train-subset", args.train_subset),
             ("--test-subset", args.test_subset), ("--rounds", args.rounds),
-            ("--label-map", args.label_map)) if value]
+            ("--label-map", args.label_map)) if value is not None and value != []]
         if changes:
             raise ConfigError(f"--resume continues the run as it was configured; "
                               f"{', '.join(changes)} would change it (start a new run with "
@@ -389,7 +391,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _print_plan(store: str | None, out: str, cfg: Any, args: argparse.Namespace) -> int:
     """``run --plan``: the plan of a new run (or of ``--resume``'s run on this cluster),
     printed; with ``--wait`` the cluster is scaled to it first (the request is then
-    withdrawn: the nodes stay up for the autoscaler's idle timeout). Writes nothing."""
+    withdrawn: the nodes stay up for the autoscaler's idle timeout). Writes nothing, and
+    starts no local Ray instance (:func:`acl_dist.ray_start.planning_capacity`)."""
     from . import ray_start, resources
     from .pipeline import load_run_config, plan_new_run
     from .plan import describe_plan, run_plan
@@ -397,7 +400,7 @@ def _print_plan(store: str | None, out: str, cfg: Any, args: argparse.Namespace)
     quiet = args.quiet or args.json
     if cfg is None:
         store, cfg, _ = load_run_config(out, store)
-        plan = run_plan(cfg, ray_start.cluster_capacity(quiet))
+        plan = run_plan(cfg, ray_start.planning_capacity(quiet))
     else:
         _, _, plan = plan_new_run(store, cfg, quiet)
     if args.wait and resources.on_a_cluster():
@@ -476,37 +479,40 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                                    "3 rounds of unsupervised ACL on it with the 'demo' preset "
                                    "(a few minutes on 2 CPU cores) and prints the results.")
     p.add_argument("--out", default="acl-dist-demo", help="directory for the store and run")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the store and run of an earlier demo in --out (nothing "
+                        "else)")
     p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     import os
-    import shutil
     import time
 
+    from . import fsutil, locks
+    from .artifacts import RunDir
     from .config import load_config
     from .pipeline import run_acl
+    from .store import not_a_store
     from .synth import SynthConfig, synthesize
-
-    from .artifacts import RunDir
-    from .errors import ConfigError
 
     started = time.perf_counter()
     store = os.path.join(args.out, "store")
     run = os.path.join(args.out, "run")
-    # the demo replaces its own earlier run, never a directory of anything else
-    if os.path.exists(run) and (not os.path.isdir(run) or (
-            os.listdir(run) and not RunDir(run).is_run())):
-        raise ConfigError(f"{run} exists and is not an acl-dist run; choose another --out")
-    print(f"[1/2] synthetic THUMOS-like benchmark -> {store}", flush=True)
-    summary = synthesize(SynthConfig(), store, overwrite=True, quiet=args.quiet)
-    print(round0_table(summary["round0"]), flush=True)
-    print(f"\n[2/2] unsupervised ACL, 3 rounds (preset 'demo') -> {run}", flush=True)
-    if os.path.isdir(run):
-        shutil.rmtree(run)
-    cfg = load_config("demo", mode="unsupervised")
-    metrics = run_acl(store, run, cfg, quiet=args.quiet)
+    with locks.exclusive(run, "demo", args.quiet):
+        # the rule of every command that replaces a directory: only what acl-dist wrote,
+        # only with --overwrite; both are checked before the first is replaced
+        fsutil.check_output_dir(store, args.overwrite, not_a_store)
+        replacing_run = fsutil.check_output_dir(run, args.overwrite, RunDir.not_a_run)
+        print(f"[1/2] synthetic THUMOS-like benchmark -> {store}", flush=True)
+        summary = synthesize(SynthConfig(), store, overwrite=args.overwrite, quiet=args.quiet)
+        print(round0_table(summary["round0"]), flush=True)
+        print(f"\n[2/2] unsupervised ACL, 3 rounds (preset 'demo') -> {run}", flush=True)
+        if replacing_run:
+            fsutil.remove_tree(run)
+        cfg = load_config("demo", mode="unsupervised")
+        metrics = run_acl(store, run, cfg, quiet=args.quiet)
     print()
     print(results_table(metrics))
     from .report import build_report
@@ -684,21 +690,53 @@ def _run_command(func: Callable[[argparse.Namespace], int], args: argparse.Names
                 ray.shutdown()    # inside the filter: its chatter is filtered too
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's cancel, ``kill``, a job stop) raised where the program is,
+    as Ctrl-C is: the same cleanup runs (temporary data removed, locks released), and the
+    exit status is 143, the shell's for a SIGTERM."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+    import threading
+
+    from . import locks
+
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    locks.command_name = args.command
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return _run_command(func, args)
-    except KeyboardInterrupt:
-        print(f"acl-dist {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        how = "terminated" if isinstance(stop, Terminated) else "interrupted"
+        print(f"acl-dist {args.command}: {how}{_resume_hint(args)}", file=sys.stderr)
+        return 143 if isinstance(stop, Terminated) else 130
     except Exception as err:
         line = _error_line(err)
         if line is None:   # not a bad input or a fault: a bug, keep its traceback
             raise
-        print(f"acl-dist {args.command}: error: {line}", file=sys.stderr)
+        print(f"acl-dist {args.command}: error: {printable(line)}", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\x1b``): an error names what
+    the user gave (a video id, a key), and one of those must not break the message into
+    lines or send escape sequences to the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _error_line(err: BaseException) -> str | None:

@@ -108,7 +108,8 @@ def worker_resources(cfg: RunConfig) -> dict[str, float]:
     return {"CPU": float(tc.cpus_per_worker), **({"GPU": 1.0} if tc.use_gpu else {})}
 
 
-def run_plan(cfg: RunConfig, capacity: resources.Capacity) -> dict[str, Any]:
+def run_plan(cfg: RunConfig, capacity: resources.Capacity,
+             train_videos: int | None = None) -> dict[str, Any]:
     """Where each step of a resolved run runs, and what the run asks the cluster for
     (``plan.json``; ``acl-dist run --plan --json``). A GPU run puts every step on GPUs and a
     CPU run every step on CPUs: a run never changes device on its own.
@@ -116,19 +117,15 @@ def run_plan(cfg: RunConfig, capacity: resources.Capacity) -> dict[str, Any]:
     Keys: ``capacity`` (:class:`~acl_dist.resources.Capacity` and its summary), ``train``
     (workers, device, Ray resources per worker, placement), ``cluster`` and ``attention``
     (device; actors), ``request`` (the bundles the autoscaler is asked for before training:
-    the training workers' resources, the most the run holds at once) and ``config`` (the
-    resolved config).
+    the training workers' resources, the most the run holds at once), ``warnings``
+    (:func:`size_warnings`; ``train_videos``: the training videos, when known) and
+    ``config`` (the resolved config). A plan the capacity can never place is refused
+    (:func:`check_placement`).
     """
     tc = cfg.train
     gpu = bool(tc.use_gpu)
     worker = worker_resources(cfg)
-    if capacity.on_cluster:   # a request the cluster can never hold would wait forever
-        for key, most in (("GPU", capacity.max_gpus), ("CPU", capacity.max_cpus)):
-            need = worker.get(key, 0.0) * tc.workers
-            if need > most:
-                raise ConfigError(f"the plan needs {need:g} {key}s ({tc.workers} training "
-                                  f"workers x {worker[key]:g}) but the cluster can hold "
-                                  f"{most:g} ({capacity.describe()}); lower train.workers")
+    check_placement(cfg, capacity)
     if gpu:      # one actor per GPU the training held: those nodes are up
         actors = max(1, tc.workers)
     else:
@@ -143,7 +140,131 @@ def run_plan(cfg: RunConfig, capacity: resources.Capacity) -> dict[str, Any]:
             "cluster": {"backend": cfg.cluster.backend, "gpu": cluster_gpu},
             "attention": {"actors": actors, "gpu": gpu},
             "request": [dict(worker) for _ in range(tc.workers)],
+            "warnings": size_warnings(cfg, train_videos),
             "config": to_dict(cfg)}
+
+
+#: The paper's updates a round (the most a run sizes by itself).
+PAPER_STEPS = 30_005
+#: One training worker's seconds per video of a step, measured: 54 ms a 16-video step on
+#: one CPU worker (the default benchmark, crops of 256 snippets: bench/worker_invariance.py),
+#: 3.0 ms a 32-video step on one H200 with CUDA graphs (docs/cluster.md). What the size
+#: warnings estimate time by: an order of magnitude, not a forecast.
+SECONDS_PER_VIDEO_STEP = {"CPU": 0.054 / 16, "GPU": 0.003 / 32}
+#: A round's fixed cost besides its steps: starting Ray Train's worker group (~20 s here).
+ROUND_START_S = 20.0
+
+
+def size_warnings(cfg: RunConfig, train_videos: int | None = None) -> list[str]:
+    """Lines warning of sizes far beyond what the method needs, each with an estimate of
+    what it will take: ``train.steps`` over 10x the paper's 30,005 a round,
+    ``train.batch_size`` over twice the ``train_videos`` (each update then draws every
+    video several times), ``rounds`` over 20 (the paper runs 4-5). Such a run is legal,
+    so it is warned of, not refused; the estimate (one worker's measured rate) tells a
+    typo from an intent."""
+    tc = cfg.train
+    device = "GPU" if tc.use_gpu else "CPU"
+    per_video = SECONDS_PER_VIDEO_STEP[device]
+    per_step = per_video * tc.batch_size
+    rate = (f"one {device} worker's measured ~{_duration(per_step)} a step of "
+            f"{tc.batch_size} videos")
+    round_s = tc.steps * per_step + ROUND_START_S
+    out = []
+    if tc.steps > 10 * PAPER_STEPS:
+        epochs = (f", ~{tc.steps * tc.batch_size / train_videos:,.0f} passes over the "
+                  f"{train_videos} training videos a round") if train_videos else ""
+        out.append(f"train.steps={tc.steps} is {tc.steps / PAPER_STEPS:,.0f}x the paper's "
+                   f"{PAPER_STEPS:,} updates a round{epochs}: ~{_duration(round_s)} a round, "
+                   f"~{_duration(round_s * cfg.rounds)} for {cfg.rounds} round(s) at {rate}")
+    if train_videos and tc.batch_size > 2 * train_videos:
+        times = f"{tc.batch_size / train_videos:,.0f}"
+        out.append(f"train.batch_size={tc.batch_size} is {times}x the {train_videos} "
+                   f"training videos (each update draws every video ~{times} times): "
+                   f"~{_duration(per_step)} a "
+                   f"step, ~{_duration(round_s)} a round of {tc.steps} steps at one "
+                   f"{device} worker's measured ~{_duration(per_video)} a video")
+    if cfg.rounds > 20:
+        out.append(f"rounds={cfg.rounds} is far beyond the paper's 4-5: each round "
+                   f"clusters, trains {tc.steps} steps and runs an attention pass over "
+                   f"every video, ~{_duration(round_s)} a round for the training alone, "
+                   f"~{_duration(round_s * cfg.rounds)} in all at {rate}")
+    return out
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` in the unit a person reads it in: ms, s, min, h, days or years."""
+    for unit, size, upto in (("ms", 1e-3, 1.0), ("s", 1.0, 120.0), ("min", 60.0, 7200.0),
+                             ("h", 3600.0, 172800.0), ("days", 86400.0, 2 * 31557600.0)):
+        if seconds < upto:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds / 31557600.0:,.3g} years"
+
+
+def check_placement(cfg: RunConfig, capacity: resources.Capacity, who: str = "") -> None:
+    """Refuse (:class:`ConfigError`, one line naming the key and the capacity) a resolved
+    config whose training workers the capacity can never place: Ray Train would wait for
+    them forever, retrying its worker group's start. ``who``: what trains (a Tune trial).
+
+    Counted against what the capacity can hold (a local instance: its CPUs and GPUs; an
+    autoscaling cluster: what its node types can bring up): the workers' CPUs plus
+    :data:`~acl_dist.resources.DATA_CPUS` for Ray Data's reads, their GPUs, one worker's
+    bundle on one node, and the placement strategy's node count (``STRICT_SPREAD``: a node
+    per worker; ``STRICT_PACK``: every worker on one node) where the nodes are known.
+
+    Long because each of the five refusals is its own message, naming its key and what
+    would fit; split, they would share every local."""
+    tc = cfg.train
+    n = tc.workers
+    worker = worker_resources(cfg)
+    cpu, gpu = worker["CPU"], worker.get("GPU", 0.0)
+    where = capacity.describe()
+    head = f"{who}: " if who else ""
+    if gpu and capacity.max_gpus < gpu:
+        raise ConfigError(f"{head}train.use_gpu=true needs a GPU for each training worker "
+                          f"but none can be placed ({where}); set train.use_gpu=false")
+    if cpu + resources.DATA_CPUS > capacity.max_cpus:
+        raise ConfigError(f"{head}train.cpus_per_worker={cpu:g} does not fit: one training "
+                          f"worker needs {cpu + resources.DATA_CPUS:g} CPUs ({cpu:g} + "
+                          f"{resources.DATA_CPUS:g} for Ray Data's reads) but at most "
+                          f"{capacity.max_cpus:g} can be placed ({where})")
+    types = [t for t in capacity.node_types if t.max_count != 0 and (t.cpus or t.gpus)]
+    if not capacity.on_cluster:   # a local instance is one node: the whole of it
+        types = [resources.NodeType("local", capacity.cpus, capacity.gpus, 1)]
+    holding = [t for t in types if t.cpus >= cpu and t.gpus >= gpu]
+    largest = max(types, key=lambda t: (t.gpus, t.cpus) if gpu else (t.cpus, t.gpus),
+                  default=None)
+    bundle = f"{cpu:g} CPUs" + (f" and {gpu:g} GPU" if gpu else "")
+    if largest is not None and not holding:
+        raise ConfigError(f"{head}train.cpus_per_worker={cpu:g} does not fit: a training "
+                          f"worker's {bundle} must be on one node, and the largest node "
+                          f"has {largest.cpus:g} CPUs and {largest.gpus:g} GPUs ({where})")
+    for key, each, most, spare in (("CPU", cpu, capacity.max_cpus, resources.DATA_CPUS),
+                                   ("GPU", gpu, capacity.max_gpus, 0.0)):
+        need = each * n + spare
+        if each and need > most:
+            fit = int((most - spare) // each)
+            why = f"{n} workers x {each:g} {key}" + (
+                f" + {spare:g} for Ray Data's reads" if spare else "")
+            raise ConfigError(f"{head}train.workers={n} needs {need:g} {key}s ({why}) but at "
+                              f"most {most:g} can be placed ({where}): lower it to {fit} "
+                              "or fewer")
+    if largest is None:           # a cluster's nodes up now are not known here
+        return
+    strategy = tc.placement_strategy
+    if strategy == "STRICT_SPREAD":
+        nodes = sum(t.max_count if t.max_count >= 0 else resources.UNBOUNDED
+                    for t in holding)
+        if n > nodes:
+            raise ConfigError(f"{head}train.placement_strategy=STRICT_SPREAD puts each of "
+                              f"the {n} training workers on a node of its own, but at most "
+                              f"{nodes} node(s) can hold one ({where}); use PACK or SPREAD")
+    if strategy == "STRICT_PACK" and not any(t.cpus >= cpu * n and t.gpus >= gpu * n
+                                             for t in types):
+        raise ConfigError(f"{head}train.placement_strategy=STRICT_PACK puts all {n} "
+                          f"training workers ({cpu * n:g} CPUs"
+                          + (f", {gpu * n:g} GPUs" if gpu else "") + ") on one node, but "
+                          f"the largest node has {largest.cpus:g} CPUs and "
+                          f"{largest.gpus:g} GPUs ({where}); use PACK or SPREAD")
 
 
 def attention_pass_actors(plan: dict[str, Any], videos: int, actors: int | None = None
@@ -222,7 +343,8 @@ def describe_plan(plan: dict[str, Any]) -> list[str]:
             f"({t['placement_strategy']}){early}",
             f"  clustering: one task on a {'GPU' if c['gpu'] else 'CPU'} "
             f"(backend {c['backend']})",
-            f"  attention pass: {a['actors']} actor(s) on {'GPU' if a['gpu'] else 'CPU'}s"]
+            f"  attention pass: {a['actors']} actor(s) on {'GPU' if a['gpu'] else 'CPU'}s"
+            ] + [f"warning: {w}" for w in plan.get("warnings", [])]
 
 
 def guess_tiou(store: FeatureStore) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -97,3 +97,30 @@ class Meter:
             return
         print(f"{self.desc}: {self.count} {self.unit}s in "
               f"{time.perf_counter() - self.start:.1f} s", file=sys.stderr, flush=True)
+
+
+class StepLines:
+    """When a training loop prints its progress line, whatever its number of steps: at
+    its first step (a line early, however long a step takes or the round is), at its last,
+    and between them once ``every_s`` seconds have passed since the previous line (a 10**6
+    -step round neither floods the log nor goes quiet). Which steps get a line depends on
+    the clock, so only the worker that prints asks (never a collective's decision)."""
+
+    def __init__(self, steps: int, every_s: float = 10.0,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.steps, self.every_s, self.clock = steps, every_s, clock
+        self.last: float | None = None
+        self.since = clock()
+        self.videos = 0
+
+    def step(self, step: int, videos: int) -> float | None:
+        """Count a finished step of ``videos`` videos. When it gets a line: the videos per
+        second since the previous line (or the start); else None."""
+        self.videos += videos
+        now = self.clock()
+        if self.last is not None and step < self.steps and now - self.last < self.every_s:
+            return None
+        rate = self.videos / max(now - self.since, 1e-9)
+        self.last = self.since = now
+        self.videos = 0
+        return rate

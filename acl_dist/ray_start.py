@@ -18,7 +18,8 @@ from .progress import log
 def init_ray(num_cpus: int | None = None, quiet: bool = False) -> None:
     """Attach to ``RAY_ADDRESS`` (a cluster, or ``ray job submit``), or start a local
     instance sized for this machine: at least 4 logical CPUs, so that Ray Data keeps CPUs
-    beside the training workers on a 2-core machine (RAY_NOTES.md §4)."""
+    beside the training workers on a 2-core machine, and torch's GPUs
+    (:func:`local_capacity` is what it holds, for plans made before it starts)."""
     import ray
 
     if ray.is_initialized():  # e.g. inside a Tune trial: Ray Data's context is per process
@@ -33,14 +34,15 @@ def init_ray(num_cpus: int | None = None, quiet: bool = False) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
     else:
-        cpus = num_cpus or max(4, os.cpu_count() or 2)
+        cpus = num_cpus or resources.local_instance_cpus()
         log(f"starting a local Ray instance ({cpus} logical CPUs)", quiet)
         # The dashboard serves the State API that Train V2's placement-group cleaner polls;
         # without it, it logs a warning every second (RAY_NOTES.md §3).
         dashboard = _dashboard_installed()
         port = _free_port() if dashboard else None
         with _environ(_local_instance_env(port)):   # inherited by the raylet and workers
-            ray.init(address="local", num_cpus=cpus, include_dashboard=dashboard,
+            ray.init(address="local", num_cpus=cpus, num_gpus=local_gpus(),
+                     include_dashboard=dashboard,
                      dashboard_host="127.0.0.1", dashboard_port=port,
                      object_store_memory=512 * 2**20, **kwargs)
     quiet_ray_data()
@@ -114,6 +116,37 @@ def _dashboard_installed() -> bool:
     except ImportError:  # another Ray layout: let Ray decide
         return True
     return get_dashboard_dependency_error() is None
+
+
+def local_gpus() -> int:
+    """GPUs a local instance gets: those torch can use here (``CUDA_VISIBLE_DEVICES``
+    applies), so that a plan made before the instance starts and the instance agree."""
+    try:
+        import torch
+
+        return int(torch.cuda.device_count())
+    except Exception:   # no torch or no CUDA driver: a CPU machine
+        return 0
+
+
+def local_capacity() -> resources.Capacity:
+    """What the local instance :func:`init_ray` would start holds (this machine's CPUs, at
+    least 4, and torch's GPUs), without starting it."""
+    return resources.capacity_from({"CPU": float(resources.local_instance_cpus()),
+                                    "GPU": float(local_gpus())}, [], on_cluster=False)
+
+
+def planning_capacity(quiet: bool = False) -> resources.Capacity:
+    """The capacity to plan a run or search by. Attached to a cluster (``RAY_ADDRESS``) or
+    with Ray already up in this process: asked of Ray (:func:`cluster_capacity`). Else the
+    local instance a run would start (:func:`local_capacity`), read from this machine
+    without starting it: ``--plan`` runs nothing, and a plan it cannot place is refused
+    before any Ray process exists."""
+    import ray
+
+    if resources.on_a_cluster() or ray.is_initialized():
+        return cluster_capacity(quiet)
+    return local_capacity()
 
 
 def cluster_capacity(quiet: bool = False) -> resources.Capacity:

@@ -168,8 +168,9 @@ def _shard_items(config: dict[str, Any]) -> list[VideoItem] | None:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: spill this worker's shard to a mapped file, restore a checkpoint
-    if Ray restarted it, then :func:`train.fit` with a report hook (progress, TensorBoard,
-    checkpoints). Long because: the worker's whole life in the order it happens."""
+    if Ray restarted it, then :func:`train.fit` with a report hook (TensorBoard,
+    checkpoints) and rank 0's progress lines. Long because: the worker's whole life in the
+    order it happens."""
     import ray.train
     import ray.train.torch
     import torch
@@ -206,13 +207,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             board.add(metrics, step)
             if step == steps:
                 board.close()
-        if rank == 0 and not config.get("quiet"):
-            # Written to the stream, not print(): Train V2 patches print into its logger
-            # and would echo each line twice.
-            sys.stdout.write(f"  round {config['round']} step {step}/{steps} "
-                             f"loss {metrics['loss']:.3f} "
-                             f"({metrics['videos_per_s']:.0f} videos/s)\n")
-            sys.stdout.flush()
         if state is None or rank != 0:
             ray.train.report(metrics)
             return
@@ -223,9 +217,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             save_train_checkpoint(d, state, final)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
+    def line(metrics: dict[str, float], step: int) -> None:
+        # Written to the stream, not print(): Train V2 patches print into its logger and
+        # would echo each line twice.
+        sys.stdout.write(f"  round {config['round']} step {step}/{steps} "
+                         f"loss {metrics['loss']:.3f} "
+                         f"({metrics['videos_per_s']:.0f} videos/s)\n")
+        sys.stdout.flush()
+
     try:
+        # rank 0's progress lines: its first step, then one every 10 s, and its last
         fit(items, cfg, config["num_classes"], streams, group=WorkerGroup(rank, world),
-            device=device, wrap=ray.train.torch.prepare_model, report=report, start=start)
+            device=device, wrap=ray.train.torch.prepare_model, report=report, start=start,
+            progress=line if rank == 0 and not config.get("quiet") else None)
     except BaseException:
         # a round cut short keeps the events it wrote (and leaves no temp dir); an error
         # of the copy must not hide the one that stopped the round

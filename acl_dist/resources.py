@@ -19,6 +19,18 @@ def machine_cores() -> int:
     return os.cpu_count() or 2
 
 
+def local_instance_cpus() -> int:
+    """Logical CPUs of the local Ray instance a run starts: the machine's cores, at least 4
+    (so that Ray Data keeps CPUs beside the training workers on a 2-core machine). What
+    planning without Ray assumes, and what :func:`acl_dist.ray_start.init_ray` starts."""
+    return max(4, machine_cores())
+
+
+#: Ray CPUs that Ray Data's read tasks need beside the training workers: workers holding
+#: every CPU leave the reads none and the fit waits forever.
+DATA_CPUS = 1.0
+
+
 def sizing_cpus(cluster_cpus: float, on_cluster: bool) -> int:
     """CPUs to size a run by: a cluster's CPUs; locally the machine's cores (the local Ray
     instance reports inflated logical CPUs)."""

@@ -29,6 +29,7 @@ from .global_batch import Split, VideoRef, bucket_rows, split_batch, video_table
 from .graphed_step import FeatureBank, GraphedStep
 from .losses import batch_loss, gather_terms, video_terms
 from .model import StreamModels, channel_keep, pad_inputs
+from .progress import StepLines
 from .sampling import Batch, ClusterBatcher, T, batches_with_replacement, shuffled
 
 
@@ -239,7 +240,8 @@ def fit(items: Sequence[VideoItem], cfg: RunConfig, num_classes: int, in_dims: d
         *, group: WorkerGroup | None = None, device: str | torch.device = "cpu",
         wrap: Callable[[nn.Module], nn.Module] | None = None,
         report: Callable[[dict[str, float], int, dict[str, Any] | None], None] | None = None,
-        start: dict[str, Any] | None = None) -> TrainResult:
+        start: dict[str, Any] | None = None,
+        progress: Callable[[dict[str, float], int], None] | None = None) -> TrainResult:
     """Train the stream models for ``cfg.train.steps`` updates; on several workers, this
     worker's part of every global batch. Long because: the training loop reads best whole
     (resume, seeding, DDP wrap, logging and checkpoint steps in one place, as nanoGPT's).
@@ -259,6 +261,11 @@ def fit(items: Sequence[VideoItem], cfg: RunConfig, num_classes: int, in_dims: d
             is given at checkpoint steps and at the end, else None. The loss terms are the
             global batch's, the same on every worker.
         start: a state from :func:`training_state` to resume from (model, optimiser, step).
+        progress: ``progress(metrics, step)`` (the loss terms, ``videos_per_s``) for a
+            progress line, at the steps :class:`~acl_dist.progress.StepLines` picks: the
+            first, the last and one every 10 s, whatever ``train.steps`` and
+            ``train.log_every`` are. Given to one worker only (its steps depend on the
+            clock; it runs no collective).
     Returns:
         :class:`TrainResult` with the (unwrapped) model's state dict.
     """
@@ -290,6 +297,7 @@ def fit(items: Sequence[VideoItem], cfg: RunConfig, num_classes: int, in_dims: d
     history: list[dict[str, float]] = []
     started = time.perf_counter()
     window_videos, window_start = 0, time.perf_counter()
+    lines = StepLines(tc.steps) if progress is not None else None
     model.train()
     while step < tc.steps:
         batch = next(stream)
@@ -300,6 +308,9 @@ def fit(items: Sequence[VideoItem], cfg: RunConfig, num_classes: int, in_dims: d
         window_videos += len(batch.items)
         last = step == tc.steps
         due_ckpt = last or (tc.checkpoint_every > 0 and step % tc.checkpoint_every == 0)
+        rate = lines.step(step, len(batch.items)) if lines is not None else None
+        if rate is not None:
+            progress({**terms_to_floats(terms), "videos_per_s": rate}, step)
         if step % tc.log_every == 0 or due_ckpt:
             now = time.perf_counter()
             terms = terms_to_floats(terms)

@@ -186,7 +186,16 @@ def _trainable(meta: dict[str, Any]):
 def run_tune(store: str, out: str, base: RunConfig | None, space: dict[str, dict] | None,
              settings: TuneSettings | None, resume: bool = False,
              quiet: bool = False) -> dict[str, Any]:
-    """Run (or resume) a search into ``out``; returns ``summary.json``'s content."""
+    """Run (or resume) a search into ``out``; returns ``summary.json``'s content. One
+    search at a time writes ``out`` (:mod:`acl_dist.locks`)."""
+    from . import locks
+
+    with locks.exclusive(fsutil.absolute(out), "tune --resume" if resume else "tune", quiet):
+        return _start_tune(store, out, base, space, settings, resume, quiet)
+
+
+def _start_tune(store: str, out: str, base: RunConfig | None, space: dict[str, dict] | None,
+                settings: TuneSettings | None, resume: bool, quiet: bool) -> dict[str, Any]:
     from .ray_start import init_ray
 
     init_ray(quiet=quiet)
@@ -223,15 +232,15 @@ def plan_tune(store: str, out: str, base: RunConfig, space: dict[str, dict],
     """A new search's plan (``acl-dist tune --plan``), as it would be saved in
     ``EXP/tune.json``, with ``label_use``: the base config resolved against the store and
     the cluster, trials at a time and why, what the autoscaler would be asked for. Starts
-    no trial and writes nothing."""
-    from .ray_start import init_ray
+    no trial, no local Ray instance (:func:`acl_dist.ray_start.planning_capacity`) and
+    writes nothing."""
     from .tune_results import label_use
 
-    init_ray(quiet=quiet)
     store, out = fsutil.absolute(store), fsutil.absolute(out)
     if fsutil.exists(fsutil.join(out, "tune.json")):
         raise ConfigError(f"{out} already holds a search; use --resume or another --out")
-    meta = _plan_search(store, out, base, space, settings, quiet)
+    # the warnings are among the printed lines (describe_tune_plan)
+    meta = _plan_search(store, out, base, space, settings, quiet, warn=False)
     return {**meta, "label_use": label_use(base.mode, settings.objective)}
 
 
@@ -249,15 +258,23 @@ def describe_tune_plan(meta: dict[str, Any]) -> list[str]:
             f"  objective {s['objective']}; validation: {meta['validation']}",
             f"  on a cluster: {len(meta['request'])} bundle(s) asked of the autoscaler "
             f"first; trial failures retried: {meta['max_failures']}",
-            f"  {meta['label_use']}"]
+            f"  {meta['label_use']}"] + [f"warning: {w}" for w in meta.get("warnings", [])]
 
 
 def _plan_search(store: str, out: str, base: RunConfig, space: dict[str, dict],
-                 settings: TuneSettings, quiet: bool) -> dict[str, Any]:
+                 settings: TuneSettings, quiet: bool, warn: bool = True) -> dict[str, Any]:
     """A new search's plan (``EXP/tune.json``): the validation split, the base config
-    resolved against the store and the cluster, trials at a time and their threads."""
-    from .plan import resolve_config, worker_resources
-    from .ray_start import cluster_capacity
+    resolved against the store and the cluster, trials at a time and their threads.
+
+    A search one of whose trials (the base config, or any searched value over it) cannot
+    be placed on the capacity is refused (:func:`acl_dist.plan.check_placement`): its
+    trials would wait forever. Trials that fit one at a time are only run fewer at once.
+    Sizes far beyond the method's get ``warnings`` (logged with ``warn``).
+
+    Long because the plan is one record built in steps that each read the last (split,
+    resolved config, placement of every searched value, trials at a time, warnings)."""
+    from .plan import check_placement, resolve_config, size_warnings, worker_resources
+    from .ray_start import planning_capacity
     from .store import FeatureStore
 
     if settings.objective not in OBJECTIVES:
@@ -274,13 +291,22 @@ def _plan_search(store: str, out: str, base: RunConfig, space: dict[str, dict],
                 f"'seed:video_id') and never trained or clustered on")
         log(note, quiet)
     # sized to what the cluster can hold (an autoscaling cluster's node types), as a run
-    capacity = cluster_capacity(quiet)
+    capacity = planning_capacity(quiet)
     cpus = capacity.max_cpus if capacity.on_cluster else capacity.cpus
     physical = capacity.sizing_cpus()
     resolved = resolve_config(base, fs, cpus=physical, gpus=capacity.max_gpus)
-    for key, dim in space.items():  # every searched value must resolve too
+    # a trial trains on the training subset less its held-out share (about: a seeded hash)
+    videos = max(1, int(fs.num_videos(resolved.train_subset) * (1 - resolved.val_fraction)))
+    check_placement(resolved, capacity, "each trial")
+    warnings = size_warnings(resolved, videos)
+    for key, dim in space.items():  # every searched value must resolve and fit too
         for value in next(iter(dim.values())):
-            config_with({key: value}, to_dict(resolved))
+            trial = config_with({key: value}, to_dict(resolved))
+            check_placement(trial, capacity, f"a trial with {key}={value}")
+            warnings += [w for w in size_warnings(trial, videos) if w not in warnings]
+    if warn:
+        for line in warnings:
+            log(f"warning: {line}", quiet)
     concurrent, why = concurrent_trials(resolved, cpus, capacity.max_gpus,
                                         settings.max_concurrent)
     rounds_dim = space.get("rounds")
@@ -301,6 +327,7 @@ def _plan_search(store: str, out: str, base: RunConfig, space: dict[str, dict],
             # a trial's attention pass: one actor per GPU it trains on, else one
             "attention_actors": max(1, tc.workers) if tc.use_gpu else 1,
             "validation": note or "the run config's validation split",
+            "warnings": warnings,
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
