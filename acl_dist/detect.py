@@ -20,14 +20,15 @@ is said in its ``external_data.details``.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import fsutil, resources
-from .artifacts import RunDir
+from .artifacts import RUN_INFO, RunDir
 from .config import RunConfig
-from .errors import ConfigError, StoreError
+from .errors import ArtifactError, ConfigError, StoreError
 from .evaluate import MAPPING_MODES, Detection, detections_to_json, map_detections
 from .progress import log
 from .store import FeatureStore
@@ -68,7 +69,7 @@ def open_trained_run(run: str) -> TrainedRun:
     cfg = rundir.read_config()
     r = cfg.rounds - 1
     ckpt = rundir.load_model(r)
-    names = list(ckpt["label_names"])
+    names, in_dims = model_outputs(rundir.model_path(r), ckpt, cfg.num_classes)
     mappings: dict[str, dict[int, list[tuple[str, float]]]] = {}
     clusters = rundir.read_clusters(r) if cfg.mode == "unsupervised" else None
     for mode, by_name in ((clusters or {}).get("mapping") or {}).items():
@@ -77,10 +78,36 @@ def open_trained_run(run: str) -> TrainedRun:
     info = rundir.read_info()
     # runs from before run.json listed the classes: a weak model's outputs are its classes;
     # an unsupervised run knows those its mapping reaches
-    classes = info.get("classes") or (names if cfg.mode == "weak" else sorted(
-        {c for m in mappings.values() for v in m.values() for c, _ in v}))
-    return TrainedRun(run, cfg, r, rundir.model_path(r), dict(ckpt["in_dims"]), names,
-                      list(classes), mappings)
+    reached = sorted({c for m in mappings.values() for v in m.values() for c, _ in v})
+    classes = info.get("classes") or (names if cfg.mode == "weak" else reached)
+    # the classes a new store is checked against are the model's: run.json's must agree
+    # with the checkpoint's outputs (weak) and hold every class the mappings name
+    wrong = (cfg.mode == "weak" and list(classes) != names) or bool(set(reached) -
+                                                                    set(classes))
+    if wrong:
+        raise ArtifactError(rundir.path(RUN_INFO), f"classes: {len(classes)} classes that "
+                            f"are not the run's (round {r}'s "
+                            + ("model outputs other classes)" if cfg.mode == "weak" else
+                               "mapping names classes not among them)"))
+    return TrainedRun(run, cfg, r, rundir.model_path(r), in_dims, names, list(classes),
+                      mappings)
+
+
+def model_outputs(path: str, ckpt: dict[str, Any], num_classes: int
+                  ) -> tuple[list[str], dict[str, int]]:
+    """(names of the C outputs, stream -> feature dim) of a run's checkpoint (``path``),
+    checked: C names (the run's ``num_classes``) and positive dims, or one
+    :class:`ArtifactError` naming the checkpoint and the entry."""
+    names, dims = ckpt.get("label_names"), ckpt.get("in_dims")
+    if not (isinstance(names, list) and len(names) == num_classes and
+            all(isinstance(n, str) for n in names)):
+        raise ArtifactError(path, f"label_names: expected the names of its {num_classes} "
+                                  "outputs (strings)")
+    if not (isinstance(dims, dict) and dims and all(
+            isinstance(s, str) and type(d) is int and d > 0 for s, d in dims.items())):
+        raise ArtifactError(path, "in_dims: expected stream -> feature dim (positive "
+                                  "integers)")
+    return list(names), dict(dims)
 
 
 def resolve_labels(trained: TrainedRun, label_map: str | None) -> str | None:
@@ -159,22 +186,54 @@ def predict(run: str, store: str, out: str, subsets: list[str] | None = None,
         >>> s["videos"], s["labels"]
         (36, 'classes (hungarian)')
     """
+    from . import locks
+
     started = time.perf_counter()
     store, out = fsutil.absolute(store), fsutil.absolute(out)
+    check_detections_out(out, overwrite)
+    with locks.exclusive(out, "predict", quiet):
+        return _predict(run, store, out, subsets, label_map, overwrite, quiet, started)
+
+
+def check_detections_out(out: str, overwrite: bool) -> None:
+    """``predict --out`` names a file: an existing directory is refused, and an existing
+    file is replaced only with ``overwrite`` and only when acl-dist wrote it (its
+    ``external_data.details`` says so), never a file of anything else."""
+    if not fsutil.exists(out):
+        return
+    if not fsutil.is_remote(out) and os.path.isdir(out):
+        raise ConfigError(f"--out {out} is a directory; predict writes one JSON file")
+    if not overwrite:
+        raise ConfigError(f"{out} exists; choose another --out or pass --overwrite")
+    try:
+        data = fsutil.read_json(out)
+    except StoreError:
+        data = None
+    details = data.get("external_data", {}) if isinstance(data, dict) else None
+    if not (isinstance(details, dict) and str(details.get("details", "")).startswith(
+            "acl-dist predict:")):
+        raise ConfigError(f"--overwrite refused: {out} is not a detections file acl-dist "
+                          "wrote; acl-dist only replaces what it wrote (remove it yourself "
+                          "or choose another --out)")
+
+
+def _predict(run: str, store: str, out: str, subsets: list[str] | None,
+             label_map: str | None, overwrite: bool, quiet: bool,
+             started: float) -> dict[str, Any]:
     trained = open_trained_run(run)
     mapping = resolve_labels(trained, label_map)
     fs = FeatureStore.open(store)
     check_store(trained, fs, by_class=trained.cfg.mode == "weak" or mapping is not None)
     subsets = list(dict.fromkeys(subsets or fs.subsets))
     total = fs.num_videos(subsets)          # an unknown subset: one line naming it
-    if fsutil.exists(out) and not overwrite:
-        raise ConfigError(f"{out} exists; choose another --out or pass --overwrite")
     raw, plan = _detect(trained, fs, subsets, total, quiet)
     dets = name_detections(trained, raw, mapping)
     labels = f"classes ({mapping})" if mapping else (
         "classes" if trained.cfg.mode == "weak" else CLUSTERS)
     details = (f"acl-dist predict: round {trained.round} of {trained.path} "
                f"({trained.cfg.mode}), labels: {labels}")
+    check_detections_out(out, overwrite)    # as found when the lock was taken
+    fsutil.sweep_temporaries(out)
     fsutil.write_json_atomic(out, detections_to_json(
         dets, {"used": False, "details": details}, [v for v, _ in raw]), indent=None)
     summary = {"videos": len(raw), "detections": len(dets), "labels": labels,

@@ -36,7 +36,9 @@ class ArtifactError(AclDistError):
 
     ``str(err)`` names the file. ``refused`` is True when the file was readable but held
     something acl-dist never loads (pickled Python objects other than tensors and plain
-    data): such a file is reported, never skipped or silently replaced.
+    data) or JSON of the wrong shape for its schema (``"steps.round_0.train.seconds:
+    expected a number"``): such a file is reported, never skipped or silently replaced
+    (``--resume`` reruns only what is missing or truncated).
     """
 
     def __init__(self, path: str, problem: str, refused: bool = False):

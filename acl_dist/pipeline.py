@@ -22,6 +22,7 @@ is marked done, so ``--resume`` reruns exactly the first unfinished step and wha
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from dataclasses import dataclass, replace
 from functools import partial
@@ -29,10 +30,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import fsutil, ray_start, resources
+from . import fsutil, locks, ray_start, resources
 from .artifacts import CONFIG, RUN_INFO, RunDir, label_names
 from .config import RunConfig, with_updates
-from .errors import ConfigError
+from .errors import ArtifactError, ConfigError
 from .plan import (VideoSplit, attention_pass_actors, attention_roles, describe_plan,
                    resolve_config, run_plan, split_videos)
 from .progress import log
@@ -195,10 +196,9 @@ class Run:
         return steps + [("finish", self.step_finish)]
 
     def verify_finished_steps(self) -> list[str]:
-        """Read back every finished step's files before trusting the ledger; the steps to
-        rerun (see :meth:`acl_dist.artifacts.RunDir.verify_steps`)."""
-        return self.dir.verify_steps([n for n, _ in self.schedule() if n],
-                                     bool(self.split.val_ids), self.opts.with_test, self.quiet)
+        """Check the run against its store and read back every finished step's files
+        before trusting the ledger; the steps to rerun (see :func:`check_resumable`)."""
+        return check_resumable(self)
 
     def execute(self, resume: bool = False) -> dict[str, Any]:
         """Run every step not done yet; with ``resume`` first check the finished steps'
@@ -251,28 +251,90 @@ def load_run_config(out: str, store: str | None = None) -> tuple[str, RunConfig,
     if not (fsutil.exists(rundir.path(RUN_INFO)) and rundir.has_config()):
         raise ConfigError(f"--resume: {out} is not a run directory (no {RUN_INFO} and "
                           f"{CONFIG})")
-    saved = rundir.read_info()
-    if not isinstance(saved["store"], str):
-        raise ConfigError(f"--resume: {rundir.path(RUN_INFO)} does not name the run's store")
+    saved = rundir.read_info()      # its schema: one line naming run.json and the key
     if store is not None and saved["store"] != store:
         raise ConfigError(f"--resume: {out} was run on {saved['store']}, not {store}")
     return saved["store"], rundir.read_config(), saved
 
 
+def check_resumable(run: Run) -> list[str]:
+    """What a resumed run checks before Ray starts, before any step reruns and before a
+    file of it is rewritten: its ledger's schema (:meth:`RunDir.state`), that the store it
+    opened is the one it was made on (:func:`check_run_store`), then every finished step's
+    files read back (:meth:`RunDir.verify_steps`: one of the wrong shape refused, a lost or
+    truncated one rerun with the steps after it). Returns the steps to rerun."""
+    names = [n for n, _ in run.schedule() if n]
+    check_run_store(run, run.dir.state()["steps"])
+    return run.dir.verify_steps(names, bool(run.split.val_ids), run.opts.with_test,
+                                run.quiet)
+
+
+def check_run_store(run: Run, done: dict[str, Any]) -> None:
+    """The store ``run`` opened (``run.json``'s) is the one its finished steps were
+    computed from: the classes ``run.json`` saved, the features the last trained model
+    was trained on, and (unsupervised) the training videos every finished clustering
+    labelled, with clusters below C. Otherwise one :class:`ArtifactError` naming
+    ``run.json`` (or the clustering whose labels are out of range), before Ray starts;
+    a run file that is missing or truncated is left to :meth:`RunDir.verify_steps`."""
+    rundir, cfg, path = run.dir, run.cfg, run.store_path
+    rundir.check_store_classes(path, run.store.classes,
+                               rundir.read_info() if rundir.has_info() else {})
+
+    def refuse(problem: str) -> None:
+        raise ArtifactError(rundir.path(RUN_INFO), f"store: {path} is not the store this "
+                                                   f"run was made on: {problem}")
+
+    def readable(read: Callable[[], Any]) -> Any:
+        try:
+            return read()
+        except ArtifactError as err:
+            if err.refused:
+                raise
+            return None                  # lost or truncated: that step reruns
+
+    trained = [r for r in range(cfg.rounds) if f"round_{r}.train" in done]
+    ckpt = readable(partial(rundir.load_model, trained[-1])) if trained else None
+    dims = (ckpt or {}).get("in_dims")
+    if isinstance(dims, dict) and dict(dims) != run.store.streams:
+        refuse(f"its features {run.store.streams} are not those round_{trained[-1]}'s "
+               f"model was trained on {dict(dims)}")
+    if cfg.mode != "unsupervised":
+        return
+    train = {m.video_id for m in run.split.train}
+    for r in [r for r in range(cfg.rounds + 1) if f"round_{r}.cluster" in done]:
+        labels = (readable(partial(rundir.read_clusters, r, ())) or {}).get("labels")
+        if labels is None:
+            continue
+        unknown, unlabelled = sorted(set(labels) - train), sorted(train - set(labels))
+        if unknown or unlabelled:
+            refuse(f"round {r}'s clustering labels {len(labels)} videos, {len(unknown)} "
+                   f"of them not among its {len(train)} training videos"
+                   + (f" (e.g. {unknown[0]!r})" if unknown else
+                      f", and misses {len(unlabelled)} (e.g. {unlabelled[0]!r})"))
+        high = next(((v, k) for v, k in labels.items() if k >= cfg.num_classes), None)
+        if high is not None:
+            raise ArtifactError(rundir.clusters_path(r), f"labels: video {high[0]!r} is in "
+                                f"cluster {high[1]}, not below num_classes {cfg.num_classes}")
+
+
 def plan_new_run(store: str, cfg: RunConfig, quiet: bool = False
                  ) -> tuple[RunConfig, VideoSplit, dict[str, Any]]:
     """A new run's resolved config, videos' roles and plan (:func:`acl_dist.plan.run_plan`)
-    on the cluster it will run on; writes nothing (``acl-dist run --plan``).
+    on the cluster it will run on; writes nothing and starts no Ray instance
+    (``acl-dist run --plan``).
 
     Every check that needs no cluster (subsets, C against the videos, the validation split,
-    the store's metadata) runs before Ray starts, on this machine's sizing; then the config
-    is sized to what the cluster can hold (only the training sizes can differ)."""
+    the store's metadata) runs first, on this machine's sizing; then the config is sized to
+    what the cluster can hold (only the training sizes can differ), and a plan that cannot
+    be placed there is refused. Locally that capacity is the instance the run would start
+    (:func:`acl_dist.ray_start.planning_capacity`), so nothing of Ray starts before the
+    refusal."""
     fs = FeatureStore.open(store)
     split = split_videos(resolve_config(cfg, fs, cpus=resources.machine_cores(), gpus=0.0),
                          fs)
-    capacity = ray_start.cluster_capacity(quiet=quiet)
+    capacity = ray_start.planning_capacity(quiet=quiet)
     cfg = resolve_config(cfg, fs, cpus=capacity.sizing_cpus(), gpus=capacity.max_gpus)
-    return cfg, split, run_plan(cfg, capacity)
+    return cfg, split, run_plan(cfg, capacity, train_videos=len(split.train))
 
 
 def new_run(store: str, out: str, cfg: RunConfig, opts: RunOptions = RunOptions()) -> Run:
@@ -308,6 +370,48 @@ def run_acl(store: str | None, out: str, cfg: RunConfig | None, resume: bool = F
     # local paths made absolute: Ray's workers run elsewhere than this process's cwd, and
     # run.json names the store for --resume from any directory
     store, out = fsutil.absolute(store), fsutil.absolute(out)
+    if not resume:
+        check_apart(store, out)
+    with locks.exclusive(out, "run --resume" if resume else "run", quiet):
+        sweep_run_temporaries(out)
+        return _run_acl(store, out, cfg, resume, quiet, label_map_given, max_failures,
+                        scale_timeout_s)
+
+
+def check_apart(store: str | None, out: str) -> None:
+    """A run directory and its store are separate trees: a run written into its store
+    (or a store inside a run) would mix run files with the store's, and ``--overwrite`` of
+    either would take the other with it."""
+    if store is None or fsutil.is_remote(store) != fsutil.is_remote(out):
+        return
+    a, b = store.rstrip("/") + "/", out.rstrip("/") + "/"
+    if not fsutil.is_remote(out):
+        a, b = os.path.realpath(store) + os.sep, os.path.realpath(out) + os.sep
+    if a == b:
+        raise ConfigError(f"--out {out} is the store itself; a run needs its own directory")
+    if b.startswith(a):
+        raise ConfigError(f"--out {out} is inside the store {store}; a run needs its own "
+                          "directory outside it")
+    if a.startswith(b):
+        raise ConfigError(f"the store {store} is inside --out {out}; a run needs its own "
+                          "directory apart from the store")
+
+
+def sweep_run_temporaries(out: str) -> None:
+    """Remove the half-written files (``.NAME.tmp-*``) a killed process left in a run
+    directory; called with the run's lock held, when no writer of it is running."""
+    if fsutil.is_remote(out) or not os.path.isdir(out):
+        return
+    for parent, _dirs, files in os.walk(out):
+        for name in files:
+            if name.startswith(".") and ".tmp-" in name:
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(parent, name))
+
+
+def _run_acl(store: str | None, out: str, cfg: RunConfig | None, resume: bool, quiet: bool,
+             label_map_given: bool, max_failures: int | None,
+             scale_timeout_s: float | None) -> dict[str, Any]:
     opts = RunOptions(quiet=quiet, label_map_given=label_map_given,
                       max_failures=resources.default_max_failures() if max_failures is None
                       else max_failures,

@@ -16,10 +16,13 @@ def figure_png(fig) -> bytes:
 
 
 def pyplot():
-    """``matplotlib.pyplot`` on the Agg backend (no display needed)."""
+    """``matplotlib.pyplot`` on the Agg backend (no display needed), with math text off:
+    labels are class and video names from the user's files, and a ``$`` in one would be
+    parsed as TeX (a name like ``a$^{x`` stops the figure with a parse error)."""
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt

@@ -6,6 +6,12 @@ mapping; per-cluster purity and size; and, for a sample of test videos, time-ali
 of ground truth, detections, class-agnostic attention and the CAS of the detected classes.
 Images are PNGs written to ``RUN/report_files/`` and embedded in ``RUN/report.html`` as
 data URIs, so the page opens from disk with no server and no network.
+
+Every value the page shows from a file (the run's metrics, plan, config, clusters, the
+store's classes and video ids, the paths) is HTML-escaped, attributes included
+(:func:`esc`): a run directory or store is data, and its text never becomes markup or
+script in the page. The files are read through :class:`~acl_dist.artifacts.RunDir`, which
+checks each against its schema first.
 """
 
 from __future__ import annotations
@@ -26,6 +32,12 @@ from .store import FeatureStore
 
 REPORT = "report.html"
 FILES = "report_files"
+
+
+def esc(value: Any) -> str:
+    """``value`` as HTML text, safe in an element and in a quoted attribute (``&``, ``<``,
+    ``>``, ``"`` and ``'`` escaped)."""
+    return html.escape(str(value), quote=True)
 
 
 def plot_rounds(rounds: list[dict]) -> bytes | None:
@@ -146,16 +158,16 @@ def _map_section(metrics: dict[str, Any]) -> Section:
     head = "".join(f"<th>{t:.2f}</th>" for t in metrics["tiou"])
     vals = "".join(f"<td>{m:.2f}</td>" for m in metrics["map"])
     mapping = metrics.get("label_map")
-    how = (f"clusters mapped to classes by <b>{mapping}</b> (training labels only)"
+    how = (f"clusters mapped to classes by <b>{esc(mapping)}</b> (training labels only)"
            if mapping else "class labels (weak mode)")
     per_class = "".join(
-        f"<tr><td>{html.escape(c)}</td>" + "".join(f"<td>{v:.1f}</td>" for v in aps) +
+        f"<tr><td>{esc(c)}</td>" + "".join(f"<td>{v:.1f}</td>" for v in aps) +
         "</tr>" for c, aps in sorted(metrics.get("per_class", {}).items()))
-    scored = (f" Scored against <code>{html.escape(metrics['annotation'])}</code> on "
-              f"{html.escape(metrics['test_videos'])}." if metrics.get("annotation") and
+    scored = (f" Scored against <code>{esc(metrics['annotation'])}</code> on "
+              f"{esc(metrics['test_videos'])}." if metrics.get("annotation") and
               metrics.get("test_videos") else "")
-    return (f"<h2>Detection mAP on <code>{html.escape(metrics['test_subset'])}</code></h2>"
-            f"<p>{metrics['mode']} run; {how}.{scored}</p>"
+    return (f"<h2>Detection mAP on <code>{esc(metrics.get('test_subset', '?'))}</code></h2>"
+            f"<p>{esc(metrics.get('mode', '?'))} run; {how}.{scored}</p>"
             f"<table class='num'><tr><th>tIoU</th>{head}<th>avg</th></tr>"
             f"<tr><th>mAP %</th>{vals}<td><b>{metrics['average']:.2f}</b></td></tr></table>"
             f"<details><summary>AP per class</summary><table class='num'><tr><th>class</th>"
@@ -168,7 +180,7 @@ def _rounds_section(metrics: dict[str, Any]) -> Section:
         return f"<td>{value:{fmt}}</td>" if isinstance(value, (int, float)) else "<td>-</td>"
 
     rows = "".join(
-        f"<tr><td>{r['round']}</td>{cell(r.get('nmi'), '.3f')}{cell(r.get('ari'), '.3f')}"
+        f"<tr><td>{esc(r['round'])}</td>{cell(r.get('nmi'), '.3f')}{cell(r.get('ari'), '.3f')}"
         f"{cell(r.get('purity'), '.3f')}{cell(r.get('test_average'), '.2f')}"
         f"{cell(sum(r['seconds'].values()), '.1f')}</tr>" for r in metrics["rounds"])
     png = plot_rounds(metrics["rounds"])
@@ -184,13 +196,12 @@ def _plan_section(rundir: RunDir) -> Section:
     from .config import to_yaml
     from .plan import describe_plan
 
-    try:
-        plan = rundir.read_plan()
-    except ArtifactError:       # runs from before plan.json
+    plan = rundir.read_plan()
+    if plan is None:            # runs from before plan.json
         return "", {}
     lines = "\n".join(describe_plan(plan))
-    return (f"<h2>Plan</h2><pre>{html.escape(lines)}</pre><details><summary>resolved "
-            f"config</summary><pre>{html.escape(to_yaml(rundir.read_config()))}</pre>"
+    return (f"<h2>Plan</h2><pre>{esc(lines)}</pre><details><summary>resolved "
+            f"config</summary><pre>{esc(to_yaml(rundir.read_config()))}</pre>"
             "</details>"), {}
 
 
@@ -206,11 +217,11 @@ def _clusters_section(cfg: Any, store: FeatureStore, clusters: dict[str, Any] | 
         return "", {}
     ids = [clusters["labels"][m.video_id] for m in meta]
     conf, stats = plot_confusion(ids, truth, cluster_class_mapping(ids, truth, cfg.label_map))
-    table = "".join(f"<tr><td>{s['cluster']}</td><td>{s['size']}</td>"
-                    f"<td>{s['purity']:.2f}</td><td>{html.escape(s['majority'])}</td>"
-                    f"<td>{html.escape(s['mapped'] or '-')}</td></tr>" for s in stats)
+    table = "".join(f"<tr><td>{esc(s['cluster'])}</td><td>{s['size']}</td>"
+                    f"<td>{s['purity']:.2f}</td><td>{esc(s['majority'])}</td>"
+                    f"<td>{esc(s['mapped'] or '-')}</td></tr>" for s in stats)
     return (f"<h2>Clusters of round {r}</h2><p>Rows are clusters labelled with the class "
-            f"they map to ({cfg.label_map}); columns the training videos' classes.</p>"
+            f"they map to ({esc(cfg.label_map)}); columns the training videos' classes.</p>"
             "<img src='confusion.png' alt='cluster x class confusion'>"
             "<img src='clusters.png' alt='cluster sizes and purity'>"
             "<details><summary>per-cluster table</summary><table class='num'><tr>"
@@ -239,8 +250,8 @@ def _strips_section(rundir: RunDir, cfg: Any, store: FeatureStore,
         m, row = test_meta[vid], outputs.get(vid)
         if row is None or not row["cas"]:
             continue
-        cas, att, _ = decode_localised_row(row)
-        shown = sorted({int(x[0]) for x in json.loads(row["detections"])[:5]})
+        cas, att, shown = _decoded_row(rundir.outputs_path(cfg.rounds - 1), vid, row,
+                                       len(names))
         v_dets = [(d["label"], d["score"], d["segment"][0], d["segment"][1])
                   for d in dets.get(vid, [])]
         g = [(a["label"], float(a["segment"][0]), float(a["segment"][1]))
@@ -248,8 +259,8 @@ def _strips_section(rundir: RunDir, cfg: Any, store: FeatureStore,
         name = f"video_{len(strips)}.png"
         images[name] = plot_video_strip(vid, m.duration, m.grid.seconds_per_snippet, g, v_dets,
                                         att, cas[:, shown], [names[i] for i in shown])
-        strips.append(f"<figure><img src='{name}' alt='{html.escape(vid)}'>"
-                      f"<figcaption>{html.escape(vid)}</figcaption></figure>")
+        strips.append(f"<figure><img src='{name}' alt='{esc(vid)}'>"
+                      f"<figcaption>{esc(vid)}</figcaption></figure>")
     if not strips:
         return "", {}
     return (f"<h2>Test videos ({len(strips)} sampled)</h2><p>Top to bottom: ground "
@@ -259,12 +270,30 @@ def _strips_section(rundir: RunDir, cfg: Any, store: FeatureStore,
             + "".join(strips), images)
 
 
+def _decoded_row(path: str, vid: str, row: dict[str, Any], outputs: int
+                 ) -> tuple[np.ndarray, dict[str, np.ndarray], list[int]]:
+    """A localised row of ``path`` (round outputs) as (CAS, attention, the outputs of its
+    first detections); one :class:`ArtifactError` naming the file and the video when
+    the row does not decode or names an output the model lacks."""
+    try:
+        cas, att, _ = decode_localised_row(row)
+        shown = sorted({int(x[0]) for x in json.loads(row["detections"])[:5]})
+        if cas.shape[1] != outputs or any(not 0 <= i < outputs for i in shown):
+            raise ValueError(f"expected {outputs} outputs")
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise ArtifactError(path, f"video {vid!r}: not a localised row of the run's model "
+                                  f"({type(exc).__name__}: {str(exc)[:80]!r})") from None
+    return cas, att, shown
+
+
 def build_report(run: str, sample: int = 6, seed: int = 0) -> str:
     """Write ``RUN/report.html`` (and ``RUN/report_files/*.png``); returns the HTML path."""
     rundir = RunDir(run)
-    metrics = rundir.read_metrics()
+    metrics = rundir.read_metrics(require=("rounds", "store"))
     cfg = rundir.read_config()
     store = FeatureStore.open(metrics["store"])
+    if rundir.has_info():   # the store metrics.json names is the run's (its classes)
+        rundir.check_store_classes(metrics["store"], store.classes)
     last = cfg.rounds - 1
     clusters = rundir.read_clusters(last) if cfg.mode == "unsupervised" else None
     parts = [_map_section(metrics), _rounds_section(metrics), _plan_section(rundir),
@@ -278,8 +307,8 @@ def build_report(run: str, sample: int = 6, seed: int = 0) -> str:
     for name, data in images.items():
         uri = "data:image/png;base64," + base64.b64encode(data).decode()
         body = body.replace(f"src='{name}'", f"src='{uri}'")
-    page = PAGE.format(title=html.escape(f"acl-dist run {run}"), run=html.escape(run),
-                       store=html.escape(metrics["store"]), body=body,
+    page = PAGE.format(title=esc(f"acl-dist run {run}"), run=esc(run),
+                       store=esc(metrics["store"]), body=body,
                        seconds=metrics.get("seconds_total", 0))
     path = fsutil.join(run, REPORT)
     fsutil.write_bytes_atomic(path, page.encode("utf-8"))

@@ -116,7 +116,8 @@ class RunResults:
         if kind not in ("cluster", "evaluate"):
             return
         r = int(tag.split("_")[1])
-        points = round_scalars(self.dir.read_clusters(r), {}) if kind == "cluster" else \
+        # the scores only: a clustering's labels are required by the steps that use them
+        points = round_scalars(self.dir.read_clusters(r, ()), {}) if kind == "cluster" else \
             round_scalars(None, {s: self.dir.read_eval(r, s) for s in ("test", "val")})
         write_points(self.dir.tensorboard_dir("rounds"),
                      f"events.out.tfevents.{kind}_{r:03d}", points, r)
@@ -131,7 +132,7 @@ class RunResults:
             out["val_map"] = val["average"]
             if 0.5 in val["tiou"]:
                 out["val_map50"] = val["map"][val["tiou"].index(0.5)]
-        c = self.dir.read_clusters(r + 1) if self.cfg.mode == "unsupervised" else None
+        c = self.dir.read_clusters(r + 1, ()) if self.cfg.mode == "unsupervised" else None
         if c is not None:
             if "scores" in c:
                 out["nmi"] = c["scores"]["nmi"]
@@ -165,7 +166,8 @@ class RunResults:
         rounds = []
         for r in range(cfg.rounds + (1 if cfg.mode == "unsupervised" else 0)):
             entry: dict[str, Any] = {"round": r}
-            c = self.dir.read_clusters(r) if cfg.mode == "unsupervised" else None
+            c = self.dir.read_clusters(r, require=("labels", "backend", "sizes")) \
+                if cfg.mode == "unsupervised" else None
             if c is not None:
                 entry.update(c.get("scores", {}))
                 entry["cluster_backend"] = c["backend"]

@@ -679,6 +679,220 @@ def option_case(name: str, command: str, *options: str) -> Callable:
     case.__name__ = f"case_{name}"
     return case
 
+# ------------------------------------------------------- one writer, one owner, bounded reads
+
+
+class Holder:
+    """Another process holding the lock of ``target`` (what a second terminal is)."""
+
+    def __init__(self, target: Path, command: str):
+        import subprocess
+        import sys
+
+        code = ("import sys; from acl_dist.locks import exclusive\n"
+                f"with exclusive({str(target)!r}, {command!r}):\n"
+                "    print('held', flush=True); sys.stdin.read()\n")
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "held"
+
+    def release(self) -> None:
+        self.proc.stdin.close()
+        assert self.proc.wait(timeout=30) == 0
+
+
+def _held(target: Path, command: str, check: Callable[[World], None] | None = None):
+    holder = Holder(target, command)
+
+    def after(w: World) -> None:
+        holder.release()
+        if check:
+            check(w)
+    return after
+
+
+def case_run_second_writer_refused(w):
+    out = w.tmp / "r"
+    return _run(w, out), _held(out, "run", _no_run(out))
+
+
+def case_resume_while_running_refused(w):
+    out = w.tmp / "r"
+    out.mkdir()
+    (out / "state.json").write_text('{"steps": {}}')
+    return _resume(out), _held(out, "run")
+
+
+def case_ingest_second_writer_refused(w):
+    out = w.tmp / "s"
+    return _ingest(w, w.layout, out), _held(out, "ingest", _no_store(out))
+
+
+def case_synth_second_writer_refused(w):
+    out = w.tmp / "s"
+    return _synth(out), _held(out, "synth", _no_store(out))
+
+
+def case_tune_second_writer_refused(w):
+    out = w.tmp / "t"
+    return _tune(w, out), _held(out, "tune", _no_search(out))
+
+
+def case_predict_second_writer_refused(w):
+    out = w.tmp / "dets.json"
+    return ["predict", "--run", w.tmp / "run", "--store", w.store, "--out", out, "--quiet"], \
+        _held(out, "predict", lambda w: not out.exists())
+
+
+def _demo_dir(w: World, *files: str) -> Path:
+    """OUT/run with the markers of a run (and ``files`` of the user's) in it."""
+    run = w.tmp / "demo" / "run"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("mode: unsupervised\n")
+    for name in files:
+        (run / name).write_text("the user's")
+    return run
+
+
+def _kept(run: Path, *files: str) -> Callable[[World], None]:
+    def check(w: World) -> None:
+        assert (run / "config.yaml").read_text() == "mode: unsupervised\n"
+        for name in files:
+            assert (run / name).read_text() == "the user's"
+        assert not (run.parent / "store").exists()    # refused before the synth step
+    return check
+
+
+def case_demo_existing_run_needs_overwrite(w):
+    run = _demo_dir(w, "notes.txt")
+    return ["demo", "--out", run.parent, "--quiet"], _kept(run, "notes.txt")
+
+
+def case_demo_overwrite_refuses_a_run_with_user_files(w):
+    run = _demo_dir(w, "thesis.tex")
+    return ["demo", "--out", run.parent, "--quiet", "--overwrite"], _kept(run, "thesis.tex")
+
+
+def case_run_out_is_the_store(w):
+    before = sorted(p.name for p in Path(w.store).iterdir())
+    argv = _run(w, w.store)
+
+    def check(w):
+        assert sorted(p.name for p in Path(w.store).iterdir()) == before
+    return argv, check
+
+
+def case_run_out_inside_the_store(w):
+    out = Path(w.store) / "myrun"
+    return _run(w, out), lambda w: not out.exists()
+
+
+def case_predict_out_is_a_directory(w):
+    out = w.tmp / "outdir"
+    out.mkdir()
+    return ["predict", "--run", w.tmp / "run", "--store", w.store, "--out", out, "--quiet"], \
+        lambda w: out.is_dir() and not list(out.iterdir())
+
+
+def case_predict_overwrite_refuses_other_file(w):
+    out = w.tmp / "table.json"
+    out.write_text('{"mine": true}')
+
+    def check(w):
+        assert out.read_text() == '{"mine": true}'
+    return ["predict", "--run", w.tmp / "run", "--store", w.store, "--out", out, "--quiet",
+            "--overwrite"], check
+
+
+def case_resume_rounds_zero_is_a_change(w):
+    return _resume(w.tmp / "r", "--rounds", "0"), lambda w: None
+
+
+def case_resume_num_classes_zero_is_a_change(w):
+    return _resume(w.tmp / "r", "--num-classes", "0"), lambda w: None
+
+
+def _raw_dets(w: World, data: bytes) -> Path:
+    path = w.tmp / "dets.json"
+    path.write_bytes(data)
+    return path
+
+
+def case_evaluate_detections_not_utf8(w):
+    return _eval(w, _raw_dets(w, b'{"results": {"v\xff": []}}')), lambda w: None
+
+
+def case_evaluate_detections_nested_deeply(w):
+    return _eval(w, _raw_dets(w, b"[" * 100_000)), lambda w: None
+
+
+def case_evaluate_detections_dev_zero(w):
+    return _eval(w, "/dev/zero"), lambda w: None
+
+
+def case_evaluate_detections_a_directory(w):
+    return _eval(w, w.tmp), lambda w: None
+
+
+def case_evaluate_duplicate_video_keys(w):
+    det = '{"label": "a", "score": 1, "segment": [1, 2]}'
+    return _eval(w, _raw_dets(w, ('{"results": {"v1": [%s], "v1": []}}' % det).encode())), \
+        lambda w: None
+
+
+def case_evaluate_gt_database_a_list(w):
+    gt = w.tmp / "gt.json"
+    gt.write_text('{"database": []}')
+    argv = _eval(w, _dets(w, {}))
+    argv[argv.index("--gt") + 1] = str(gt)
+    return argv, lambda w: None
+
+
+def case_evaluate_gt_annotation_without_label(w):
+    gt = w.tmp / "gt.json"
+    gt.write_text('{"database": {"v1": {"subset": "test", "annotations": [{"segment": [1, 2]}]}}}')
+    argv = _eval(w, _dets(w, {}))
+    argv[argv.index("--gt") + 1] = str(gt)
+    return argv, lambda w: None
+
+
+def case_run_config_not_utf8(w):
+    out = w.tmp / "r"
+    (w.tmp / "c.yaml").write_bytes(b"train:\n  lr: 0.1 \xe9\n")
+    return _run(w, out, "--config", w.tmp / "c.yaml"), _no_run(out)
+
+
+def case_run_config_yaml_alias(w):
+    out = w.tmp / "r"
+    (w.tmp / "c.yaml").write_text("a: &x [*x]\n")
+    return _run(w, out, "--config", w.tmp / "c.yaml"), _no_run(out)
+
+
+def case_run_config_nested_deeply(w):
+    out = w.tmp / "r"
+    (w.tmp / "c.yaml").write_text("[" * 5000)
+    return _run(w, out, "--config", w.tmp / "c.yaml"), _no_run(out)
+
+
+def case_run_set_nested_deeply(w):
+    out = w.tmp / "r"
+    return _run(w, out, "--set", "train.lr=" + "[" * 5000), _no_run(out)
+
+
+def case_ingest_gt_not_utf8(w):
+    layout = w.copy_layout()
+    (layout / "gt.json").write_bytes(b'{"database": {"\xc3\x28": {}}}')
+    out = w.tmp / "s"
+    return _ingest(w, layout, out), _no_store(out)
+
+
+def case_ingest_classes_not_utf8(w):
+    classes = w.tmp / "classes.txt"
+    classes.write_bytes(b"a\n\xffb\n")
+    out = w.tmp / "s"
+    return _ingest(w, w.layout, out, "--classes", classes), _no_store(out)
+
+
 # (case, exit code, regex of the one line, needs the session's Ray run)
 CASES = [
     (case_ingest_missing_root, 1, r"nowhere", False),
@@ -804,6 +1018,48 @@ CASES = [
      1, r"reduction_factor: must be >= 2, got 1", False),
     (option_case("tune_rounds_zero", "tune", "--rounds", "0"),
      1, r"rounds: must be >= 1, got 0", False),
+    (case_run_second_writer_refused, 1,
+     r"/r is being written by acl-dist run \(pid \d+ on .*since .*\); wait for it", False),
+    (case_resume_while_running_refused, 1, r"/r is being written by acl-dist run", False),
+    (case_ingest_second_writer_refused, 1, r"/s is being written by acl-dist ingest", False),
+    (case_synth_second_writer_refused, 1, r"/s is being written by acl-dist synth", False),
+    (case_tune_second_writer_refused, 1, r"/t is being written by acl-dist tune", False),
+    (case_predict_second_writer_refused, 1, r"dets\.json is being written by acl-dist "
+                                            r"predict", False),
+    (case_demo_existing_run_needs_overwrite, 1,
+     r"demo/run already exists \(pass --overwrite", False),
+    (case_demo_overwrite_refuses_a_run_with_user_files, 1,
+     r"--overwrite refused: .*demo/run is an acl-dist run holding files it did not write "
+     r"\(thesis\.tex\)", False),
+    (case_run_out_is_the_store, 1, r"--out .* is the store itself", False),
+    (case_run_out_inside_the_store, 1, r"--out .*myrun is inside the store", False),
+    (case_predict_out_is_a_directory, 1, r"--out .*outdir is a directory", False),
+    (case_predict_overwrite_refuses_other_file, 1,
+     r"--overwrite refused: .*table\.json is not a detections file acl-dist wrote", False),
+    (case_resume_rounds_zero_is_a_change, 1, r"--rounds would change it", False),
+    (case_resume_num_classes_zero_is_a_change, 1, r"--num-classes would change it", False),
+    (case_evaluate_detections_not_utf8, 1,
+     r"dets\.json: not UTF-8 text \(byte 0xff at offset 15\)$", False),
+    (case_evaluate_detections_nested_deeply, 1, r"dets\.json: not valid JSON \(nested too "
+                                                r"deeply\)$", False),
+    (case_evaluate_detections_dev_zero, 1, r"/dev/zero: not a regular file$", False),
+    (case_evaluate_detections_a_directory, 1, r": a directory$", False),
+    (case_evaluate_duplicate_video_keys, 1, r"dets\.json: not valid JSON \(duplicate key "
+                                            r"'v1'\)$", False),
+    (case_evaluate_gt_database_a_list, 1, r"gt\.json: no 'database' object", False),
+    (case_evaluate_gt_annotation_without_label, 1,
+     r"v1: .*gt\.json: bad annotation .*needs label", False),
+    (case_run_config_not_utf8, 1, r"c\.yaml: not UTF-8 text \(byte 0xe9 at offset 17\)$",
+     False),
+    (case_run_config_yaml_alias, 1, r"c\.yaml: not valid YAML \(an alias \(\*name\) at line 1",
+     False),
+    (case_run_config_nested_deeply, 1, r"c\.yaml: not valid YAML \(nested deeper than 32",
+     False),
+    (case_run_set_nested_deeply, 1, r"--set train\.lr: not valid YAML \(nested deeper", False),
+    (case_ingest_gt_not_utf8, 1, r"gt\.json: not UTF-8 text \(byte 0xc3 at offset 15\)$",
+     False),
+    (case_ingest_classes_not_utf8, 1, r"classes\.txt: not UTF-8 text \(byte 0xff at offset 2\)$",
+     False),
 ]
 
 
@@ -1006,3 +1262,130 @@ def test_s3_overwrite_keeps_the_old_store_until_the_new_one_is_whole(s3_endpoint
         synthesize(SMALL, "s3://acl-test/notastore", overwrite=True, quiet=True, report=False)
     fs.invalidate_cache()
     assert fs.cat("acl-test/notastore/data.csv") == b"1,2"
+
+
+# --------------------------------------------------------------------------- locks, signals
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(small, tmp_path, capsys):
+    """The kernel drops a dead holder's flock: the next writer proceeds, says whose lock
+    it took over, and leaves no lock file behind; a live holder (the control) refuses."""
+    import subprocess
+    import sys
+
+    from acl_dist.locks import lock_path
+
+    out = tmp_path / "s"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import os; from acl_dist.locks import exclusive\n"
+        f"with exclusive({str(out)!r}, 'ingest'):\n"
+        "    print('held', flush=True); os._exit(9)\n")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    holder.wait(timeout=30)
+    assert Path(lock_path(str(out))).exists()      # killed: its file stays
+    code, _out, err = cli(capsys, _synth(out))
+    assert code == 0, err
+    line = one_line(err, r"note: .*/s: taking over the lock left by acl-dist ingest "
+                         r"\(pid \d+ on .*\), whose process is gone$")
+    assert f"pid {holder.pid} " in line
+    assert not Path(lock_path(str(out))).exists()
+    assert FeatureStore.open(str(out)).num_videos() > 0
+
+
+def test_locks_are_reentrant_in_one_process_and_removed_after(tmp_path):
+    from acl_dist.locks import exclusive, lock_path
+
+    target = tmp_path / "run"
+    with exclusive(str(target), "demo"):
+        with exclusive(str(target), "run"):       # demo's run step inside demo
+            assert json.loads(Path(lock_path(str(target))).read_text())["command"] == "demo"
+        assert Path(lock_path(str(target))).exists()
+    assert not Path(lock_path(str(target))).exists()
+    assert not target.exists()                      # the lock creates nothing in it
+
+
+def _signal_during(argv: list, tmp: Path, marker_glob: str) -> tuple[int, str]:
+    """Run the CLI in a subprocess and SIGTERM it once ``marker_glob`` (its temporary
+    output) appears under ``tmp``: (exit code, stderr)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "acl_dist", *map(str, argv)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(tmp.glob(marker_glob)) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, "finished before it could be signalled"
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize("command", ["synth", "ingest"])
+def test_sigterm_is_handled_like_ctrl_c(command, small, tmp_path):
+    """SIGTERM (a scheduler's cancel) mid-write: exit 143, one line, the temporary store
+    removed, nothing at --out, no lock left."""
+    from acl_dist.locks import lock_path
+
+    _, layout = small
+    out = tmp_path / "s"
+    argv = (["synth", "--out", out, "--classes", "5", "--videos", "400", "--dim", "64",
+             "--no-report", "--quiet"] if command == "synth" else
+            ["ingest", "--layout", "npy-split", "--root", layout, "--out", out, "--quiet",
+             "--shard-mb", "0.001"])
+    code, err = _signal_during(argv, tmp_path, ".s.tmp-*")
+    assert code == 143, err
+    one_line(err, rf"acl-dist {command}: terminated; nothing was written to .*/s$")
+    assert not out.exists() and not list(tmp_path.glob(".s.tmp-*"))
+    assert not Path(lock_path(str(out))).exists()
+
+
+def test_leftovers_of_a_killed_writer_are_swept_by_the_next(small, tmp_path, capsys):
+    """SIGKILL leaves a hidden temporary store (and a temporary file): the next writer of
+    the same output removes them, and nothing of anyone else's."""
+    out = tmp_path / "s"
+    left = tmp_path / ".s.tmp-deadbeef"
+    (left / "shards").mkdir(parents=True)
+    (left / "shards" / "part-0.parquet").write_bytes(b"x" * 1000)
+    (tmp_path / ".s.tmp-0a1b2c3d.old").mkdir()
+    other = tmp_path / ".t.tmp-cafe"          # another output's: not ours to sweep
+    other.mkdir()
+    code, _out, err = cli(capsys, _synth(out))
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".t.tmp-cafe", "s"]
+
+
+def test_sweep_of_a_run_directory_removes_only_temporaries(tmp_path):
+    from acl_dist.pipeline import sweep_run_temporaries
+
+    run = tmp_path / "run"
+    (run / "round_0").mkdir(parents=True)
+    for name in (".state.json.tmp-1a2b3c4d", "round_0/.clusters.json.tmp-99aa88bb",
+                 "state.json", "round_0/clusters.json", ".hidden-notes"):
+        (run / name).write_text("x")
+    sweep_run_temporaries(str(run))
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()) == [
+        ".hidden-notes", "round_0/clusters.json", "state.json"]
+
+
+def test_not_a_run_is_none_only_for_what_acl_dist_wrote(tmp_path):
+    """The --overwrite rule for runs: a run directory of acl-dist's own entries may be
+    replaced (the control); one more file of the user's, or no run marker, may not."""
+    from acl_dist.artifacts import RunDir
+
+    run = tmp_path / "run"
+    for name in ("config.yaml", "run.json", "state.json", "plan.json", "metrics.json",
+                 "detections.json", "detections_hungarian.json", "report.html",
+                 ".metrics.json.tmp-1a2b3c4d"):
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text("{}")
+    for name in ("round_0", "round_12", "ray_train", "tensorboard", "report_files"):
+        (run / name).mkdir()
+    assert RunDir.not_a_run(str(run)) is None
+    (run / "my_notes.md").write_text("mine")
+    assert RunDir.not_a_run(str(run)) == (
+        "an acl-dist run holding files it did not write (my_notes.md)")
+    assert RunDir.not_a_run(str(tmp_path)) == (
+        "not an acl-dist run (none of run.json, config.yaml, state.json)")
