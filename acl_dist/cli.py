@@ -494,7 +494,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .artifacts import RunDir
     from .config import load_config
     from .pipeline import run_acl
-    from .store import not_a_store
+    from .store import not_own_store
     from .synth import SynthConfig, synthesize
 
     started = time.perf_counter()
@@ -503,7 +503,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with locks.exclusive(run, "demo", args.quiet):
         # the rule of every command that replaces a directory: only what acl-dist wrote,
         # only with --overwrite; both are checked before the first is replaced
-        fsutil.check_output_dir(store, args.overwrite, not_a_store)
+        fsutil.check_output_dir(store, args.overwrite, not_own_store)
         replacing_run = fsutil.check_output_dir(run, args.overwrite, RunDir.not_a_run)
         print(f"[1/2] synthetic THUMOS-like benchmark -> {store}", flush=True)
         summary = synthesize(SynthConfig(), store, overwrite=args.overwrite, quiet=args.quiet)
@@ -730,6 +730,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+#: Where Ray Data's retry advice starts in an error it re-raises (ray.data._internal.util).
+RAY_DATA_RETRY_SUFFIX = "\nFailed to "
+
+
 def printable(text: str) -> str:
     """``text`` with control characters escaped (``\\n``, ``\\x1b``): an error names what
     the user gave (a video id, a key), and one of those must not break the message into
@@ -751,7 +755,9 @@ def _error_line(err: BaseException) -> str | None:
     found = find_cause(cause if isinstance(cause, BaseException) else err,
                        (AclDistError, OSError))
     if isinstance(found, AclDistError):
-        text = str(found)
+        # Ray Data appends its retry advice to an error's text after a newline ("Failed to
+        # apply UDF transform after 1/1 attempts ..."): not the problem, and not one line
+        text = str(found).split(RAY_DATA_RETRY_SUFFIX)[0]
         return text.split("\n")[0] if "Traceback" in text else text
     if isinstance(found, OSError):
         where = f"{found.filename}: " if getattr(found, "filename", None) else ""

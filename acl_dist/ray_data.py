@@ -22,20 +22,78 @@ from .config import LocalizeConfig, from_dict, to_dict
 from .infer import load_models, predict
 from .localize import localize_video
 from .progress import Meter
-from .store import FeatureStore, feature_views
+from .store import FeatureStore, check_features, feature_views
 from .timegrid import SnippetGrid
 
 
 ROW_COLUMNS = ["video_id", "subset", "duration", "fps", "snippet_frames", "num_snippets"]
 
 
+def read_unit(unit: dict[str, Any], columns: list[str], streams: dict[str, int],
+              dtype: str) -> pa.Table:
+    """One row group (a unit of :meth:`FeatureStore.row_groups`) read and checked: the
+    shard's size and footer against the manifest, each page's CRC, and the features
+    (:func:`acl_dist.store.check_features`); a damaged shard is one StoreError naming it
+    and the video."""
+    expect = {k: unit.get(k) for k in ("bytes", "footer_sha256")}
+    table = FeatureStore.read_row_group(unit["url"], unit["row_group"], columns, expect)
+    check_features(table, streams, dtype, source=unit["url"])
+    return table
+
+
+def _store_datasource(store: FeatureStore, subsets: list[str], columns: list[str]):
+    """A Ray Data datasource of the store's row groups of ``subsets``, each read by
+    :func:`read_unit`. Why not ``ray.data.read_parquet``: it verifies page CRCs when asked
+    (``fragment_scan_options``), but its read tasks fail with Arrow's bare error, which
+    names no shard, and it checks neither the manifest's sizes and footer hashes nor the
+    features it decodes."""
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    units = store.row_groups(subsets)    # every shard's size and footer checked here
+    streams = {s: d for s, d in store.streams.items() if s in columns}
+    dtype = store.dtype
+    rows_of = {}
+    for shard in store.manifest["shards"]:
+        rows_of[fsutil.join(store.path, shard["path"])] = (shard["rows"], shard["feature_bytes"])
+
+    def size(unit: dict[str, Any]) -> int:
+        rows, feature_bytes = rows_of[unit["url"]]
+        features = feature_bytes * unit["rows"] // max(rows, 1) if streams else 0
+        return int(features + 256 * unit["rows"])
+
+    class StoreDatasource(Datasource):
+        def estimate_inmemory_data_size(self) -> int:
+            return sum(size(u) for u in units)
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                           data_context: Any = None) -> list[ReadTask]:
+            tasks = []
+            for group in np.array_split(np.arange(len(units)),
+                                        max(1, min(parallelism, len(units)))):
+                mine = [units[i] for i in group]
+                if not mine:
+                    continue
+                meta = BlockMetadata(num_rows=sum(u["rows"] for u in mine),
+                                     size_bytes=sum(size(u) for u in mine), exec_stats=None,
+                                     input_files=list(dict.fromkeys(u["url"] for u in mine)))
+                tasks.append(ReadTask(
+                    lambda mine=mine: (read_unit(u, columns, streams, dtype) for u in mine),
+                    meta, per_task_row_limit=per_task_row_limit))
+            return tasks
+
+    return StoreDatasource()
+
+
 def store_dataset(store: FeatureStore, subsets: Iterable[str], streams: bool = True):
-    """The store's rows of ``subsets`` as a Ray Dataset (features optional)."""
+    """The store's rows of ``subsets`` as a Ray Dataset (features optional), one block per
+    row group, every shard checked as it is read (:func:`read_unit`), so a damaged one
+    fails the read naming it instead of reaching training."""
     import ray
 
     columns = ROW_COLUMNS + (list(store.streams) if streams else [])
-    urls = store.shard_urls(list(subsets))
-    return ray.data.read_parquet(urls).select_columns(columns)
+    source = _store_datasource(store, list(dict.fromkeys(subsets)), columns)
+    return ray.data.read_datasource(source)
 
 
 def row_group_dataset(store: FeatureStore, subsets: Iterable[str]):
@@ -60,11 +118,13 @@ class RowGroupMap:
 
     rows_per_call = 128
     streams: dict[str, int]
+    dtype: str
 
     def __call__(self, units: pa.Table):
-        for url, index in zip(units.column("url").to_pylist(),
-                              units.column("row_group").to_pylist()):
-            table = FeatureStore.read_row_group(url, index, ROW_COLUMNS + list(self.streams))
+        for unit in units.to_pylist():
+            # checked (shard, pages, features) before any of it reaches a model
+            table = read_unit(unit, ROW_COLUMNS + list(self.streams), self.streams,
+                              self.dtype)
             for start in range(0, table.num_rows, self.rows_per_call):
                 yield self.process(table.slice(start, self.rows_per_call))
 
@@ -76,8 +136,10 @@ def batch_features(batch: pa.Table, streams: dict[str, int], dtype: str,
                    float32: bool = True) -> list[dict[str, np.ndarray]]:
     """Per row, stream -> ``(T, D)`` float32 array, from a pyarrow batch of the store; with
     ``float32=False`` zero-copy views in the store's dtype (the forward's padding converts
-    them in its one pass)."""
-    views = {s: feature_views(batch.column(s), d, dtype) for s, d in streams.items()}
+    them in its one pass). The batch's features were checked when its row group was read
+    (:meth:`RowGroupMap.__call__`), so they are not checked again here."""
+    views = {s: feature_views(batch.column(s), d, dtype, check=False)
+             for s, d in streams.items()}
     if not float32:
         return [{s: views[s][i] for s in streams} for i in range(batch.num_rows)]
     return [{s: views[s][i].astype(np.float32) for s in streams} for i in range(batch.num_rows)]

@@ -151,7 +151,9 @@ def _shard_items(config: dict[str, Any]) -> list[VideoItem] | None:
     spill = ShardSpill()
     for batch in ray.train.get_dataset_shard("train").iter_batches(batch_format="pyarrow",
                                                                    batch_size=64):
-        feats = {s: feature_views(batch.column(s), d, dtype) for s, d in streams.items()}
+        # checked where the read task decoded them from the shard (naming it): not again
+        feats = {s: feature_views(batch.column(s), d, dtype, check=False)
+                 for s, d in streams.items()}
         for i, vid in enumerate(batch.column("video_id").to_pylist()):
             if vid in videos:
                 spill.add(vid, {s: feats[s][i] for s in streams})

@@ -84,20 +84,35 @@ def test_evaluate_ground_truth(tmp_path, capsys, data):
     run_cli(capsys, ["evaluate", "--detections", dets, "--gt", gt, "--subset", "test"])
 
 
+MANIFEST_KEYS = ("streams", "dtype", "fps", "snippet_frames", "classes", "subsets", "shards",
+                 "gt", "files")
+mutations = st.tuples(st.sampled_from(MANIFEST_KEYS), values) | \
+    st.tuples(st.just("shards"), st.lists(st.dictionaries(
+        st.sampled_from(["subset", "path", "rows", "bytes"]), values, max_size=4),
+        min_size=1, max_size=2))
+
+
 @FUZZ
 @given(data=documents("format", "format_version", "streams", "subsets", "shards", "classes",
-                      "gt"))
+                      "gt") | mutations)
 def test_store_manifest(small, tmp_path, capsys, data):
+    """Random manifests, and the store's real one with one key replaced by anything."""
     store, _ = small
     copy = tmp_path / "store"
     if not copy.exists():
         import shutil
 
         shutil.copytree(store, copy)
+    if isinstance(data, tuple):
+        manifest = json.loads((Path(store) / "manifest.json").read_text())
+        manifest[data[0]] = data[1]
+        data = json.dumps(manifest).encode()
     (copy / "manifest.json").write_bytes(data)
     dets = tmp_path / "dets.json"
     dets.write_text('{"results": {}}')
     run_cli(capsys, ["evaluate", "--detections", dets, "--gt", copy, "--subset", "test"])
+    run_cli(capsys, ["ingest", "--layout", "npy-split", "--root", tmp_path / "nowhere",
+                     "--out", copy, "--overwrite", "--quiet"])
 
 
 yaml_text = st.binary(max_size=120) | values.map(lambda v: json.dumps(v).encode()) | \

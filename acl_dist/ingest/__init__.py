@@ -16,10 +16,10 @@ from typing import Any
 from .. import fsutil
 from ..errors import ConfigError, DataError
 from ..progress import progress
-from ..store import FeatureStore, StoreWriter, not_a_store
+from ..store import FeatureStore, StoreWriter, not_own_store
 from ..timegrid import SnippetGrid
 from .layouts import LAYOUTS, Layout
-from .validate import Checks, RawVideo, build_record
+from .validate import Checks, RawVideo, build_record, check_video_id
 
 __all__ = ["ingest", "IngestSummary", "LAYOUTS", "RawVideo"]
 
@@ -71,7 +71,7 @@ def ingest(layout: str, root: str, out: str, *, gt: str | None = None,
     document every option (the body is the read-validate-write loop).
 
     Args:
-        layout: ``npy-split``, ``npy-concat``, ``wtalc`` or ``cmcs-npz`` (FORMATS.md §1).
+        layout: ``npy-split``, ``npy-concat``, ``wtalc`` or ``cmcs-npz`` (docs/real_data.md).
         root: the layout's root (local or ``s3://``).
         gt, gt_info, classes_file: annotation JSON, BSN CSV, class list (see the layouts).
         allow_pickle: allow numpy to unpickle (needed by ``wtalc``; never the default).
@@ -87,8 +87,8 @@ def ingest(layout: str, root: str, out: str, *, gt: str | None = None,
 
     started = time.perf_counter()
     # before reading any input: an existing output needs --overwrite, and is replaced
-    # only when it is a store
-    fsutil.check_output_dir(out, overwrite, not_a_store)
+    # only when it is a store holding only what acl-dist wrote
+    fsutil.check_output_dir(out, overwrite, not_own_store)
     grid = SnippetGrid(fps, snippet_frames)
     src = make_layout(layout, root, gt=gt, gt_info=gt_info, classes_file=classes_file,
                       allow_pickle=allow_pickle, grid=grid, feature_stride=feature_stride)
@@ -103,6 +103,9 @@ def ingest(layout: str, root: str, out: str, *, gt: str | None = None,
     try:
         for raw in progress(src.videos(), desc=f"ingest {layout}", unit="video", quiet=quiet):
             try:
+                # before anything is read: an id that is a path would name a file
+                # outside --root
+                check_video_id(raw.video_id)
                 if raw.video_id in seen:
                     raise DataError(raw.video_id, "duplicate video id")
                 seen.add(raw.video_id)

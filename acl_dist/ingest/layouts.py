@@ -1,4 +1,4 @@
-"""Readers of the field's on-disk feature layouts (FORMATS.md §1), one class per layout.
+"""Readers of the field's on-disk feature layouts (docs/real_data.md), one class per layout.
 
 Each layout yields :class:`RawVideo` items whose ``load()`` reads that video's streams only
 when called, so ingest holds one video's features at a time (the W-TALC joint file is the

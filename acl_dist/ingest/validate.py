@@ -9,7 +9,7 @@ import numpy as np
 
 from ..annotations import Segment, VideoAnnotation
 from ..errors import DataError
-from ..store import VideoRecord
+from ..store import VideoRecord, shown_id, video_id_problem
 from ..timegrid import SnippetGrid
 
 FLOAT16_MAX = 65504.0
@@ -45,6 +45,15 @@ class Checks:
     max_trim: int = 0
     skip_bad: bool = False
     dims: dict[str, int] | None = None
+
+
+def check_video_id(video_id: str) -> None:
+    """A DataError naming the id (quoted when it holds a control character) when it is not
+    a name: ids are used in file names, and one holding ``/``, ``\\``, ``..`` or an absolute
+    path would make a layout read features from outside its root."""
+    problem = video_id_problem(video_id)
+    if problem is not None:
+        raise DataError(shown_id(video_id), f"video id {problem}")
 
 
 def check_features(video: str, arrays: dict[str, np.ndarray], checks: Checks
