@@ -60,6 +60,12 @@ def find_cause(err: BaseException, types: type | tuple[type, ...]) -> BaseExcept
             continue
         seen.add(id(e))
         if isinstance(e, types):
+            inner = getattr(e, "cause", None)
+            if isinstance(inner, types) and inner is not e:
+                # a Ray task error posing as its cause's class (``as_instanceof_cause``):
+                # its text is the remote traceback; the cause's is the message
+                todo.insert(0, inner)
+                continue
             return e
         todo += [x for x in (getattr(e, "cause", None), e.__cause__, e.__context__)
                  if isinstance(x, BaseException)]

@@ -44,7 +44,9 @@ def init_ray(num_cpus: int | None = None, quiet: bool = False) -> None:
             ray.init(address="local", num_cpus=cpus, num_gpus=local_gpus(),
                      include_dashboard=dashboard,
                      dashboard_host="127.0.0.1", dashboard_port=port,
-                     object_store_memory=512 * 2**20, **kwargs)
+                     object_store_memory=512 * 2**20,
+                     runtime_env={"worker_process_setup_hook":
+                                  "acl_dist.ray_start.worker_setup"}, **kwargs)
     quiet_ray_data()
 
 
@@ -106,6 +108,53 @@ def quiet_ray_data() -> None:
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    filter_own_errors()
+
+
+def worker_setup() -> None:
+    """Every worker process of a local instance (Ray's ``worker_process_setup_hook``):
+    Ray Data's executors of the training reads and Ray Train's workers log a failed
+    task's exception there, and their lines reach this terminal."""
+    filter_own_errors()
+
+
+def filter_own_errors() -> None:
+    """Ray's log handlers of this process (``ray``, ``ray.data``, the root's) drop the
+    records of acl-dist's own errors (:class:`_OwnErrorsRaised`)."""
+    import ray.data  # noqa: F401  (configures ray.data's handlers, filtered below)
+
+    owners = [h for name in ("", "ray", "ray.data") for h in logging.getLogger(name).handlers]
+    # and the loggers that log a failed task or worker, whatever handlers Ray Train
+    # configures in its workers later
+    owners += [logging.getLogger(name) for name in RAY_ERROR_LOGGERS]
+    for owner in owners:
+        if not any(isinstance(f, _OwnErrorsRaised) for f in owner.filters):
+            owner.addFilter(_OwnErrorsRaised())
+
+
+#: Ray's loggers that log a failed task's or training worker's exception with its
+#: traceback before it is raised to the caller.
+RAY_ERROR_LOGGERS = ("ray.data._internal.execution.streaming_executor_state",
+                     "ray.data.exceptions", "ray.train.v2._internal.util")
+
+
+class _OwnErrorsRaised(logging.Filter):
+    """Drops Ray's log records of an exception that is acl-dist's own (bad data, a
+    damaged shard, a full disk: :class:`~acl_dist.errors.AclDistError` or OSError behind
+    it): Ray Data logs a failed task's exception where it runs the dataset (the driver, a
+    training worker, a split coordinator) and Ray Train logs a failed worker's, each with
+    its tracebacks (a damaged training shard: 150 lines), before the exception reaches
+    the caller, where the CLI prints it as one line. Any other exception (a bug, Ray's own
+    failure) keeps its records. Ray logs them inside its ``except`` blocks, so the
+    exception is ``sys.exc_info()`` when a record carries none."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        import sys
+
+        from .errors import AclDistError, find_cause
+
+        exc = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+        return exc is None or find_cause(exc, (AclDistError, OSError)) is None
 
 
 def _dashboard_installed() -> bool:

@@ -61,8 +61,13 @@ def cli(capsys, argv: list[str]) -> tuple[int, str, str]:
 
 
 def one_line(err: str, pattern: str) -> str:
-    """The stderr of a failed command: exactly one line, matching ``pattern``."""
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    """The stderr of a failed command: exactly one line, matching ``pattern``. Lines the
+    CLI's output filter drops (:func:`acl_dist.console.is_noise`) do not count: in this
+    process the driver's Ray logging reaches pytest's capture, not the filtered fds."""
+    from acl_dist.console import is_noise
+
+    lines = [ln for ln in err.strip().splitlines()
+             if ln.strip() and not is_noise(ln.encode())]
     assert "Traceback" not in err, err
     assert len(lines) == 1, f"expected one line, got:\n{err}"
     import re
@@ -79,6 +84,7 @@ class World:
     store: str
     layout: Path
     make_run: Callable[[], Path]
+    start_ray: Callable[[], None] = lambda: None
 
     def copy_layout(self) -> Path:
         dst = self.tmp / f"layout-{len(list(self.tmp.iterdir()))}"
@@ -107,7 +113,8 @@ def world(small, tmp_path, request):
         shutil.copytree(run, dst)
         return dst
 
-    return World(tmp_path, store, layout, make_run)
+    return World(tmp_path, store, layout, make_run,
+                 lambda: request.getfixturevalue("ray_session"))
 
 
 def first_video(layout: Path, subset: str = "train") -> Path:
@@ -893,6 +900,22 @@ def case_ingest_classes_not_utf8(w):
     return _ingest(w, w.layout, out, "--classes", classes), _no_store(out)
 
 
+def case_run_store_random_bytes_in_a_shard(w):
+    """4 KB of random bytes in the middle of a shard, size unchanged: the training read
+    stops with the shard's name, before any NaN reaches the model."""
+    w.start_ray()       # the session's instance: its start notices are not this case's
+    out = w.tmp / "r"
+    bad = w.tmp / "bad"
+    shutil.copytree(w.store, bad)
+    shard = max(bad.glob("shards/*/part-*.parquet"), key=lambda p: p.stat().st_size)
+    with open(shard, "r+b") as fh:
+        fh.seek(shard.stat().st_size // 3)
+        fh.write(np.random.default_rng(0).bytes(4096))
+    argv = _run(w, out)
+    argv[argv.index("--store") + 1] = str(bad)
+    return argv, lambda w: None
+
+
 # (case, exit code, regex of the one line, needs the session's Ray run)
 CASES = [
     (case_ingest_missing_root, 1, r"nowhere", False),
@@ -973,6 +996,8 @@ CASES = [
     (case_run_store_manifest_corrupt, 1, r"manifest\.json: not valid JSON", False),
     (case_run_store_of_other_format, 1, r"not an acl-dist store", False),
     (case_run_store_truncated_shard, 1, r"cannot read shard .*part-\d+\.parquet", False),
+    (case_run_store_random_bytes_in_a_shard, 1,
+     r"cannot read shard .*part-\d+\.parquet: damaged: ", True),
     (case_run_empty_validation_split_leaves_no_config, 1, r"validation split is empty", False),
     (case_run_no_mode, 1, r"--store and --mode are required", False),
     (case_run_out_under_a_file, 1, r"afile/run.*Not a directory", False),
@@ -1389,3 +1414,44 @@ def test_not_a_run_is_none_only_for_what_acl_dist_wrote(tmp_path):
         "an acl-dist run holding files it did not write (my_notes.md)")
     assert RunDir.not_a_run(str(tmp_path)) == (
         "not an acl-dist run (none of run.json, config.yaml, state.json)")
+
+
+def test_ray_logs_of_our_own_errors_are_dropped_and_others_kept():
+    """Ray Data and Ray Train log a failed task's exception with its tracebacks before it
+    reaches the CLI, which prints acl-dist's own errors as one line: those records are
+    dropped, a bug's are kept (the control), also when logged inside ``except`` without
+    exc_info; a Ray task error posing as our error class gives its cause's message."""
+    import logging
+    import sys
+
+    from acl_dist.errors import StoreError, find_cause
+    from acl_dist.ray_start import _OwnErrorsRaised
+
+    keep = _OwnErrorsRaised().filter
+
+    def record(exc_info=None) -> logging.LogRecord:
+        return logging.LogRecord("ray.data", logging.ERROR, __file__, 1, "failed", (),
+                                 exc_info)
+
+    ours = StoreError("cannot read shard s: damaged: crc")
+    bug = ValueError("a bug")
+    assert not keep(record((StoreError, ours, None)))
+    assert keep(record((ValueError, bug, None)))
+    wrapped = RuntimeError("SystemException")
+    wrapped.__cause__ = ours
+    assert not keep(record((RuntimeError, wrapped, None)))
+    try:
+        raise OSError(28, "No space left on device")
+    except OSError:
+        assert sys.exc_info()[1] is not None and not keep(record())
+    try:
+        raise bug
+    except ValueError:
+        assert keep(record())
+    assert keep(record())
+
+    class Posing(StoreError):          # what ray's as_instanceof_cause builds
+        def __init__(self, cause):
+            super().__init__("\x1b[36mray::ReadStore()\x1b[39m\n  File ...")
+            self.cause = cause
+    assert str(find_cause(Posing(ours), StoreError)) == "cannot read shard s: damaged: crc"
