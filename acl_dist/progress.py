@@ -101,14 +101,16 @@ class Meter:
 
 class StepLines:
     """When a training loop prints its progress line, whatever its number of steps: at
-    its first step (a line early, however long a step takes or the round is), at its last,
-    and between them once ``every_s`` seconds have passed since the previous line (a 10**6
-    -step round neither floods the log nor goes quiet). Which steps get a line depends on
-    the clock, so only the worker that prints asks (never a collective's decision)."""
+    its first step (a line early, however long a step takes or the round is), at every
+    ``log_every``-th step (the steps its metrics, checkpoints and logs are kept at, which
+    scripts and tests watching a run wait for), at its last, and whenever ``every_s``
+    seconds have passed since the previous line (a long ``log_every`` never leaves the
+    log quiet). Which steps get a line depends on the clock, so only the worker that
+    prints asks (never a collective's decision)."""
 
-    def __init__(self, steps: int, every_s: float = 10.0,
+    def __init__(self, steps: int, log_every: int = 0, every_s: float = 10.0,
                  clock: Callable[[], float] = time.perf_counter):
-        self.steps, self.every_s, self.clock = steps, every_s, clock
+        self.steps, self.log_every, self.every_s, self.clock = steps, log_every, every_s, clock
         self.last: float | None = None
         self.since = clock()
         self.videos = 0
@@ -118,7 +120,9 @@ class StepLines:
         second since the previous line (or the start); else None."""
         self.videos += videos
         now = self.clock()
-        if self.last is not None and step < self.steps and now - self.last < self.every_s:
+        kept = self.log_every > 0 and step % self.log_every == 0
+        if self.last is not None and step < self.steps and not kept and \
+                now - self.last < self.every_s:
             return None
         rate = self.videos / max(now - self.since, 1e-9)
         self.last = self.since = now

@@ -228,7 +228,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         sys.stdout.flush()
 
     try:
-        # rank 0's progress lines: its first step, then one every 10 s, and its last
+        # rank 0's progress lines: its first step, every log_every-th, one at least every
+        # 10 s, and its last
         fit(items, cfg, config["num_classes"], streams, group=WorkerGroup(rank, world),
             device=device, wrap=ray.train.torch.prepare_model, report=report, start=start,
             progress=line if rank == 0 and not config.get("quiet") else None)

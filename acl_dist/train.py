@@ -263,8 +263,8 @@ def fit(items: Sequence[VideoItem], cfg: RunConfig, num_classes: int, in_dims: d
         start: a state from :func:`training_state` to resume from (model, optimiser, step).
         progress: ``progress(metrics, step)`` (the loss terms, ``videos_per_s``) for a
             progress line, at the steps :class:`~acl_dist.progress.StepLines` picks: the
-            first, the last and one every 10 s, whatever ``train.steps`` and
-            ``train.log_every`` are. Given to one worker only (its steps depend on the
+            first, every ``train.log_every``-th, the last, and one at least every 10 s,
+            whatever ``train.steps`` is. Given to one worker only (its steps depend on the
             clock; it runs no collective).
     Returns:
         :class:`TrainResult` with the (unwrapped) model's state dict.
@@ -297,7 +297,7 @@ def fit(items: Sequence[VideoItem], cfg: RunConfig, num_classes: int, in_dims: d
     history: list[dict[str, float]] = []
     started = time.perf_counter()
     window_videos, window_start = 0, time.perf_counter()
-    lines = StepLines(tc.steps) if progress is not None else None
+    lines = StepLines(tc.steps, tc.log_every) if progress is not None else None
     model.train()
     while step < tc.steps:
         batch = next(stream)

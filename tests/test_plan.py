@@ -537,6 +537,10 @@ def test_training_prints_a_first_line_early_then_one_every_10_s():
     assert got == [1, 10_001, 20_001]
     end = StepLines(5, clock=lambda: 0.0)
     assert [s for s in range(1, 6) if end.step(s, 1) is not None] == [1, 5]
+    # log_every's steps get theirs too (what a watcher of the log waits for), within 10 s
+    kept = StepLines(80, log_every=10, clock=lambda: 0.0)
+    assert [s for s in range(1, 81) if kept.step(s, 1) is not None] == \
+        [1, 10, 20, 30, 40, 50, 60, 70, 80]
 
 
 def test_fit_calls_progress_at_the_first_and_last_step():
