@@ -281,7 +281,8 @@ def decode_localised_row(row: dict[str, Any]) -> tuple[Any, dict[str, Any], Any]
 
 def check_artifact(path: str) -> None:
     """Check one artifact by its kind (``.pt``, ``.parquet``, ``.json``); a run file's JSON
-    against the shape its schema gives what it holds (its readers require their keys)."""
+    against its schema, with the keys every reader of it requires, so a finished step
+    whose file lost one is refused before anything reruns."""
     if path.endswith(".pt"):
         load_checkpoint(path)
     elif path.endswith(".parquet"):
@@ -290,7 +291,7 @@ def check_artifact(path: str) -> None:
         if schema_name(path) is None:
             check_json(path)
         else:
-            read_run_json(path, require=())
+            read_run_json(path)
     elif not fsutil.exists(path):
         raise ArtifactError(path, "missing")
 
@@ -305,8 +306,8 @@ def check_artifact(path: str) -> None:
 # describe what the writers of this module have always written (the format is unchanged).
 #
 # ``required`` keys are those every reader of a file needs; ``--resume``'s read-back of a
-# finished step (:func:`check_artifact`) checks the shape of what a file holds and leaves
-# each reader to require the keys it uses (``require``).
+# finished step (:func:`check_artifact`) requires them too, and a reader may require more
+# (``require``).
 
 
 class _Bad(Exception):

@@ -630,6 +630,8 @@ CASES = [
      r"round_1/clusters\.json: mapping\.hungarian\.cluster_00: expected a list, got 'a'$"),
     ("clusters_no_labels_for_report", text(Path("round_1") / CLUSTERS, "{}"), report,
      r"round_1/clusters\.json: labels: missing$"),
+    ("clusters_no_labels_on_resume", text(Path("round_1") / CLUSTERS, "{}"), resume,
+     r"round_1/clusters\.json: labels: missing$"),
     ("eval_map_a_string", at(f"round_0/{EVAL_FILES['test']}", put("map", "high")), resume,
      r"round_0/eval\.json: map: expected a list, got 'high'$"),
     ("eval_map_per_tiou", at(f"round_1/{EVAL_FILES['test']}", put("map", [1.0, 2.0])),
