@@ -878,8 +878,10 @@ def test_interrupted_ingest_leaves_no_store(tmp_path, out, monkeypatch):
     monkeypatch.setattr(np, "load", fake)
     with pytest.raises(KeyboardInterrupt):
         ingest("npy-split", str(root), str(out), quiet=True)
-    assert fake.tmp_seen and fake.tmp_seen[0].startswith(".store.tmp-")
+    # while it wrote: its temporary store and its lock; afterwards neither
+    assert sorted(n.split("-")[0] for n in fake.tmp_seen) == [".store.acl", ".store.tmp"]
     assert_no_output(out)
+    assert not [p.name for p in out.parent.iterdir() if p.name.startswith(".store")]
 
 
 def test_interrupted_overwrite_keeps_old_store(tmp_path, out, monkeypatch):
