@@ -51,6 +51,8 @@ NOISE: tuple[tuple[re.Pattern[bytes], str], ...] = (
      "acl-dist turns Ray Data's bars off on purpose; its own progress lines replace them"),
     (re.compile(rb"Dataset \S+ execution finished in [\d.]+ seconds"),
      "the pass's own progress line says the same"),
+    (re.compile(rb"Dataset \S+ execution failed$"),
+     "the error line that follows names what failed and why"),
     (re.compile(rb"^(\x1b\[[\d;]*m)?(\([^)]*\) ?)?(\x1b\[[\d;]*m)?\s*Found (credentials in "
                 rb"environment variables|endpoint for s3 via: )"),
      "botocore's INFO lines, one per S3 client of every Ray worker: nothing to act on"),
