@@ -755,6 +755,11 @@ def _check_manifest(mpath: str, manifest: dict[str, Any]) -> None:
                 raise StoreError(f"{mpath}: key shards[{i}].subset is "
                                  f"{str(shard.get('subset'))[:60]!r}, not a subset of the "
                                  "store")
+            for count in ("rows", "feature_bytes", "bytes"):
+                value = shard.get(count, 0) if isinstance(shard, dict) else 0
+                if type(value) is not int or value < 0:
+                    raise StoreError(f"{mpath}: key shards[{i}].{count} is "
+                                     f"{str(value)[:60]!r}, not a count")
     _check_paths(mpath, manifest)
 
 

@@ -88,8 +88,8 @@ MANIFEST_KEYS = ("streams", "dtype", "fps", "snippet_frames", "classes", "subset
                  "gt", "files")
 mutations = st.tuples(st.sampled_from(MANIFEST_KEYS), values) | \
     st.tuples(st.just("shards"), st.lists(st.dictionaries(
-        st.sampled_from(["subset", "path", "rows", "bytes"]), values, max_size=4),
-        min_size=1, max_size=2))
+        st.sampled_from(["subset", "path", "rows", "bytes", "feature_bytes"]), values,
+        max_size=5), min_size=1, max_size=2))
 
 
 @FUZZ
