@@ -237,6 +237,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from . import evaluate as ev
     from .annotations import load_ambiguous, load_video_list
+    from .tiou import parse_tiou
 
     videos, said = None, None
     if args.videos and args.videos != "all":
@@ -252,7 +253,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             load_ambiguous(args.ambiguous)
     gt = ev.load_ground_truth(args.gt, args.subset, videos=videos)
     result = ev.evaluate_detections(
-        gt, ev.load_detections(args.detections), tiou_thresholds=ev.parse_tiou(args.tiou),
+        gt, ev.load_detections(args.detections), tiou_thresholds=parse_tiou(args.tiou),
         videos=videos, ambiguous=ambiguous,
         unknown_labels="ignore" if args.ignore_unknown_labels else "error")
     if args.json:

@@ -461,7 +461,7 @@ class RunConfig:
                               "reads no labels)")
         if self.tiou is not None:
             from .errors import DataError
-            from .evaluate import parse_tiou
+            from .tiou import parse_tiou
 
             try:
                 parse_tiou(self.tiou)

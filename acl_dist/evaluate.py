@@ -36,10 +36,8 @@ from . import fsutil
 from .annotations import load_ambiguous, load_video_list
 from .config import RunConfig, choices
 from .errors import DataError
+from .tiou import ANET_TIOU
 
-ANET_TIOU = np.linspace(0.5, 0.95, 10)
-THUMOS_TIOU = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
-TIOU_PRESETS = {"anet": ANET_TIOU, "activitynet": ANET_TIOU, "thumos": THUMOS_TIOU}
 MAPPING_MODES = tuple(choices(RunConfig, "label_map"))   # hungarian, majority, soft
 
 
@@ -386,30 +384,6 @@ def thumos_test_videos(convention: str = "210") -> set[str]:
 def thumos_ambiguous() -> dict[str, list[tuple[float, float]]]:
     """THUMOS14 official Ambiguous segments of the test set (99 segments, 37 videos)."""
     return load_ambiguous(_data_file("thumos14", "Ambiguous_test.txt"))
-
-
-def parse_tiou(spec: str | None) -> np.ndarray:
-    """``anet`` / ``thumos`` / ``0.1,0.2,...`` / ``0.1:0.7:0.1`` -> thresholds."""
-    if spec is None:
-        return ANET_TIOU
-    spec = spec.strip().lower()
-    if spec in TIOU_PRESETS:
-        return TIOU_PRESETS[spec]
-    try:
-        if ":" in spec:
-            lo, hi, step = (float(x) for x in spec.split(":"))
-            if not step > 0:
-                raise ValueError("step must be positive")
-            n = int(round((hi - lo) / step)) + 1
-            vals = np.round(lo + step * np.arange(max(n, 0)), 10)
-        else:
-            vals = np.array([float(x) for x in spec.split(",") if x.strip()])
-    except (ValueError, OverflowError):
-        raise DataError(None, f"bad --tiou {spec!r}: use anet, thumos, a comma list or "
-                              "lo:hi:step") from None
-    if len(vals) == 0 or not np.all((vals > 0) & (vals <= 1)):
-        raise DataError(None, f"bad --tiou {spec!r}: thresholds must lie in (0, 1]")
-    return vals
 
 
 # --------------------------------------------------------------------------- clustering

@@ -18,10 +18,11 @@ from .config import RunConfig
 from .errors import ConfigError
 from .evaluate import (MAPPING_MODES, Detection, cluster_class_mapping, cluster_name,
                        detections_to_json, evaluate_detections, load_ground_truth,
-                       map_detections, parse_tiou)
+                       map_detections)
 from .plan import VideoSplit, scored_test_videos
 from .progress import log
 from .store import FeatureStore
+from .tiou import parse_tiou
 
 
 @dataclass

@@ -38,9 +38,10 @@ from weak_ablation import at, mean_sd  # noqa: E402
 from acl_dist.artifacts import RunDir  # noqa: E402
 from acl_dist.config import load_config  # noqa: E402
 from acl_dist.evaluate import (evaluate_detections, load_ground_truth,  # noqa: E402
-                               map_detections, parse_tiou)
+                               map_detections)
 from acl_dist.pipeline import Run, RunOptions, run_acl  # noqa: E402
 from acl_dist.synth import SynthConfig, synthesize  # noqa: E402
+from acl_dist.tiou import parse_tiou  # noqa: E402
 
 
 def remap(run_dir: str, store: str, mode: str) -> dict:

@@ -25,12 +25,13 @@ import torch
 from torch import nn
 
 from acl_dist.config import LocalizeConfig
-from acl_dist.evaluate import Detection, evaluate_detections, load_ground_truth, parse_tiou
+from acl_dist.evaluate import Detection, evaluate_detections, load_ground_truth
 from acl_dist.localize import fuse, localize_video
 from acl_dist.losses import topk_pooled
 from acl_dist.model import pad_batch
 from acl_dist.plan import default_subsets
 from acl_dist.store import FeatureStore
+from acl_dist.tiou import parse_tiou
 
 
 class TopKMIL(nn.Module):

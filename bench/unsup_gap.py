@@ -41,8 +41,9 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from acl_dist.annotations import primary_label, to_activitynet_json  # noqa: E402
-from acl_dist.evaluate import Detection, evaluate_detections, parse_tiou  # noqa: E402
+from acl_dist.evaluate import Detection, evaluate_detections  # noqa: E402
 from acl_dist.synth import SynthConfig, load_timeline  # noqa: E402
+from acl_dist.tiou import parse_tiou  # noqa: E402
 
 
 def ceiling_of(videos: list, gt, subset: str | None = None) -> dict:

@@ -58,7 +58,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mil_baseline import localise_and_score, train_and_evaluate  # noqa: E402
 
 from acl_dist.config import RunConfig, load_config  # noqa: E402
-from acl_dist.evaluate import parse_tiou  # noqa: E402
+from acl_dist.tiou import parse_tiou  # noqa: E402
 from acl_dist.plan import holdout_split, resolve_config  # noqa: E402
 from acl_dist.store import FeatureStore  # noqa: E402
 from acl_dist.synth import SynthConfig, synthesize  # noqa: E402

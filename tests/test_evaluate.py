@@ -17,8 +17,6 @@ from hypothesis import strategies as st
 from acl_dist import fsutil
 from acl_dist.errors import DataError
 from acl_dist.evaluate import (
-    ANET_TIOU,
-    THUMOS_TIOU,
     Detection,
     DetectionResult,
     _data_file,
@@ -27,11 +25,11 @@ from acl_dist.evaluate import (
     interpolated_ap,
     load_detections,
     load_ground_truth,
-    parse_tiou,
     segment_iou,
     thumos_ambiguous,
     thumos_test_videos,
 )
+from acl_dist.tiou import ANET_TIOU, THUMOS_TIOU, parse_tiou
 
 # --------------------------------------------------------------------------- helpers
 

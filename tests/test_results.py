@@ -15,11 +15,12 @@ from acl_dist import fsutil
 from acl_dist.artifacts import RunDir, outputs_schema
 from acl_dist.config import load_config, with_updates
 from acl_dist.evaluate import (_data_file, evaluate_detections, load_ground_truth,
-                               parse_tiou, thumos_test_videos)
+                               thumos_test_videos)
 from acl_dist.plan import resolve_config, scored_test_videos, split_videos
 from acl_dist.results import RunResults
 from acl_dist.ingest import ingest
 from acl_dist.store import FeatureStore
+from acl_dist.tiou import parse_tiou
 
 PUBLISHED = _data_file("thumos14", "gt_acmnet.json.gz")
 
