@@ -16,7 +16,7 @@ that the problem is honest rather than easy:
 * **nuisance per video** (a style offset and a gain), **temporal correlation** (AR(1) noise
   along time), soft action boundaries (snippets partially covered by a segment are mixed).
 
-Two harder generator families, both **on by default** since issue 17 (the first default,
+Two harder generator families, both **on by default** since the benchmark's second version (the first default,
 "v1", was solved: NMI 0.97, weak mAP 85; ``phases=1, receptive_field=1`` make it again, bit
 for bit):
 
@@ -88,7 +88,7 @@ class SynthConfig:
         dim: feature dim per stream (real I3D: 1024).
         difficulty: scales scene, nuisance and noise (1.0 = default benchmark).
         scene_scale: scales the shared scenes alone, on top of ``difficulty`` (1.0 =
-            default): stronger scenes shared across classes, the setting in which issue 19
+            default): stronger scenes shared across classes, the setting in which docs/method.md "Where unsupervised loses to weak"
             found unsupervised localisation far below weak at near-perfect clustering.
         scenes: number of shared background scenes (default: classes // 5, at least 2).
         home_prob: probability that a video shows its class's home scene.

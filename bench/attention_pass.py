@@ -14,7 +14,7 @@ localised, as a round of an unsupervised run does):
 
     python bench/attention_pass.py [--dim 1024] [--videos 3000] [--actors N] [--out DIR]
 
-Issue 15's target: Ray Data pass / floor <= 2. The model is the default network with the
+Target: Ray Data pass / floor <= 2. The model is the default network with the
 weights of its initialisation (the pass's cost does not depend on what it learned, apart
 from how many segments localisation finds).
 """

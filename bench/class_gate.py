@@ -1,4 +1,4 @@
-"""Issue 19: the class gate, measured on finished runs without training again.
+"""The class gate, measured on finished runs without training again.
 
 A run's attention pass saves every localised video's fused CAS, attention and video logits
 (``round_<r>/outputs.parquet``, the raw-prediction cache). This bench re-localises a run's

@@ -17,7 +17,7 @@ training videos less its validation split, their main class as the truth; e.g.
 bench/scale_round.py's ActivityNet-1.3-sized run) instead of planted ones: real descriptors
 are noisier than planted clusters, which is where the kNN graph lost NMI.
 
-Issue 15's target: 10k videos <= 10 s on 2 cores at no NMI loss against the dense path.
+Target: 10k videos <= 10 s on 2 cores at no NMI loss against the dense path.
 On the ActivityNet-1.3-sized run's round-0 descriptors (9,641 videos, 200 clusters):
 dense 44.5 s at NMI 0.708, Nyström 8.3 s at 0.707, kNN + LOBPCG 16.0 s at 0.610.
 """

@@ -12,7 +12,7 @@ a shared machine):
 
     python bench/train_step.py [--dim 1024] [--batch 32] [--max-len 256] [--repeats 5]
 
-Issue 15's target: the acl-dist step <= 0.3 s at 32 videos x 256 snippets x 2 x 1024-d on
+Target: the acl-dist step <= 0.3 s at 32 videos x 256 snippets x 2 x 1024-d on
 2 cores.
 """
 

@@ -1,4 +1,4 @@
-"""Where the unsupervised points go (issue 19), part 1: the ceiling that one pseudo-label
+"""Where the unsupervised points go (docs/method.md "Where unsupervised loses to weak"), part 1: the ceiling that one pseudo-label
 per video puts on unsupervised mAP, from the annotation alone (no features, no training).
 
 An unsupervised round gives every training video one cluster, and a run's detections in a

@@ -15,7 +15,7 @@ then trains the named variants and the MIL baselines on every training video, wi
         [--variants default,no_sep_trip] [--mil mil,mil_k1] [--seeds 0,1,2] [--test default]
         [--skip-validation]
 
-The baseline's budget (issue 17): ``--mil grid`` cross-validates top-k MIL over the knobs
+The baseline's budget: ``--mil grid`` cross-validates top-k MIL over the knobs
 ACL's defaults were chosen over (kernel 1/3 x dropout 0/0.5/0.7 x width 256/512); a
 second call tries the best with the paper's thresholds (``--mil NAME+thr``), so MIL is
 compared at its own best, not with settings tuned for ACL; a third scores the chosen
@@ -77,7 +77,7 @@ VARIANTS: dict[str, list[str]] = {
     "local_k3": ["model.local_kernel=3"],                    # reach 1
     "k3": K3,                                                # reach 2
     "k3_no_sep_trip": K3 + NO_SEP_TRIP,
-    # no class-agnostic branch: S uniform, p the mean of the CAS (issue 17's ablation)
+    # no class-agnostic branch: S uniform, p the mean of the CAS (the ablation of docs/method.md "Fair baselines")
     "no_agnostic_attention": ["model.agnostic_attention=false"],
     "k3_dil23": K3 + ["model.dilations=[2,3]"],              # reach 4
     "late": ["model.fusion=late"],
@@ -128,7 +128,7 @@ def at(res: dict, tiou: float = 0.5) -> float:
 # train_and_evaluate, and "thresholds" for the localisation's
 MIL_VARIANTS: dict[str, dict] = {"mil": {}, "mil_late": {"fusion": "late"},
                                  "mil_k1": {"kernel": 1}}
-# The baseline's cross-validation budget (issue 17): the knobs ACL's defaults were chosen
+# The baseline's cross-validation budget: the knobs ACL's defaults were chosen
 # over, kernel x dropout x width (12 trials, ``--mil grid``; the baseline is
 # mil_k3_d0.5_w256), then the best of them with the paper's thresholds (0.1..1.0) instead
 # of the ones chosen for ACL (its "+thr" name, a second call): ACL had ~15 trials plus its

@@ -141,7 +141,7 @@ def test_long_functions_say_why():
 
 
 def test_the_run_stays_a_schedule():
-    """pipeline.Run holds the steps and their order, nothing else (issue 18: ~150 lines);
+    """pipeline.Run holds the steps and their order, nothing else (~150 lines);
     planning is plan.py, scoring results.py, files artifacts.py. A class that grows past
     160 lines has taken on one of their jobs again."""
     tree = ast.parse((PACKAGE / "pipeline.py").read_text())

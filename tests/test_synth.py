@@ -88,7 +88,7 @@ def test_actions_differ_per_class_and_background_dominates():
 
 
 def test_round0_gap_is_large_on_the_default_benchmark(tmp_path):
-    """Issue 17: the default benchmark has headroom. Its round-0 clustering (uniform
+    """The default benchmark has headroom. Its round-0 clustering (uniform
     pooling of the 200 training videos) is far below clustering the same features pooled
     over the ground-truth action snippets; the v1 generator (one prototype per action,
     each snippet seeing only itself) starts higher at round 0 (0.505 against 0.443). The
