@@ -9,9 +9,10 @@ from .config import RunConfig
 
 def plan_run(store: str, cfg: RunConfig, quiet: bool = True) -> dict[str, Any]:
     """The plan of a new run of ``cfg`` on ``store`` on the Ray cluster this process
-    attaches to (``RAY_ADDRESS``) or a local instance: the resolved config (``config``), the
-    training workers and device (``train``), where clustering and the attention pass run,
-    and what the autoscaler would be asked for (``request``). Writes nothing; the same as
+    attaches to (``RAY_ADDRESS``) or on the local instance a run would start (sized from
+    this machine; none is started): the resolved config (``config``), the training workers
+    and device (``train``), where clustering and the attention pass run, and what the
+    autoscaler would be asked for (``request``). Writes nothing; the same as
     ``acl-dist run --plan --json``.
 
     Example::
