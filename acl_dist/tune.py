@@ -198,6 +198,10 @@ def _start_tune(store: str, out: str, base: RunConfig | None, space: dict[str, d
                 settings: TuneSettings | None, resume: bool, quiet: bool) -> dict[str, Any]:
     from .ray_start import init_ray
 
+    if not resume:
+        # a search one of whose trials cannot be placed is refused before Ray starts (the
+        # plan needs no instance); the search plans again, with its warnings, once started
+        plan_tune(store, out, base, space, settings, quiet=True)
     init_ray(quiet=quiet)
     # Tune warns (three lines) whenever two experiment snapshots fall within 5 s, i.e.
     # after nearly every round report of short trials; a search saves its state after

@@ -471,6 +471,10 @@ def test_tune_plan_starts_no_ray_and_refuses_a_trial_it_cannot_place(
     assert main([*args, "--set", "train.workers=5", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["concurrent"] == 1
     assert no_ray_start == [] and not (tmp_path / "never").exists()
+    # a real search is refused the same way, before Ray starts and before writing anything
+    assert main([*args[:-1], "--set", "train.workers=1000", "--quiet"]) == 1
+    assert "each trial: train.workers=1000 needs 501 CPUs" in capsys.readouterr().err
+    assert no_ray_start == [] and not (tmp_path / "never").exists()
 
 
 # --------------------------------------------------------------------------- size warnings
