@@ -15,7 +15,7 @@ from . import __version__
 # light imports only: the parser is built on every call, --help included (the store's
 # and the benchmark's modules pull in pyarrow and scipy, ~0.8 s)
 from .config import FEATURE_DTYPES, SYNTH_PRESETS, RunConfig, TuneSettings, choices
-from .errors import AclDistError, find_cause
+from .errors import AclDistError, find_cause, printable
 
 
 class _DefaultsHelp(argparse.HelpFormatter):
@@ -733,15 +733,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 #: Where Ray Data's retry advice starts in an error it re-raises (ray.data._internal.util).
 RAY_DATA_RETRY_SUFFIX = "\nFailed to "
-
-
-def printable(text: str) -> str:
-    """``text`` with control characters escaped (``\\n``, ``\\x1b``): an error names what
-    the user gave (a video id, a key), and one of those must not break the message into
-    lines or send escape sequences to the terminal."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _error_line(err: BaseException) -> str | None:

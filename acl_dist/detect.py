@@ -190,9 +190,9 @@ def predict(run: str, store: str, out: str, subsets: list[str] | None = None,
 
     started = time.perf_counter()
     store, out = fsutil.absolute(store), fsutil.absolute(out)
-    check_detections_out(out, overwrite)
     with locks.exclusive(out, "predict", quiet):
-        return _predict(run, store, out, subsets, label_map, overwrite, quiet, started)
+        check_detections_out(out, overwrite)   # under the lock: as it is until the write
+        return _predict(run, store, out, subsets, label_map, quiet, started)
 
 
 def check_detections_out(out: str, overwrite: bool) -> None:
@@ -218,8 +218,7 @@ def check_detections_out(out: str, overwrite: bool) -> None:
 
 
 def _predict(run: str, store: str, out: str, subsets: list[str] | None,
-             label_map: str | None, overwrite: bool, quiet: bool,
-             started: float) -> dict[str, Any]:
+             label_map: str | None, quiet: bool, started: float) -> dict[str, Any]:
     trained = open_trained_run(run)
     mapping = resolve_labels(trained, label_map)
     fs = FeatureStore.open(store)
@@ -232,7 +231,6 @@ def _predict(run: str, store: str, out: str, subsets: list[str] | None,
         "classes" if trained.cfg.mode == "weak" else CLUSTERS)
     details = (f"acl-dist predict: round {trained.round} of {trained.path} "
                f"({trained.cfg.mode}), labels: {labels}")
-    check_detections_out(out, overwrite)    # as found when the lock was taken
     fsutil.sweep_temporaries(out)
     fsutil.write_json_atomic(out, detections_to_json(
         dets, {"used": False, "details": details}, [v for v, _ in raw]), indent=None)

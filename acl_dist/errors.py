@@ -48,6 +48,15 @@ class ArtifactError(AclDistError):
         super().__init__(f"{path}: {problem}")
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\x1b``): an error names what
+    the user gave (a video id, a key) or quotes a damaged byte, and neither may break the
+    message into lines or send escape sequences to the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def find_cause(err: BaseException, types: type | tuple[type, ...]) -> BaseException | None:
     """The first exception of ``types`` behind ``err``: itself, its ``__cause__`` /
     ``__context__``, a Ray task error's ``cause``, or a Ray Train worker group's

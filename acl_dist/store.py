@@ -59,7 +59,7 @@ import pyarrow.parquet as pq
 from . import __version__, fsutil
 from .annotations import Segment, VideoAnnotation, primary_label, to_activitynet_json
 from .config import FEATURE_DTYPES
-from .errors import DataError, StoreError
+from .errors import DataError, StoreError, printable
 from .timegrid import SnippetGrid
 
 FORMAT_NAME = "acl-dist-store"
@@ -791,8 +791,7 @@ def _check_paths(mpath: str, manifest: dict[str, Any]) -> None:
 def _read_error(url: str, exc: BaseException) -> str:
     # one line of printable text: Arrow's messages span lines, and a Thrift error quotes
     # the damaged byte as it is
-    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}"
-                   for c in " ".join(str(exc).split())) or type(exc).__name__
+    text = printable(" ".join(str(exc).split())) or type(exc).__name__
     damaged = "damaged: " if any(w in text.lower() for w in (
         "checksum", "crc", "thrift", "deserializ", "corrupt", "magic")) else ""
     return f"cannot read shard {url}: {damaged}{text}"

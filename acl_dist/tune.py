@@ -198,10 +198,13 @@ def _start_tune(store: str, out: str, base: RunConfig | None, space: dict[str, d
                 settings: TuneSettings | None, resume: bool, quiet: bool) -> dict[str, Any]:
     from .ray_start import init_ray
 
+    planned = None
     if not resume:
-        # a search one of whose trials cannot be placed is refused before Ray starts (the
-        # plan needs no instance); the search plans again, with its warnings, once started
-        plan_tune(store, out, base, space, settings, quiet=True)
+        # planned before Ray starts (the plan needs no instance): a search one of whose
+        # trials cannot be placed is refused with nothing started
+        assert base is not None and settings is not None and space is not None
+        planned = _plan_new_search(fsutil.absolute(store), fsutil.absolute(out), base, space,
+                                   settings, quiet)
     init_ray(quiet=quiet)
     # Tune warns (three lines) whenever two experiment snapshots fall within 5 s, i.e.
     # after nearly every round report of short trials; a search saves its state after
@@ -222,7 +225,7 @@ def _start_tune(store: str, out: str, base: RunConfig | None, space: dict[str, d
         previous = None
     os.chdir(tempfile.gettempdir())
     try:
-        return _run_tune(store, out, base, space, settings, resume, quiet)
+        return _run_tune(store, out, planned, settings, quiet)
     finally:
         try:
             if previous is not None:
@@ -240,12 +243,19 @@ def plan_tune(store: str, out: str, base: RunConfig, space: dict[str, dict],
     writes nothing."""
     from .tune_results import label_use
 
-    store, out = fsutil.absolute(store), fsutil.absolute(out)
+    # the warnings are among the printed lines (describe_tune_plan)
+    meta = _plan_new_search(fsutil.absolute(store), fsutil.absolute(out), base, space,
+                            settings, quiet, warn=False)
+    return {**meta, "label_use": label_use(base.mode, settings.objective)}
+
+
+def _plan_new_search(store: str, out: str, base: RunConfig, space: dict[str, dict],
+                     settings: TuneSettings, quiet: bool, warn: bool = True
+                     ) -> dict[str, Any]:
+    """:func:`_plan_search` for a new search into ``out``, which must hold none."""
     if fsutil.exists(fsutil.join(out, "tune.json")):
         raise ConfigError(f"{out} already holds a search; use --resume or another --out")
-    # the warnings are among the printed lines (describe_tune_plan)
-    meta = _plan_search(store, out, base, space, settings, quiet, warn=False)
-    return {**meta, "label_use": label_use(base.mode, settings.objective)}
+    return _plan_search(store, out, base, space, settings, quiet, warn)
 
 
 def describe_tune_plan(meta: dict[str, Any]) -> list[str]:
@@ -374,11 +384,13 @@ def _fit_scaled(tuner, meta: dict[str, Any], quiet: bool):
         return tuner.fit()
 
 
-def _run_tune(store: str, out: str, base: RunConfig | None, space: dict[str, dict] | None,
-              settings: TuneSettings | None, resume: bool, quiet: bool) -> dict[str, Any]:
+def _run_tune(store: str, out: str, planned: dict[str, Any] | None,
+              settings: TuneSettings | None, quiet: bool) -> dict[str, Any]:
+    """A new search of plan ``planned`` (:func:`_plan_new_search`), or with None the
+    search saved in ``out`` resumed."""
     meta_path = fsutil.join(out, "tune.json")
     exp_path = fsutil.join(out, "tune")
-    if resume:
+    if planned is None:
         if not fsutil.exists(meta_path):
             raise ConfigError(f"--resume: {out} holds no search (no tune.json)")
         meta = fsutil.read_json(meta_path)
@@ -388,10 +400,8 @@ def _run_tune(store: str, out: str, base: RunConfig | None, space: dict[str, dic
         tuner = tune.Tuner.restore(exp_path, trainable=_trainable(meta),
                                    resume_unfinished=True, resume_errored=True)
     else:
-        if fsutil.exists(meta_path):
-            raise ConfigError(f"{out} already holds a search; use --resume or another --out")
-        assert base is not None and settings is not None and space is not None
-        meta = _plan_search(store, out, base, space, settings, quiet)
+        assert settings is not None
+        meta = planned
         fsutil.write_json_atomic(meta_path, meta)
         tuner = _new_tuner(meta, settings, quiet)
     started = time.perf_counter()

@@ -61,6 +61,16 @@ def _record_left_out(writer: StoreWriter, skipped: list[tuple[str, str]],
                     "published")
 
 
+def _check_new_id(video_id: str, seen: set[str]) -> None:
+    """Before anything of the video is read: an id that is a path would name a file
+    outside --root (:func:`check_video_id`), and a repeated one would stand twice in the
+    store. Adds it to ``seen``."""
+    check_video_id(video_id)
+    if video_id in seen:
+        raise DataError(video_id, "duplicate video id")
+    seen.add(video_id)
+
+
 def ingest(layout: str, root: str, out: str, *, gt: str | None = None,
            gt_info: str | None = None, classes_file: str | None = None,
            allow_pickle: bool = False, skip_bad: bool = False, dtype: str = "float16",
@@ -103,12 +113,7 @@ def ingest(layout: str, root: str, out: str, *, gt: str | None = None,
     try:
         for raw in progress(src.videos(), desc=f"ingest {layout}", unit="video", quiet=quiet):
             try:
-                # before anything is read: an id that is a path would name a file
-                # outside --root
-                check_video_id(raw.video_id)
-                if raw.video_id in seen:
-                    raise DataError(raw.video_id, "duplicate video id")
-                seen.add(raw.video_id)
+                _check_new_id(raw.video_id, seen)
                 record, notes, n_clipped, evaluation = build_record(raw, checks, dropped)
             except DataError as err:
                 if not skip_bad:
