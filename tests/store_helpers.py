@@ -1,8 +1,23 @@
-"""Store copies for tests: the same videos and features with other annotations."""
+"""Stores for tests: a small store with its npy-split layout, and copies of a store with
+other annotations."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
+
+from acl_dist.synth import SynthConfig, synthesize
+
+#: The bad-input and integrity cases' store: 3 classes, 6 training videos, 8-d features.
+SMALL = SynthConfig(classes=3, videos=6, dim=8, seed=1)
+
+
+def small_store(root: Path) -> tuple[str, Path]:
+    """:data:`SMALL` written under ``root`` as a store and as the same videos in the
+    npy-split layout (for ingest): (store path, layout folder)."""
+    store, layout = str(root / "store"), root / "layout"
+    synthesize(SMALL, store, npy_layout=str(layout), quiet=True, report=False)
+    return store, layout
 
 
 def relabelled(store: str, out: str, change: Callable[..., bool]) -> str:

@@ -29,8 +29,8 @@ from acl_dist.errors import ArtifactError
 from acl_dist.resources import capacity_from
 from acl_dist.store import FeatureStore
 from acl_dist.synth import SynthConfig, synthesize
+from store_helpers import SMALL, small_store
 
-SMALL = SynthConfig(classes=3, videos=6, dim=8, seed=1)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -95,11 +95,7 @@ class World:
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """A small store and the same videos in the npy-split layout (no Ray)."""
-    root = tmp_path_factory.mktemp("bad-input")
-    store = str(root / "store")
-    layout = root / "layout"
-    synthesize(SMALL, store, npy_layout=str(layout), quiet=True, report=False)
-    return store, layout
+    return small_store(tmp_path_factory.mktemp("bad-input"))
 
 
 @pytest.fixture
@@ -863,22 +859,23 @@ def case_evaluate_gt_annotation_without_label(w):
     return argv, lambda w: None
 
 
-def case_run_config_not_utf8(w):
+def _run_with_config(w: World, data: bytes):
+    """A run whose --config file ``c.yaml`` holds ``data``: refused, nothing written."""
     out = w.tmp / "r"
-    (w.tmp / "c.yaml").write_bytes(b"train:\n  lr: 0.1 \xe9\n")
+    (w.tmp / "c.yaml").write_bytes(data)
     return _run(w, out, "--config", w.tmp / "c.yaml"), _no_run(out)
+
+
+def case_run_config_not_utf8(w):
+    return _run_with_config(w, b"train:\n  lr: 0.1 \xe9\n")
 
 
 def case_run_config_yaml_alias(w):
-    out = w.tmp / "r"
-    (w.tmp / "c.yaml").write_text("a: &x [*x]\n")
-    return _run(w, out, "--config", w.tmp / "c.yaml"), _no_run(out)
+    return _run_with_config(w, b"a: &x [*x]\n")
 
 
 def case_run_config_nested_deeply(w):
-    out = w.tmp / "r"
-    (w.tmp / "c.yaml").write_text("[" * 5000)
-    return _run(w, out, "--config", w.tmp / "c.yaml"), _no_run(out)
+    return _run_with_config(w, b"[" * 5000)
 
 
 def case_run_set_nested_deeply(w):

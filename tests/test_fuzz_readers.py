@@ -20,6 +20,8 @@ from acl_dist.synth import SynthConfig, synthesize
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow])
+#: For the readers behind an ingest, a pass over the whole layout per example.
+FUZZ_INGEST = settings(FUZZ, max_examples=15)
 
 scalars = st.none() | st.booleans() | st.integers(-10**6, 10**6) | \
     st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=12)
@@ -121,7 +123,7 @@ yaml_text = st.binary(max_size=120) | values.map(lambda v: json.dumps(v).encode(
 
 @FUZZ
 @given(data=yaml_text)
-def test_run_config_file(small, tmp_path, capsys, data):
+def test_run_config_file(tmp_path, capsys, data):
     """A config that parses goes on to the store, which is missing: one line either way."""
     config = tmp_path / "c.yaml"
     config.write_bytes(data)
@@ -132,15 +134,14 @@ def test_run_config_file(small, tmp_path, capsys, data):
 
 @FUZZ
 @given(data=yaml_text)
-def test_tune_search_space(small, tmp_path, capsys, data):
+def test_tune_search_space(tmp_path, capsys, data):
     space = tmp_path / "space.yaml"
     space.write_bytes(data)
     run_cli(capsys, ["tune", "--store", tmp_path / "no-store", "--out", tmp_path / "t",
                      "--space", space, "--plan", "--quiet"])
 
 
-@settings(max_examples=15, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@FUZZ_INGEST
 @given(data=documents("database", "version"))
 def test_ingest_annotations(small, tmp_path, capsys, data):
     _, layout = small
@@ -151,8 +152,7 @@ def test_ingest_annotations(small, tmp_path, capsys, data):
                      "--out", out, "--quiet", "--overwrite"])
 
 
-@settings(max_examples=15, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@FUZZ_INGEST
 @given(data=st.binary(max_size=80) | st.text(max_size=40).map(str.encode))
 def test_ingest_class_list(small, tmp_path, capsys, data):
     _, layout = small

@@ -27,20 +27,16 @@ from acl_dist.ingest.validate import check_video_id
 from acl_dist.ray_data import ROW_COLUMNS, UniformDescriptors, read_unit
 from acl_dist.store import (FeatureStore, StoreWriter, feature_views, foreign_files,
                             not_own_store)
-from acl_dist.synth import SynthConfig, synthesize
+from acl_dist.synth import synthesize
+from store_helpers import SMALL, small_store
 
-SMALL = SynthConfig(classes=3, videos=6, dim=8, seed=1)
 DAMAGE = 4096
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """A small store and the same videos in the npy-split layout."""
-    root = tmp_path_factory.mktemp("integrity")
-    store = str(root / "store")
-    layout = root / "layout"
-    synthesize(SMALL, store, npy_layout=str(layout), quiet=True, report=False)
-    return store, layout
+    return small_store(tmp_path_factory.mktemp("integrity"))
 
 
 def copy_store(small, tmp_path) -> tuple[str, Path]:
